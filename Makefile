@@ -1,0 +1,27 @@
+# Two entry points (see README): `make run` and `make test`. Both set everything up first.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: run test test-slow lint setup
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --upgrade "pip>=24"
+	$(VENV)/bin/python -m pip install -e ".[test]"
+	$(VENV)/bin/python -c "import torchvision, timm, torch; torchvision.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5); print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'timm', timm.__version__)"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/python -m lit_xai fit
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check lit_xai tests benchmarks

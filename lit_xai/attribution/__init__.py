@@ -1,0 +1,22 @@
+"""Attribution methods: ``build(name, **kwargs)(model, inputs, target=None)`` → raw map.
+
+Importing this package registers every method family; ``available()`` lists them.
+"""
+
+from lit_xai.attribution import (  # noqa: F401  (importing registers the methods)
+    cam,
+    dga,
+    extremal,
+    fullgrad,
+    gradients,
+    guided,
+    information,
+    occlusion,
+    pathway_grad,
+    pruning,
+    random_map,
+)
+from lit_xai.attribution.base import AttributionError, AttributionMethod
+from lit_xai.attribution.registry import available, build, get_class, register
+
+__all__ = ["AttributionError", "AttributionMethod", "available", "build", "get_class", "register"]

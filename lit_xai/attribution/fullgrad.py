@@ -1,0 +1,140 @@
+"""FullGrad (Srinivas & Fleuret, 2019) and the bias-gradient decomposition it rests on.
+
+For a piecewise-linear network (ReLU, max/avg-pool, conv, linear, eval-mode BatchNorm) the output is exactly
+(FullGrad Eq. 2, "full-gradient completeness")::
+
+    y_t(x) = Σ_i x_i ∂y_t/∂x_i  +  Σ_layers Σ_positions b_l ⊙ ∂y_t/∂z_l
+
+where ``z_l`` is a layer's output and ``b_l`` its bias broadcast over that output. BatchNorm in eval mode is the
+affine map ``z ↦ γ/√(σ²+ε)·z + (β − γμ/√(σ²+ε))``; its *effective* (folded) bias is the second term — it must be
+counted or completeness fails for bias-free convolutions followed by BatchNorm (every ResNet).
+
+:func:`bias_gradient_terms` returns the raw terms (also used by Distilled Gradient Aggregation, seed 004, whose
+"uniform FullGrad" spreads them over the input). :class:`FullGrad` post-processes them as the reference code does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
+
+from lit_xai.attribution.base import AttributionError, AttributionMethod, target_scores
+from lit_xai.attribution.layers import capture_outputs
+from lit_xai.attribution.postprocess import normalize
+from lit_xai.attribution.registry import register
+
+BIAS_LAYER_TYPES: tuple[type[nn.Module], ...] = (_ConvNd, _BatchNorm, nn.Linear)
+
+
+@dataclass(frozen=True)
+class BiasGradients:
+    """The terms of the full-gradient decomposition of ``y_t`` for one batch.
+
+    - ``input_grad``: ∂y_t/∂x, ``[B, C, H, W]``.
+    - ``bias_terms``: one tensor per call of a bias-carrying layer (conv with bias, every BatchNorm, linear with
+      bias), in forward call order: ``b ⊙ ∂y_t/∂z`` with ``b`` broadcast to the layer output ``z`` — shape
+      ``[B, C_l, h_l, w_l]`` for conv/BatchNorm, ``[B, F]`` for linear layers (the head's bias included).
+    - ``layer_names``: the module name of each term (same order as ``bias_terms``).
+    - ``logits``: the model output ``[B, classes]`` of the clean forward; ``target``: the explained class ``[B]``.
+
+    Contract (completeness, exact up to float rounding for piecewise-linear nets with eval-mode BatchNorm)::
+
+        (input_grad * x).sum(dim=(1, 2, 3)) + Σ_l bias_terms[l].flatten(1).sum(1) == logits[b, target[b]]
+    """
+
+    input_grad: Tensor
+    bias_terms: list[Tensor]
+    layer_names: list[str]
+    logits: Tensor
+    target: Tensor
+
+    def completeness_residual(self, inputs: Tensor) -> Tensor:
+        """``y_t − (x·∂y_t/∂x + Σ bias terms)`` per sample: ≈ 0 for piecewise-linear networks."""
+        total = (self.input_grad * inputs).flatten(1).sum(1)
+        for term in self.bias_terms:
+            total = total + term.flatten(1).sum(1)
+        return self.logits.gather(1, self.target[:, None]).squeeze(1) - total
+
+
+def effective_bias(module: nn.Module) -> Tensor | None:
+    """The bias a layer adds to its output; eval-mode BatchNorm folded to ``β − γ·μ/√(σ²+ε)``."""
+    if isinstance(module, _BatchNorm):
+        if module.running_mean is None or module.running_var is None:
+            raise AttributionError(
+                f"{type(module).__name__} without running statistics (track_running_stats=False) is not an affine "
+                "map in eval mode, so its bias cannot be folded for the full-gradient decomposition"
+            )
+        scale = torch.rsqrt(module.running_var + module.eps)
+        weight = module.weight if module.weight is not None else torch.ones_like(scale)
+        bias = module.bias if module.bias is not None else torch.zeros_like(scale)
+        return (bias - weight * module.running_mean * scale).detach()
+    bias = getattr(module, "bias", None)
+    return None if bias is None else bias.detach()
+
+
+def _broadcast(bias: Tensor, like: Tensor) -> Tensor:
+    """Reshape a per-channel bias ``[C]`` to broadcast against ``[B, C, *spatial]``."""
+    return bias.reshape(1, -1, *([1] * (like.dim() - 2)))
+
+
+def bias_gradient_terms(model: nn.Module, inputs: Tensor, target: Tensor | None) -> BiasGradients:
+    """One forward and one backward: ∂y_t/∂x and every bias-gradient term ``b ⊙ ∂y_t/∂z`` (see :class:`BiasGradients`).
+
+    ``inputs`` must be detached; call it inside :func:`~lit_xai.attribution.base.preserved_model_state` (or from an
+    :class:`~lit_xai.attribution.base.AttributionMethod`) so the model is in eval mode and its flags are restored.
+    ``target=None`` explains the predicted class.
+    """
+    named = [(name, m) for name, m in model.named_modules() if isinstance(m, BIAS_LAYER_TYPES)]
+    named = [(name, m, b) for name, m in named if (b := effective_bias(m)) is not None]
+    x = inputs.detach().requires_grad_(True)
+    with capture_outputs([m for _, m, _ in named]) as captures:
+        logits = model(x)
+    scores, target = target_scores(logits, target)
+    outputs, biases, names = [], [], []
+    for (name, _, bias), capture in zip(named, captures):
+        for out in capture.outputs:
+            outputs.append(out)
+            biases.append(bias)
+            names.append(name)
+    grads = torch.autograd.grad(scores.sum(), [x, *outputs], allow_unused=True)
+    terms = []
+    for out, bias, grad in zip(outputs, biases, grads[1:]):
+        grad = torch.zeros_like(out) if grad is None else grad
+        terms.append(grad * _broadcast(bias, out))
+    return BiasGradients(grads[0], terms, names, logits.detach(), target)
+
+
+def _fullgrad_postprocess(term: Tensor, size: tuple[int, int], align_corners: bool) -> Tensor:
+    """Reference post-processing of one term: abs → per-sample min-max → bilinear resize → channel sum."""
+    term = normalize(term.abs(), "min_max")
+    term = F.interpolate(term, size=size, mode="bilinear", align_corners=align_corners)
+    return term.sum(dim=1, keepdim=True)
+
+
+@register("fullgrad")
+class FullGrad(AttributionMethod):
+    """FullGrad saliency ``ψ(|x ⊙ ∂y/∂x|) + Σ_l ψ(|b_l ⊙ ∂y/∂z_l|)`` (Srinivas & Fleuret 2019, Eq. 5).
+
+    ψ = abs → per-sample min-max → bilinear upsampling to the input size → channel sum; only spatial (conv and
+    BatchNorm) terms enter the map, linear-layer biases count only for completeness (as in the reference code).
+    Output ``[B, 1, H, W]``, non-negative.
+    """
+
+    def __init__(self, align_corners: bool = True) -> None:
+        self.align_corners = align_corners
+
+    def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Tensor:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        terms = bias_gradient_terms(model, inputs, target)
+        size = (inputs.shape[-2], inputs.shape[-1])
+        saliency = _fullgrad_postprocess(terms.input_grad * inputs, size, self.align_corners)
+        for term in terms.bias_terms:
+            if term.dim() == 4:
+                saliency = saliency + _fullgrad_postprocess(term, size, self.align_corners)
+        return saliency

@@ -1,0 +1,95 @@
+"""The Gaussian bottleneck Z = λ·R + (1−λ)·ε and its information cost (dissertation ch. 6, Eq. 1-2, Prop. 3).
+
+All functions are batched over images; λ is parameterised as λ = smooth(sigmoid(α)) and 1−λ is computed as
+smooth(sigmoid(−α)) (exact, since the smoothing kernel sums to one) so the log-variance stays finite when
+α saturates.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class GaussianSmoothing:
+    """Per-channel spatial Gaussian blur of a mask ``[B, C, h, w]`` (IBA smooths λ with σ = 1).
+
+    The kernel is truncated at ``truncate``·σ and normalised to sum 1; borders are replicate-padded so any
+    map size works (reflection needs the map to be larger than the kernel radius).
+    """
+
+    def __init__(self, sigma: float, truncate: float = 3.0) -> None:
+        if sigma < 0:
+            raise ValueError(f"smoothing sigma must be ≥ 0, got {sigma}")
+        self.sigma = float(sigma)
+        self.radius = int(math.ceil(truncate * sigma)) if sigma > 0 else 0
+
+    def kernel_1d(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        offsets = torch.arange(-self.radius, self.radius + 1, device=device, dtype=dtype)
+        kernel = torch.exp(-0.5 * (offsets / self.sigma) ** 2)
+        return kernel / kernel.sum()
+
+    def __call__(self, mask: Tensor) -> Tensor:
+        if self.radius == 0:
+            return mask
+        b, c, h, w = mask.shape
+        k = self.kernel_1d(mask.device, mask.dtype)
+        x = mask.reshape(b * c, 1, h, w)
+        x = F.pad(x, (self.radius, self.radius, 0, 0), mode="replicate")
+        x = F.conv2d(x, k.view(1, 1, 1, -1))
+        x = F.pad(x, (0, 0, self.radius, self.radius), mode="replicate")
+        x = F.conv2d(x, k.view(1, 1, -1, 1))
+        return x.reshape(b, c, h, w)
+
+
+def mask_pair(alpha: Tensor, smoothing: GaussianSmoothing) -> tuple[Tensor, Tensor]:
+    """(λ, 1−λ) with λ = smooth(sigmoid(α)); both computed without cancellation."""
+    return smoothing(torch.sigmoid(alpha)), smoothing(torch.sigmoid(-alpha))
+
+
+def iba_kl(features: Tensor, lam: Tensor, one_minus_lam: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """Per-element D_KL[N(λ·r̂, (1−λ)²) ‖ N(0, 1)] in nats with r̂ = (r − μ_R)/σ_R (IBA, Schulz et al. Eq. 5).
+
+    This is D_KL[P(Z|R) ‖ Q(Z)] of Z = λR + (1−λ)ε, ε ~ N(μ_R, σ_R²), written in standardised units.
+    """
+    mu_z = lam * (features - mean) / std
+    var_z = one_minus_lam**2
+    return 0.5 * (mu_z**2 + var_z - 1.0) - torch.log(one_minus_lam)
+
+
+def prior_kl(
+    inputs: Tensor, lam: Tensor, one_minus_lam: Tensor, prior: Tensor, mean: Tensor, std: Tensor
+) -> Tensor:
+    """Per-element D_KL[P(Z_I|I) ‖ P(Z_I)] in nats of InputIBA's Proposition 3, with prior mask λ_G = ``prior``:
+
+    log((1−λ_GΛ)/(1−Λ)) + (1−Λ)²/(2(1−λ_GΛ)²) + (I−μ_I)²(Λ−λ_GΛ)²/(2(1−λ_GΛ)²σ_I²) − 1/2.
+    """
+    one_minus_prior_lam = one_minus_lam + lam * (1.0 - prior)  # 1 − λ_G·Λ, never below 1 − Λ
+    ratio = one_minus_lam / one_minus_prior_lam
+    deviation = (inputs - mean) * lam * (1.0 - prior) / (one_minus_prior_lam * std)
+    return -torch.log(ratio) + 0.5 * ratio**2 + 0.5 * deviation**2 - 0.5
+
+
+def capacity_bits(kl_nats: Tensor, active: Tensor | None = None) -> Tensor:
+    """Capacity map ``[B, 1, h, w]`` in bits: per-element KL (zero at inactive positions) summed over channels."""
+    if active is not None:
+        kl_nats = kl_nats * active
+    return kl_nats.sum(1, keepdim=True) / math.log(2.0)
+
+
+def capacity_per_input_pixel(capacity: Tensor, size: tuple[int, int]) -> Tensor:
+    """Resize a capacity map ``[B, 1, h, w]`` (bits) to the input size as *bits per input pixel*.
+
+    Bilinear upsampling, then each image is rescaled so its total (the information that passes the
+    bottleneck, in bits) is unchanged: ``out.sum((1, 2, 3)) == capacity.sum((1, 2, 3))``.
+    """
+    if capacity.dim() != 4 or capacity.shape[1] != 1:
+        raise ValueError(f"capacity map must have shape [B, 1, h, w], got {tuple(capacity.shape)}")
+    resized = F.interpolate(capacity, size=size, mode="bilinear", align_corners=False).clamp_min(0)
+    total = capacity.sum((1, 2, 3), keepdim=True)
+    resized_total = resized.sum((1, 2, 3), keepdim=True)
+    scale = torch.where(resized_total > 0, total / resized_total.clamp_min(torch.finfo(total.dtype).tiny), 0.0)
+    return resized * scale

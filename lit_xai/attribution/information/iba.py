@@ -1,0 +1,390 @@
+"""Information Bottleneck Attribution at a hidden layer: IBA, Inverse IBA and Multi-layer IBA.
+
+IBA (Schulz et al. 2020; dissertation ch. 6 §3.1): Z = λ·R + (1−λ)·ε with ε ~ N(μ_R, σ_R²) from feature
+statistics; minimise CE(target) + β·mean D_KL[P(Z|R) ‖ Q(Z)] over λ = smooth(sigmoid(α)). The map is the
+per-position KL (capacity) summed over channels, in bits, at the layer's resolution ``[B, 1, h, w]``;
+:func:`capacity_per_input_pixel` turns it into bits per input pixel.
+
+Inverse IBA (ch. 8 §2.1): the deletion game Z_inv = λ·ε + (1−λ)·R, maximise CE — finds *all* predictive
+regions, not only a sufficient one. Multi-layer IBA (ch. 8 §2.3, Eq. 5): intersection of thresholded IBA maps.
+
+Feature statistics: pass them in (``statistics=``), estimate them with :meth:`fit` / :meth:`setup` (cached on
+disk with ``cache_dir``), or — if neither happened — the method estimates them from the batch being explained
+and warns (``missing_statistics="warn"``, the default) or refuses (``"error"``). Batch statistics are a poor
+prior (one image gives σ = min_std everywhere), so fit on training data whenever possible.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lit_xai.attribution.base import (
+    AttributionError,
+    AttributionMethod,
+    TargetLike,
+    check_inputs,
+    check_target_range,
+    normalize_target,
+    preserved_model_state,
+)
+from lit_xai.attribution.information.bottleneck import capacity_bits, iba_kl
+from lit_xai.attribution.information.layer_hooks import (
+    BottleneckForward,
+    layer_output,
+    model_device,
+    resolve_layer,
+)
+from lit_xai.attribution.information.optimisation import BottleneckSettings, final_mask, optimise_mask
+from lit_xai.attribution.information.statistics import (
+    FeatureStatistics,
+    batch_images,
+    estimate_feature_statistics,
+)
+from lit_xai.attribution.registry import register
+
+StatisticsLike = FeatureStatistics | Mapping[str, FeatureStatistics] | None
+
+
+@dataclass
+class BottleneckResult:
+    """What one bottleneck run found, per image: capacity map (bits), its total, the mask λ and the target."""
+
+    capacity: Tensor  # [B, 1, h, w], bits
+    total_bits: Tensor  # [B]
+    lam: Tensor  # [B, C, h, w]
+    target: Tensor  # [B] class index (or output index for regression)
+    features: Tensor  # [B, C, h, w], the clean layer output R
+    statistics: FeatureStatistics  # the prior N(μ_R, σ_R²) and active mask used
+
+
+def spatial_candidates(model: nn.Module, inputs: Tensor) -> list[tuple[str, torch.Size]]:
+    """Modules called exactly once with a 4-D output of spatial size ≥ 2, in the order their forward ends."""
+    calls: dict[str, int] = {}
+    order: list[tuple[str, torch.Size]] = []
+    handles = []
+
+    def make_hook(name: str) -> Callable[..., None]:
+        def hook(_m: nn.Module, _i: tuple, output: Any) -> None:
+            calls[name] = calls.get(name, 0) + 1
+            if isinstance(output, Tensor) and output.dim() == 4 and min(output.shape[2:]) >= 2:
+                order.append((name, output.shape))
+
+        return hook
+
+    try:
+        for name, module in model.named_modules():
+            if name:
+                handles.append(module.register_forward_hook(make_hook(name)))
+        with torch.no_grad():
+            model(inputs[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [(name, shape) for name, shape in order if calls[name] == 1]
+
+
+def default_layers(model: nn.Module, inputs: Tensor, count: int = 1) -> list[str]:
+    """The deepest once-called spatial module at each of the ``count`` deepest resolutions, deepest first."""
+    candidates = spatial_candidates(model, inputs)
+    if not candidates:
+        raise AttributionError(f"{type(model).__name__} has no module with a spatial [B, C, h, w] output to hook")
+    chosen: list[str] = []
+    sizes: list[tuple[int, ...]] = []
+    for name, shape in reversed(candidates):
+        size = tuple(shape[2:])
+        if size not in sizes:
+            sizes.append(size)
+            chosen.append(name)
+        if len(chosen) == count:
+            break
+    return chosen
+
+
+def classification_loss(target: Tensor, draws: int) -> Callable[[Tensor], Tensor]:
+    """Per-sample cross-entropy of the ``[B·n, K]`` logits against ``target`` repeated per noise draw."""
+    repeated = target.repeat_interleave(draws)
+
+    def loss(logits: Tensor) -> Tensor:
+        if logits.dim() != 2:
+            raise AttributionError(f"the model must return logits [B, num_classes], got {tuple(logits.shape)}")
+        return F.cross_entropy(logits, repeated, reduction="none")
+
+    return loss
+
+
+class FeatureBottleneckMethod(AttributionMethod):
+    """Base class: feature statistics (given, fitted, cached or batch fallback) and the guarded call."""
+
+    def __init__(
+        self,
+        statistics: StatisticsLike = None,
+        stats_samples: int = 5000,
+        cache_dir: str | Path | None = None,
+        missing_statistics: str = "warn",
+        min_std: float = 0.01,
+        active_threshold: float = 0.01,
+    ) -> None:
+        if missing_statistics not in ("warn", "error"):
+            raise ValueError(f"missing_statistics must be 'warn' or 'error', got {missing_statistics!r}")
+        self.stats_samples = stats_samples
+        self.cache_dir = cache_dir
+        self.missing_statistics = missing_statistics
+        self.min_std = min_std
+        self.active_threshold = active_threshold
+        self._given_statistics = statistics
+        self._fitted: dict[str, FeatureStatistics] = {}
+        self._fitted_model: int | None = None
+
+    # -- which layers -------------------------------------------------------------------------------------
+    def layers_for(self, model: nn.Module, inputs: Tensor) -> list[str]:
+        """The hooked layer names (subclasses: the configured ones or :func:`default_layers`)."""
+        raise NotImplementedError
+
+    # -- statistics ---------------------------------------------------------------------------------------
+    def fit(self, model: nn.Module, loader: Iterable[Any]) -> FeatureBottleneckMethod:
+        """Estimate (or load from ``cache_dir``) the feature statistics of every hooked layer from ``loader``."""
+        probe = None
+        for batch in loader:
+            probe = batch_images(batch)
+            break
+        if probe is None:
+            raise AttributionError(f"{self.name or type(self).__name__}: the loader yielded no batches")
+        with preserved_model_state(model):
+            layers = self.layers_for(model, probe.to(model_device(model)))
+        self._fitted = {
+            layer: estimate_feature_statistics(
+                model, layer, loader, self.stats_samples, self.cache_dir, self.min_std, self.active_threshold
+            )
+            for layer in layers
+        }
+        self._fitted_model = id(model)
+        return self
+
+    def setup(self, model: nn.Module, datamodule: Any) -> None:
+        """Hook for the evaluation callback: statistics from ``datamodule.train_dataloader()`` (cached)."""
+        self.fit(model, datamodule.train_dataloader())
+
+    def statistics_for(self, model: nn.Module, layer: str, features: Tensor) -> FeatureStatistics:
+        """Given > fitted on this model > estimated from ``features`` of the explained batch (warn or error)."""
+        given = self._given_statistics
+        if isinstance(given, FeatureStatistics):
+            stats = given
+        elif isinstance(given, Mapping) and layer in given:
+            stats = given[layer]
+        elif self._fitted_model == id(model) and layer in self._fitted:
+            stats = self._fitted[layer]
+        else:
+            message = (
+                f"{self.name or type(self).__name__}: no feature statistics for layer {layer!r} of this model; "
+                "call method.fit(model, train_loader) / method.setup(model, datamodule) or pass statistics=. "
+            )
+            if self.missing_statistics == "error":
+                raise AttributionError(message)
+            warnings.warn(message + "Estimating them from the explained batch instead (a poor prior).", stacklevel=3)
+            stats = FeatureStatistics.from_features(features, self.min_std, self.active_threshold)
+        if stats.mean.shape != features.shape[1:]:
+            raise AttributionError(
+                f"feature statistics of shape {tuple(stats.mean.shape)} do not match layer {layer!r} output "
+                f"{tuple(features.shape[1:])}"
+            )
+        return stats.to(features.device, features.dtype)
+
+    # -- guarded entry points -----------------------------------------------------------------------------
+    def explain(self, model: nn.Module, inputs: Tensor, target: TargetLike = None) -> Any:
+        """Like calling the method, but returns the full result object (maps, totals, masks)."""
+        check_inputs(inputs)
+        target_t = normalize_target(target, inputs.shape[0], inputs.device)
+        with torch.inference_mode(False), torch.enable_grad(), preserved_model_state(model):
+            if inputs.is_inference():
+                inputs = inputs.clone()
+            if target_t is not None and target_t.is_inference():
+                target_t = target_t.clone()
+            for param in model.parameters():
+                param.requires_grad_(False)  # only the masks are optimised; restored on exit
+            return self._explain(model, inputs.detach(), target_t)
+
+    def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Tensor:
+        for param in model.parameters():
+            param.requires_grad_(False)
+        return self._explain(model, inputs, target).capacity
+
+    def _explain(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Any:
+        raise NotImplementedError
+
+    def _resolve_class_target(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Tensor:
+        with torch.no_grad():
+            logits = model(inputs)
+        if logits.dim() != 2:
+            raise AttributionError(f"{self.name}: the model must return logits [B, K], got {tuple(logits.shape)}")
+        if target is None:
+            return logits.argmax(1)
+        check_target_range(target, logits.shape[1])
+        return target
+
+    def _bottleneck_at(
+        self,
+        model: nn.Module,
+        layer: str,
+        inputs: Tensor,
+        target: Tensor,
+        task_loss: Callable[[Tensor], Tensor],
+        settings: BottleneckSettings,
+    ) -> BottleneckResult:
+        """Optimise the feature bottleneck at ``layer`` for the whole batch; capacity in bits."""
+        module = resolve_layer(model, layer)
+        with torch.no_grad():
+            features = layer_output(model, module, inputs)
+        stats = self.statistics_for(model, layer, features)
+        kl = lambda lam, one_minus_lam: iba_kl(features, lam, one_minus_lam, stats.mean, stats.std)
+        alpha = optimise_mask(
+            features,
+            stats.mean,
+            stats.std,
+            kl,
+            BottleneckForward(model, module, inputs, settings.noise_draws),
+            task_loss,
+            settings,
+            active=stats.active,
+        )
+        with torch.no_grad():
+            lam, one_minus_lam = final_mask(alpha, settings)
+            capacity = capacity_bits(kl(lam, one_minus_lam), stats.active)
+        return BottleneckResult(capacity, capacity.sum((1, 2, 3)), lam, target, features, stats)
+
+
+class _SingleLayerBottleneck(FeatureBottleneckMethod):
+    """IBA / Inverse IBA at one named layer."""
+
+    inverse = False
+
+    def __init__(
+        self,
+        layer: str | None = None,
+        beta: float = 10.0,
+        steps: int = 10,
+        lr: float = 1.0,
+        initial_alpha: float = 5.0,
+        sigma: float = 1.0,
+        noise_draws: int = 10,
+        smoothing_truncate: float = 3.0,
+        seed: int = 0,
+        statistics: StatisticsLike = None,
+        stats_samples: int = 5000,
+        cache_dir: str | Path | None = None,
+        missing_statistics: str = "warn",
+        min_std: float = 0.01,
+        active_threshold: float = 0.01,
+    ) -> None:
+        super().__init__(statistics, stats_samples, cache_dir, missing_statistics, min_std, active_threshold)
+        self.layer = layer
+        self.settings = BottleneckSettings(
+            beta, steps, lr, initial_alpha, sigma, noise_draws, smoothing_truncate, self.inverse, seed
+        )
+
+    def layers_for(self, model: nn.Module, inputs: Tensor) -> list[str]:
+        return [self.layer] if self.layer is not None else default_layers(model, inputs)
+
+    def _explain(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> BottleneckResult:
+        (layer,) = self.layers_for(model, inputs)
+        target = self._resolve_class_target(model, inputs, target)
+        loss = classification_loss(target, self.settings.noise_draws)
+        return self._bottleneck_at(model, layer, inputs, target, loss, self.settings)
+
+
+@register("iba")
+class IBA(_SingleLayerBottleneck):
+    """Per-sample Information Bottleneck Attribution (Schulz et al.; dissertation ch. 6 §3.1, Eq. 1-4).
+
+    ``layer`` is a dotted module name (``"layer2"``, ``"features.17"`` = VGG-16 conv4_1); ``None`` picks the
+    deepest module with a spatial output. Returns the capacity map in bits, ``[B, 1, h, w]``.
+    """
+
+
+@register("inverse_iba")
+class InverseIBA(_SingleLayerBottleneck):
+    """Inverse IBA (dissertation ch. 8 §2.1, Eq. 4): Z_inv = λ·ε + (1−λ)·R, minimise β·KL − CE(Z_inv).
+
+    λ → 1 wherever removing the feature destroys predictive information, so *every* predictive region is
+    marked, not just one sufficient region. Map: capacity of λ in bits, ``[B, 1, h, w]``.
+    """
+
+    inverse = True
+
+
+@dataclass
+class MultiLayerResult:
+    """Multi-layer IBA: the combined map, the binary intersection and the per-layer results."""
+
+    capacity: Tensor  # [B, 1, h, w] at the finest layer's resolution
+    mask: Tensor  # [B, 1, h, w] intersection of the thresholded maps
+    layers: dict[str, BottleneckResult]
+
+
+@register("multilayer_iba")
+class MultiLayerIBA(FeatureBottleneckMethod):
+    """Multi-layer IBA (dissertation ch. 8 §2.3, Eq. 5): T(IBA_L1) ∩ … ∩ T(IBA_Ln).
+
+    Each layer's capacity map is upsampled (bilinear) to the finest layer's resolution and thresholded per
+    image at its ``threshold_quantile``; the output is the intersection times the finest layer's capacity
+    (``weight_by_finest=True``, so the map still ranks pixels) or the binary intersection.
+    ``layers=None`` takes the deepest module at each of the ``auto_layers`` deepest resolutions.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[str] | None = None,
+        threshold_quantile: float = 0.5,
+        weight_by_finest: bool = True,
+        auto_layers: int = 2,
+        beta: float = 10.0,
+        steps: int = 10,
+        lr: float = 1.0,
+        initial_alpha: float = 5.0,
+        sigma: float = 1.0,
+        noise_draws: int = 10,
+        smoothing_truncate: float = 3.0,
+        seed: int = 0,
+        statistics: StatisticsLike = None,
+        stats_samples: int = 5000,
+        cache_dir: str | Path | None = None,
+        missing_statistics: str = "warn",
+        min_std: float = 0.01,
+        active_threshold: float = 0.01,
+    ) -> None:
+        super().__init__(statistics, stats_samples, cache_dir, missing_statistics, min_std, active_threshold)
+        if not 0.0 <= threshold_quantile < 1.0:
+            raise ValueError(f"threshold_quantile must be in [0, 1), got {threshold_quantile}")
+        self.layers = list(layers) if layers is not None else None
+        self.threshold_quantile = threshold_quantile
+        self.weight_by_finest = weight_by_finest
+        self.auto_layers = auto_layers
+        self.settings = BottleneckSettings(beta, steps, lr, initial_alpha, sigma, noise_draws, smoothing_truncate,
+                                           False, seed)
+
+    def layers_for(self, model: nn.Module, inputs: Tensor) -> list[str]:
+        return self.layers if self.layers is not None else default_layers(model, inputs, self.auto_layers)
+
+    def _explain(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> MultiLayerResult:
+        target = self._resolve_class_target(model, inputs, target)
+        loss = classification_loss(target, self.settings.noise_draws)
+        results = {
+            layer: self._bottleneck_at(model, layer, inputs, target, loss, self.settings)
+            for layer in self.layers_for(model, inputs)
+        }
+        finest = max(results.values(), key=lambda r: r.capacity.shape[-2] * r.capacity.shape[-1]).capacity
+        size = tuple(finest.shape[-2:])
+        mask = torch.ones_like(finest, dtype=torch.bool)
+        for result in results.values():
+            resized = F.interpolate(result.capacity, size=size, mode="bilinear", align_corners=False)
+            threshold = torch.quantile(resized.flatten(1), self.threshold_quantile, dim=1)
+            mask &= resized >= threshold.view(-1, 1, 1, 1)
+        combined = mask.to(finest.dtype) * finest if self.weight_by_finest else mask.to(finest.dtype)
+        return MultiLayerResult(combined, mask, results)

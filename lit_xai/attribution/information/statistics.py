@@ -1,0 +1,220 @@
+"""Per-position feature statistics of one layer: the Gaussian prior Q(Z) = N(μ_R, σ_R) of IBA.
+
+Welford's streaming mean/variance over a sample of training inputs (Schulz et al. use 5-10k samples),
+merged across DDP ranks with Chan's parallel formula, and cached on disk under a key made of the model
+weights, the layer and the sample count, so a second run (or a second rank) reuses the estimate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from lit_xai.attribution.base import AttributionError, preserved_model_state
+from lit_xai.attribution.information.layer_hooks import layer_output, model_device, resolve_layer
+
+
+@dataclass
+class WelfordState:
+    """Running count, mean, sum of squared deviations (M2) and non-zero count, per feature position."""
+
+    count: Tensor  # scalar, float64
+    mean: Tensor
+    m2: Tensor
+    nonzero: Tensor
+
+    @classmethod
+    def empty(cls, shape: torch.Size, device: torch.device) -> WelfordState:
+        zeros = torch.zeros(shape, dtype=torch.float64, device=device)
+        return cls(torch.zeros((), dtype=torch.float64, device=device), zeros, zeros.clone(), zeros.clone())
+
+    @classmethod
+    def from_batch(cls, features: Tensor) -> WelfordState:
+        """The state of one batch ``[N, ...]`` computed in one shot."""
+        x = features.detach().to(torch.float64)
+        mean = x.mean(0)
+        return cls(
+            torch.tensor(float(x.shape[0]), dtype=torch.float64, device=x.device),
+            mean,
+            ((x - mean) ** 2).sum(0),
+            (x != 0).sum(0).to(torch.float64),
+        )
+
+    def merge(self, other: WelfordState) -> WelfordState:
+        """Combine two disjoint samples (Chan et al.): exact, order-independent up to rounding."""
+        total = self.count + other.count
+        if float(total) == 0:
+            return self
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.count / total)
+        m2 = self.m2 + other.m2 + delta**2 * (self.count * other.count / total)
+        return WelfordState(total, mean, m2, self.nonzero + other.nonzero)
+
+    def update(self, features: Tensor) -> WelfordState:
+        """The state after adding a batch ``[N, ...]`` of feature maps."""
+        return self.merge(WelfordState.from_batch(features))
+
+
+def all_gather_merge(state: WelfordState) -> WelfordState:
+    """Merge the per-rank states of all DDP ranks (no-op when torch.distributed is not initialised)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return state
+    world = dist.get_world_size()
+    fields = [state.count.reshape(1), state.mean.flatten(), state.m2.flatten(), state.nonzero.flatten()]
+    packed = torch.cat(fields)
+    gathered = [torch.empty_like(packed) for _ in range(world)]
+    dist.all_gather(gathered, packed)
+    shape, size = state.mean.shape, state.mean.numel()
+    merged: WelfordState | None = None
+    for flat in gathered:
+        rank_state = WelfordState(
+            flat[0], flat[1 : 1 + size].view(shape), flat[1 + size : 1 + 2 * size].view(shape),
+            flat[1 + 2 * size :].view(shape),
+        )
+        merged = rank_state if merged is None else merged.merge(rank_state)
+    assert merged is not None
+    return merged
+
+
+@dataclass
+class FeatureStatistics:
+    """μ_R, σ_R (clamped ≥ ``min_std``) and the active-position mask of one layer, each ``[C, h, w]``."""
+
+    mean: Tensor
+    std: Tensor
+    active: Tensor
+    num_samples: int
+
+    @classmethod
+    def from_welford(cls, state: WelfordState, min_std: float, active_threshold: float) -> FeatureStatistics:
+        """σ = sqrt(M2 / (n−1)) clamped at ``min_std``; a position is active if non-zero in > ``active_threshold``
+        of the samples (positions active in ≤ 1% of samples are masked out in the reference)."""
+        n = float(state.count)
+        if n < 1:
+            raise AttributionError("feature statistics need at least one sample")
+        variance = state.m2 / max(n - 1.0, 1.0)
+        return cls(
+            mean=state.mean.float(),
+            std=variance.sqrt().clamp_min(min_std).float(),
+            active=(state.nonzero / n) > active_threshold,
+            num_samples=int(n),
+        )
+
+    @classmethod
+    def from_features(
+        cls, features: Tensor, min_std: float = 0.01, active_threshold: float = 0.01
+    ) -> FeatureStatistics:
+        """Statistics of a batch of feature maps ``[N, C, h, w]`` (the explained batch, as a fallback)."""
+        return cls.from_welford(WelfordState.from_batch(features), min_std, active_threshold)
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> FeatureStatistics:
+        return FeatureStatistics(
+            self.mean.to(device, dtype), self.std.to(device, dtype), self.active.to(device), self.num_samples
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean.cpu(), "std": self.std.cpu(), "active": self.active.cpu(),
+                "num_samples": self.num_samples}
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> FeatureStatistics:
+        return cls(state["mean"], state["std"], state["active"], int(state["num_samples"]))
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of the model's state_dict (the cache key's model part)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{t.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def cache_path(cache_dir: str | Path, model: nn.Module, layer: str, max_samples: int) -> Path:
+    """``<cache_dir>/iba_stats-<weights hash[:16]>-<layer>-n<max_samples>.pt``."""
+    safe_layer = "".join(c if c.isalnum() or c in "._-" else "_" for c in layer)
+    return Path(cache_dir) / f"iba_stats-{weights_fingerprint(model)[:16]}-{safe_layer}-n{max_samples}.pt"
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    """Write to a temporary file in the same folder, then rename: readers never see a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def batch_images(batch: Any) -> Tensor:
+    """The image tensor of a loader batch: a dict with ``"image"``, a tensor, or a tuple/list (first element)."""
+    if isinstance(batch, Mapping):
+        if "image" not in batch:
+            raise AttributionError(f"a batch dict needs an 'image' entry, got keys {sorted(batch)}")
+        return batch["image"]
+    if isinstance(batch, Tensor):
+        return batch
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+        return batch[0]
+    raise AttributionError(f"cannot find images in a batch of type {type(batch).__name__}")
+
+
+def welford_over_loader(model: nn.Module, layer: str, loader: Iterable[Any], max_samples: int) -> WelfordState:
+    """Stream the layer's activations over at most ``max_samples`` loader samples (this rank only)."""
+    module = resolve_layer(model, layer)
+    device = model_device(model)
+    state: WelfordState | None = None
+    seen = 0
+    with torch.no_grad(), preserved_model_state(model):
+        for batch in loader:
+            images = batch_images(batch)[: max_samples - seen].to(device)
+            features = layer_output(model, module, images)
+            state = WelfordState.from_batch(features) if state is None else state.update(features)
+            seen += images.shape[0]
+            if seen >= max_samples:
+                break
+    if state is None:
+        raise AttributionError(f"the loader yielded no batches: cannot estimate statistics of layer {layer!r}")
+    return state
+
+
+def estimate_feature_statistics(
+    model: nn.Module,
+    layer: str,
+    loader: Iterable[Any],
+    max_samples: int = 5000,
+    cache_dir: str | Path | None = None,
+    min_std: float = 0.01,
+    active_threshold: float = 0.01,
+) -> FeatureStatistics:
+    """μ_R, σ_R and active mask of ``layer`` over ≤ ``max_samples`` loader samples, merged over DDP ranks.
+
+    With ``cache_dir`` the result is loaded from / saved to a file keyed by the weights hash, the layer and
+    ``max_samples``; under DDP each rank streams ``max_samples / world_size`` samples of its shard, the
+    states are merged with ``all_gather`` and rank 0 writes the file (atomically).
+    """
+    path = cache_path(cache_dir, model, layer, max_samples) if cache_dir is not None else None
+    if path is not None and path.is_file():
+        return FeatureStatistics.from_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    distributed = dist.is_available() and dist.is_initialized()
+    world = dist.get_world_size() if distributed else 1
+    per_rank = -(-max_samples // world)  # each rank streams its share of the sample budget
+    state = all_gather_merge(welford_over_loader(model, layer, loader, per_rank))
+    stats = FeatureStatistics.from_welford(state, min_std, active_threshold)
+    is_writer = not distributed or dist.get_rank() == 0
+    if path is not None and is_writer:
+        _atomic_save(stats.state_dict(), path)
+    return stats

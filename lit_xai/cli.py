@@ -1,0 +1,173 @@
+"""``python -m lit_xai``: a LightningCLI with the project's defaults, plus the project's own commands.
+
+- ``fit``/``validate``/``test``/``predict`` are LightningCLI subcommands. Without ``--config`` they run on the
+  embedded default (``lit_xai/default.yaml``: digits, a small CNN, a gradient-attribution callback).
+- Project defaults: ``trainer.inference_mode=false`` (attribution needs gradients at validate/test), a W&B logger
+  that is offline unless the user opts in (:mod:`lit_xai.loggers`), the resolved config pushed to the W&B run
+  config and saved as ``lit_xai_config.yaml`` in the run's folder (no ``config.yaml`` collision).
+- ``roar``, ``axioms``, ``pathways`` dispatch to workflows that are more than one ``Trainer`` call.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
+
+from lit_xai.data.base import ClassificationDataModule
+from lit_xai.models.classifier import ClassifierModule
+
+DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
+TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+#: project commands: name → module with ``main(args: list[str] | None)``
+COMMANDS = {
+    "roar": ("lit_xai.roar.command", "remove-and-retrain grid: maps, retraining, resume, shards, summary"),
+    "axioms": ("lit_xai.axioms.command", "axiom framework: generate scenes, evaluate methods, tables"),
+    "pathways": ("lit_xai.pathways.command", "critical-pathway analysis of a trained model, with plots"),
+}
+CONFIG_FILENAME = "lit_xai_config.yaml"
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean a bad configuration: printed as one line, not a traceback."""
+    from lit_xai.attribution.base import AttributionError
+    from lit_xai.data.cifar10 import DatasetNotFoundError
+    from lit_xai.models.backbones import BackboneError
+    from lit_xai.models.classifier import ConfigurationError
+
+    return (AttributionError, BackboneError, ConfigurationError, DatasetNotFoundError)
+
+
+class RunConfigSaver(SaveConfigCallback):
+    """Save the resolved config into the run (W&B files dir or log dir) and into the W&B run config."""
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        config = self.parser.dump(self.config, skip_none=False)
+        logger = trainer.logger
+        if isinstance(logger, WandbLogger):
+            run_dir = Path(logger.experiment.dir)
+            logger.experiment.config.update({"lit_xai_config": config}, allow_val_change=True)
+        else:
+            run_dir = Path(trainer.log_dir or ".")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = run_dir / f".{CONFIG_FILENAME}.tmp"
+        tmp.write_text(config)
+        os.replace(tmp, run_dir / CONFIG_FILENAME)
+
+
+class LitXaiCLI(LightningCLI):
+    """LightningCLI with ``inference_mode=False``, an offline W&B logger and a post-fit test run."""
+
+    def __init__(self, args: list[str] | None = None, **kwargs: Any) -> None:
+        super().__init__(
+            ClassifierModule,
+            ClassificationDataModule,
+            subclass_mode_data=True,
+            save_config_callback=RunConfigSaver,
+            save_config_kwargs={"config_filename": CONFIG_FILENAME, "overwrite": True},
+            trainer_defaults={
+                "inference_mode": False,
+                "logger": {"class_path": "lit_xai.loggers.LitXaiWandbLogger"},
+            },
+            seed_everything_default=0,
+            args=args,
+            **kwargs,
+        )
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.add_argument(
+            "--test_after_fit", type=bool, default=True,
+            help="after fit, run test on the best checkpoint (if the data has a test split)",
+        )
+
+    def after_fit(self) -> None:
+        if self.config[self.subcommand].get("test_after_fit", True) and not self.trainer.fast_dev_run:
+            checkpoint = self.trainer.checkpoint_callback
+            ckpt = "best" if checkpoint is not None and getattr(checkpoint, "best_model_path", "") else None
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+        self._print_locations()
+
+    def after_validate(self) -> None:
+        self._print_locations()
+
+    def after_test(self) -> None:
+        self._print_locations()
+
+    def _print_locations(self) -> None:
+        trainer = self.trainer
+        if not trainer.is_global_zero:
+            return
+        lines = []
+        logger = trainer.logger
+        if isinstance(logger, WandbLogger):
+            run_dir = Path(logger.experiment.dir).parent
+            mode = "offline (upload later with `wandb sync " + str(run_dir) + "`)" if logger._offline else "online"
+            lines.append(f"W&B run ({mode}): {run_dir}")
+            lines.append(f"  logs and media: {logger.experiment.dir}")
+        elif logger is not None and trainer.log_dir:
+            lines.append(f"logs: {trainer.log_dir}")
+        ckpt = trainer.checkpoint_callback
+        if ckpt is not None and getattr(ckpt, "best_model_path", ""):
+            lines.append(f"best checkpoint: {ckpt.best_model_path}")
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("test/", "val/"))}
+        if metrics:
+            lines.append("metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+        if lines:
+            print("\n[lit_xai] " + "\n[lit_xai] ".join(lines), flush=True)
+
+
+def _print_commands() -> None:
+    print("\nlit_xai commands (python -m lit_xai <command> --help):")
+    for name in TRAINER_SUBCOMMANDS:
+        print(f"  {name:<9} Lightning {name} (no --config: the embedded digits default)")
+    for name, (_, text) in COMMANDS.items():
+        print(f"  {name:<9} {text}")
+
+
+def with_default_config(args: list[str]) -> list[str]:
+    """Insert the embedded default config for trainer subcommands called without ``--config``."""
+    if args and args[0] in TRAINER_SUBCOMMANDS and not any(a == "--config" or a.startswith("--config=") for a in args):
+        return [args[0], "--config", str(DEFAULT_CONFIG), *args[1:]]
+    return args
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``python -m lit_xai`` and the ``lit-xai`` script."""
+    args = list(sys.argv[1:] if args is None else args)
+    if args and args[0] in COMMANDS:
+        module = importlib.import_module(COMMANDS[args[0]][0])
+        return _run_reporting_errors(lambda: module.main(args[1:]))
+    if not args or args[0] in ("-h", "--help"):
+        try:
+            LitXaiCLI(args=["--help"])
+        finally:
+            _print_commands()
+    _run_reporting_errors(lambda: LitXaiCLI(args=with_default_config(args)))
+
+
+def _user_error_in(err: BaseException) -> BaseException | None:
+    """The configuration error behind ``err`` (jsonargparse wraps instantiation errors), if any."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, _user_errors()):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__  # type: ignore[assignment]
+    return None
+
+
+def _run_reporting_errors(run: Any) -> None:
+    try:
+        run()
+    except Exception as err:
+        user_error = _user_error_in(err)
+        if user_error is None:
+            raise
+        print(f"lit_xai: error: {user_error}", file=sys.stderr)
+        raise SystemExit(2) from None

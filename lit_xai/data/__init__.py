@@ -1,0 +1,17 @@
+"""DataModules: the embedded digits default, CIFAR-10 and ImageFolder from local roots, synthetic scenes."""
+
+from lit_xai.data.base import ClassificationDataModule, MappedDataset, TensorImageDataset, UnpaddedDistributedSampler
+from lit_xai.data.cifar10 import CIFAR10DataModule, DatasetNotFoundError
+from lit_xai.data.digits import DigitsDataModule
+from lit_xai.data.imagefolder import ImageFolderDataModule
+
+__all__ = [
+    "CIFAR10DataModule",
+    "ClassificationDataModule",
+    "DatasetNotFoundError",
+    "DigitsDataModule",
+    "ImageFolderDataModule",
+    "MappedDataset",
+    "TensorImageDataset",
+    "UnpaddedDistributedSampler",
+]

@@ -1,0 +1,49 @@
+"""Weights & Biases, offline unless the user opts in.
+
+Without network an online run waits ~90 s and fails, so the project default is offline. Opt in with
+``LIT_XAI_WANDB_MODE=online`` (or ``WANDB_MODE=online``), or ``offline: false`` on the logger in a config.
+Offline runs land in ``<save_dir>/wandb/offline-run-*`` and can be uploaded later with ``wandb sync``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from lightning.pytorch.loggers import WandbLogger
+
+MODE_VARIABLES = ("LIT_XAI_WANDB_MODE", "WANDB_MODE")
+
+
+def wandb_mode() -> str:
+    """``online``, ``offline`` or ``disabled``: the first of the mode variables that is set, else ``offline``."""
+    for name in MODE_VARIABLES:
+        value = os.environ.get(name)
+        if value:
+            if value not in ("online", "offline", "disabled", "run", "dryrun"):
+                raise ValueError(f"{name}={value!r}: expected online, offline or disabled")
+            return {"run": "online", "dryrun": "offline"}.get(value, value)
+    return "offline"
+
+
+class LitXaiWandbLogger(WandbLogger):
+    """``WandbLogger`` whose ``offline`` default follows :func:`wandb_mode` (offline unless opted in)."""
+
+    def __init__(
+        self,
+        project: str = "lit_xai",
+        name: str | None = None,
+        save_dir: str = "runs",
+        offline: bool | None = None,
+        log_model: bool = False,
+        group: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        mode = wandb_mode()
+        if offline is None:
+            offline = mode != "online"
+        os.makedirs(save_dir, exist_ok=True)
+        super().__init__(
+            project=project, name=name, save_dir=save_dir, offline=offline, log_model=log_model,
+            group=group, mode="disabled" if mode == "disabled" else None, **kwargs,
+        )

@@ -1,0 +1,240 @@
+"""Pixel-perturbation curves: MoRF/LeRF (Samek et al. 2017) and Deletion/Insertion (Petsiuk et al. 2018).
+
+One engine serves all four. Pixels (over H×W, channels together; maps reduced over channels first, layer maps
+upsampled) are ranked by relevance; at step k the first ``n_k`` ranked pixels are switched from a *start* image to
+an *end* image and the target class's output is recorded:
+
+- removal (MoRF, LeRF, Deletion): start = the input, end = the baseline (0 in normalised space = dataset mean,
+  per-image mean, or a blurred copy);
+- insertion: start = the blurred canvas (Gaussian, kernel 29, σ 15), end = the input.
+
+MoRF ranks the most relevant pixels first, LeRF the least relevant. Ties are broken by pixel index (stable sort),
+so the curve is deterministic. The recorded output is the target softmax (``probability``), the target logit
+(``logit``) or the absolute fractional change ``|p_k − p_0| / p_0`` of seeds 000/001 (``fractional_change``).
+The score is the area under the mean curve by the trapezoid rule over the removed fraction of pixels (not
+rescaled: a schedule that stops at ``max_fraction`` = 0.1 integrates over [0, 0.1]).
+
+The (images × steps) perturbed inputs are built on the device with one ``torch.where`` and evaluated in chunks of
+at most ``chunk_size`` images, one forward per chunk: memory is bounded by ``chunk_size``, and the cost is the
+forward passes the protocol needs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lit_xai.metrics.base import AttributionMetric, pixel_scores, trapezoid_auc
+from lit_xai.metrics.baselines import baseline_images
+
+ORDERS = ("morf", "lerf")
+MODES = ("remove", "insert")
+OUTPUTS = ("probability", "logit", "fractional_change")
+
+
+def pixel_ranks(scores: Tensor, order: str) -> Tensor:
+    """Rank of every pixel ``[B, P]``: 0 = perturbed first. MoRF: highest score first; LeRF: lowest first."""
+    if order not in ORDERS:
+        raise ValueError(f"unknown order {order!r}; expected one of {ORDERS}")
+    sorted_idx = torch.sort(scores, dim=1, descending=order == "morf", stable=True).indices
+    ranks = torch.empty_like(sorted_idx)
+    positions = torch.arange(scores.shape[1], device=scores.device).expand_as(sorted_idx)
+    return ranks.scatter_(1, sorted_idx, positions)
+
+
+def step_counts(
+    num_pixels: int, pixels_per_step: int | None, num_steps: int | None, max_fraction: float
+) -> Tensor:
+    """Number of switched pixels at each step, starting at 0 and ending at ``round(max_fraction · P)``."""
+    if (pixels_per_step is None) == (num_steps is None):
+        raise ValueError("give exactly one of pixels_per_step and num_steps")
+    if not 0 < max_fraction <= 1:
+        raise ValueError(f"max_fraction must be in (0, 1], got {max_fraction}")
+    last = max(1, round(max_fraction * num_pixels))
+    if pixels_per_step is not None:
+        if pixels_per_step < 1:
+            raise ValueError(f"pixels_per_step must be ≥ 1, got {pixels_per_step}")
+        counts = torch.arange(0, last + 1, pixels_per_step)
+        if counts[-1] != last:
+            counts = torch.cat([counts, torch.tensor([last])])
+        return counts
+    if num_steps < 1:  # type: ignore[operator]
+        raise ValueError(f"num_steps must be ≥ 1, got {num_steps}")
+    return torch.linspace(0, last, num_steps + 1).round().long()  # type: ignore[operator]
+
+
+def target_outputs(
+    model: nn.Module,
+    start: Tensor,
+    end: Tensor,
+    ranks: Tensor,
+    counts: Tensor,
+    target: Tensor,
+    chunk_size: int,
+    output: str = "probability",
+) -> Tensor:
+    """Target output ``[B, K]`` after switching the ``counts[k]`` first-ranked pixels from ``start`` to ``end``.
+
+    The flattened (step, image) pairs are evaluated ``chunk_size`` at a time, one forward per chunk.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size}")
+    batch, channels, height, width = start.shape
+    steps = counts.shape[0]
+    counts = counts.to(start.device)
+    total = steps * batch
+    result = torch.empty(total, device=start.device)
+    for begin in range(0, total, chunk_size):
+        pair = torch.arange(begin, min(begin + chunk_size, total), device=start.device)
+        step, image = pair // batch, pair % batch
+        switched = (ranks[image] < counts[step, None]).view(-1, 1, height, width)
+        logits = model(torch.where(switched, end[image], start[image]))
+        chosen = target[image, None]
+        if output == "logit":
+            result[pair] = logits.gather(1, chosen).squeeze(1).float()
+        else:
+            result[pair] = logits.float().log_softmax(1).gather(1, chosen).squeeze(1).exp()
+    return result.view(steps, batch).T
+
+
+class PerturbationCurve(AttributionMetric):
+    """The general perturbation curve; :class:`PixelPerturbation`, :class:`Deletion`, :class:`Insertion` preset it.
+
+    Args:
+        order: ``morf`` (most relevant first) or ``lerf`` (least relevant first).
+        mode: ``remove`` (input → baseline) or ``insert`` (canvas → input).
+        baseline: what removed pixels become, or the insertion canvas: ``zero``, ``mean`` or ``blur``.
+        output: ``probability`` (target softmax), ``logit`` or ``fractional_change`` (|p_k − p_0|/p_0, removal only).
+        pixels_per_step / num_steps: the step schedule; ``pixels_per_step`` wins when both are given.
+        max_fraction: the fraction of pixels switched at the last step (seed 000/001 LeRF: 0.1).
+        blur_kernel_size, blur_sigma: the Gaussian of the ``blur`` baseline.
+        channel_reduction: how maps are reduced over channels before ranking (``sum``, ``abs_sum``, ``max_abs``).
+        min_probability: skip images whose clean target probability is below this (InputIBA code: 0.6).
+        chunk_size: the most perturbed images per forward pass (memory bound).
+    """
+
+    curve_label = "fraction of pixels"
+
+    def __init__(
+        self,
+        order: str = "morf",
+        mode: str = "remove",
+        baseline: str = "zero",
+        output: str = "probability",
+        pixels_per_step: int | None = None,
+        num_steps: int | None = 20,
+        max_fraction: float = 1.0,
+        blur_kernel_size: int = 29,
+        blur_sigma: float = 15.0,
+        channel_reduction: str = "sum",
+        min_probability: float = 0.0,
+        chunk_size: int = 512,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if order not in ORDERS or mode not in MODES or output not in OUTPUTS:
+            raise ValueError(
+                f"order={order!r}, mode={mode!r}, output={output!r}: expected order in {ORDERS}, "
+                f"mode in {MODES}, output in {OUTPUTS}"
+            )
+        if output == "fractional_change" and mode != "remove":
+            raise ValueError("output='fractional_change' is defined for mode='remove' only")
+        if output == "logit" and min_probability > 0:
+            raise ValueError("min_probability filters on the target probability; it needs output != 'logit'")
+        if pixels_per_step is not None:
+            num_steps = None
+        step_counts(100, pixels_per_step, num_steps, max_fraction)  # validate the schedule early
+        self.order, self.mode, self.baseline, self.output = order, mode, baseline, output
+        self.pixels_per_step, self.num_steps, self.max_fraction = pixels_per_step, num_steps, max_fraction
+        self.blur_kernel_size, self.blur_sigma = blur_kernel_size, blur_sigma
+        self.channel_reduction, self.min_probability, self.chunk_size = channel_reduction, min_probability, chunk_size
+        drops = (order == "morf") == (mode == "remove")  # the curve falls when relevant pixels go first
+        self._higher_is_better = (not drops) if output != "fractional_change" else drops
+        self._counts: Tensor | None = None
+        self._num_pixels = 0
+        self.add_state("curve_sum", torch.zeros(0), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("skipped", torch.tensor(0.0), dist_reduce_fx="sum")
+
+    @property
+    def higher_is_better(self) -> bool:  # type: ignore[override]
+        """Removal curves that fall when relevant pixels go first are better low; the others high."""
+        return self._higher_is_better
+
+    def prepare(self, model: nn.Module, image_size: tuple[int, int]) -> None:
+        """Fix the step schedule for ``image_size`` and allocate the curve state (every DDP rank must call it)."""
+        num_pixels = image_size[0] * image_size[1]
+        if self._counts is None or num_pixels != self._num_pixels:
+            self._counts = step_counts(num_pixels, self.pixels_per_step, self.num_steps, self.max_fraction)
+            self._num_pixels = num_pixels
+        if self.curve_sum.numel() != self._counts.numel():
+            if self.count > 0:
+                raise ValueError(f"image size changed to {tuple(image_size)} within one evaluation")
+            self.curve_sum = torch.zeros(self._counts.numel(), device=self.count.device)
+
+    def _update(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor, **extras: Any) -> None:
+        height, width = inputs.shape[-2:]
+        self.prepare(model, (height, width))
+        assert self._counts is not None
+        ranks = pixel_ranks(pixel_scores(maps, (height, width), self.channel_reduction), self.order)
+        base = baseline_images(inputs, self.baseline, self.blur_kernel_size, self.blur_sigma)
+        start, end = (inputs, base) if self.mode == "remove" else (base, inputs)
+        curves = target_outputs(model, start, end, ranks, self._counts, target, self.chunk_size, self.output)
+        if self.mode == "remove":
+            clean = curves[:, 0]
+        elif self.max_fraction == 1.0:
+            clean = curves[:, -1]
+        else:
+            clean = model(inputs).float().softmax(1).gather(1, target[:, None]).squeeze(1)
+        if self.output == "fractional_change":
+            curves = (curves - clean[:, None]).abs() / clean[:, None].clamp_min(1e-12)
+        keep = clean >= self.min_probability if self.min_probability > 0 else torch.ones_like(clean, dtype=torch.bool)
+        self.curve_sum += curves[keep].sum(0)
+        self.count += keep.sum()
+        self.skipped += (~keep).sum()
+
+    def curve_axis(self) -> Tensor:
+        if self._counts is None:
+            raise ValueError(f"{type(self).__name__} has seen no images yet")
+        return self._counts.float() / self._num_pixels
+
+    def compute(self) -> dict[str, Tensor]:
+        if self.count == 0:
+            raise ValueError(f"{type(self).__name__}.compute() called before any image was evaluated")
+        curve = self.curve_sum / self.count
+        return {"score": trapezoid_auc(curve, self.curve_axis()), "curve/" + self.output: curve, "count": self.count}
+
+
+class PixelPerturbation(PerturbationCurve):
+    """MoRF / LeRF pixel perturbation (Samek et al.): remove pixels to the baseline in relevance order."""
+
+    def __init__(self, order: str = "morf", baseline: str = "zero", output: str = "probability", **kwargs: Any):
+        super().__init__(order=order, mode="remove", baseline=baseline, output=output, **kwargs)
+
+
+class Deletion(PerturbationCurve):
+    """Deletion (Petsiuk et al.): most relevant pixels set to 0 (normalised) first, 10 per step; target softmax AUC."""
+
+    def __init__(
+        self, baseline: str = "zero", pixels_per_step: int | None = 10, num_steps: int | None = None, **kwargs: Any
+    ):
+        pixels_per_step = None if num_steps is not None else pixels_per_step
+        super().__init__(
+            order="morf", mode="remove", baseline=baseline, pixels_per_step=pixels_per_step, num_steps=num_steps,
+            **kwargs,
+        )
+
+
+class Insertion(PerturbationCurve):
+    """Insertion (Petsiuk et al.): restore the most relevant pixels first onto a blurred canvas (k 29, σ 15)."""
+
+    def __init__(
+        self, baseline: str = "blur", pixels_per_step: int | None = 10, num_steps: int | None = None, **kwargs: Any
+    ):
+        pixels_per_step = None if num_steps is not None else pixels_per_step
+        super().__init__(
+            order="morf", mode="insert", baseline=baseline, pixels_per_step=pixels_per_step, num_steps=num_steps,
+            **kwargs,
+        )

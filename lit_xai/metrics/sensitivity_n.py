@@ -1,0 +1,180 @@
+"""Sensitivity-N (Ancona et al. 2018).
+
+For each set size n of a log-spaced schedule, ``num_masks`` random sets of n cells are drawn once per evaluation
+(seeded, shared by all images). For every image and set S: the attribution summed over S, ``Σ_{i∈S} R_i``, and the
+output drop ``f_t(x) − f_t(x_{S←baseline})``. Sensitivity-n is their Pearson correlation over the sets, per image,
+averaged over images; the curve is over n, the score its mean over the schedule (higher is better).
+
+A cell is a pixel (``patch_size=1``, InputIBA: n = logspace(0, 4.5, 45) at 224², 100 masks per n) or a
+``patch_size × patch_size`` square of a grid (seed 004: 14×14 patches). Maps are reduced over channels (``sum``:
+the attribution of a pixel is the sum over its channels) and upsampled if needed. The (sets × images) perturbed
+inputs are evaluated in chunks of ``chunk_size``, one forward per chunk.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lit_xai.metrics.base import AttributionMetric, pixel_scores
+from lit_xai.metrics.baselines import baseline_images
+
+
+def log_schedule(num_cells: int, num_n: int, max_fraction: float) -> Tensor:
+    """Distinct set sizes ``round(logspace(0, log10(max_fraction · cells), num_n))``, each in [1, cells − 1]."""
+    top = max(1.0, max_fraction * num_cells)
+    values = torch.logspace(0, math.log10(top), num_n).round().long().clamp(1, max(1, num_cells - 1))
+    return values.unique()
+
+
+def random_sets(num_cells: int, sizes: Tensor, num_masks: int, seed: int) -> Tensor:
+    """Boolean ``[K, M, cells]``: for each size n_k, ``M`` uniformly random sets of exactly n_k cells (seeded)."""
+    generator = torch.Generator().manual_seed(seed)
+    sets = torch.empty(sizes.numel(), num_masks, num_cells, dtype=torch.bool)
+    for k, size in enumerate(sizes.tolist()):  # one size at a time bounds the float keys to [M, cells]
+        keys = torch.rand(num_masks, num_cells, generator=generator)
+        sets[k] = keys <= keys.kthvalue(size, dim=1, keepdim=True).values
+    return sets
+
+
+def pearson(a: Tensor, b: Tensor, eps: float = 1e-12) -> Tensor:
+    """Pearson correlation along the last dim; 0 where either side is constant."""
+    a = a - a.mean(-1, keepdim=True)
+    b = b - b.mean(-1, keepdim=True)
+    denominator = (a.square().sum(-1) * b.square().sum(-1)).sqrt()
+    return torch.where(denominator > eps, (a * b).sum(-1) / denominator.clamp_min(eps), torch.zeros_like(denominator))
+
+
+class SensitivityN(AttributionMetric):
+    """Sensitivity-N: Pearson(Σ attribution in S, target drop when S is removed) per n.
+
+    Args:
+        n_values: explicit set sizes (cells); default: ``num_n`` log-spaced sizes up to ``max_fraction`` of the cells.
+        num_n, max_fraction: the log-spaced schedule.
+        num_masks: random sets per n, shared by all images.
+        patch_size: cell side in pixels (1: pixel sets; e.g. 14: the patch-mask variant).
+        baseline: value of removed cells: ``zero`` (dataset mean), ``mean`` or ``blur``.
+        output: ``logit`` (target logit drop, Ancona) or ``probability``.
+        channel_reduction: reduction of the maps over channels before summing inside a set.
+        seed: seed of the random sets.
+        chunk_size: the most perturbed images per forward pass.
+    """
+
+    higher_is_better = True
+    curve_label = "n (cells removed)"
+
+    def __init__(
+        self,
+        n_values: list[int] | None = None,
+        num_n: int = 45,
+        max_fraction: float = 0.63,
+        num_masks: int = 100,
+        patch_size: int = 1,
+        baseline: str = "zero",
+        output: str = "logit",
+        channel_reduction: str = "sum",
+        seed: int = 0,
+        chunk_size: int = 512,
+        blur_kernel_size: int = 29,
+        blur_sigma: float = 15.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if output not in ("logit", "probability"):
+            raise ValueError(f"output={output!r}: expected 'logit' or 'probability'")
+        if num_masks < 2 or patch_size < 1 or chunk_size < 1:
+            raise ValueError(f"need num_masks ≥ 2, patch_size ≥ 1, chunk_size ≥ 1; got {num_masks}, {patch_size}, {chunk_size}")
+        self.n_values, self.num_n, self.max_fraction = n_values, num_n, max_fraction
+        self.num_masks, self.patch_size, self.baseline, self.output = num_masks, patch_size, baseline, output
+        self.channel_reduction, self.seed, self.chunk_size = channel_reduction, seed, chunk_size
+        self.blur_kernel_size, self.blur_sigma = blur_kernel_size, blur_sigma
+        self._image_size: tuple[int, int] | None = None
+        self._sizes: Tensor | None = None
+        self._sets: Tensor | None = None
+        self.add_state("correlation_sum", torch.zeros(0), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def _grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        return math.ceil(image_size[0] / self.patch_size), math.ceil(image_size[1] / self.patch_size)
+
+    def prepare(self, model: nn.Module, image_size: tuple[int, int]) -> None:
+        """Draw the random sets for ``image_size`` (once per evaluation) and allocate the curve state."""
+        image_size = (int(image_size[0]), int(image_size[1]))
+        if self._image_size != image_size:
+            grid = self._grid(image_size)
+            cells = grid[0] * grid[1]
+            if self.n_values is not None:
+                sizes = torch.tensor(sorted(set(self.n_values)))
+                if sizes.min() < 1 or sizes.max() >= cells:
+                    raise ValueError(f"n_values must lie in [1, {cells - 1}] for a {grid[0]}×{grid[1]} cell grid")
+            else:
+                sizes = log_schedule(cells, self.num_n, self.max_fraction)
+            self._sizes = sizes
+            self._sets = random_sets(cells, sizes, self.num_masks, self.seed).to(self.count.device)
+            self._image_size = image_size
+        assert self._sizes is not None
+        if self.correlation_sum.numel() != self._sizes.numel():
+            self.correlation_sum = torch.zeros(self._sizes.numel(), device=self.count.device)
+
+    def _cells_to_pixels(self, cell_masks: Tensor) -> Tensor:
+        """``[N, cells]`` boolean → ``[N, 1, H, W]`` pixel masks."""
+        assert self._image_size is not None
+        height, width = self._image_size
+        grid_h, grid_w = self._grid(self._image_size)
+        masks = cell_masks.view(-1, 1, grid_h, grid_w)
+        if self.patch_size > 1:
+            masks = masks.repeat_interleave(self.patch_size, 2).repeat_interleave(self.patch_size, 3)
+        return masks[..., :height, :width]
+
+    def _cell_scores(self, maps: Tensor) -> Tensor:
+        """Attribution summed per cell ``[B, cells]``."""
+        assert self._image_size is not None
+        height, width = self._image_size
+        scores = pixel_scores(maps, self._image_size, self.channel_reduction).view(-1, 1, height, width)
+        if self.patch_size > 1:
+            grid_h, grid_w = self._grid(self._image_size)
+            padded = F.pad(scores, (0, grid_w * self.patch_size - width, 0, grid_h * self.patch_size - height))
+            scores = F.avg_pool2d(padded, self.patch_size, divisor_override=1)
+        return scores.flatten(1)
+
+    def _target_output(self, logits: Tensor, target: Tensor) -> Tensor:
+        if self.output == "logit":
+            return logits.float().gather(1, target[:, None]).squeeze(1)
+        return logits.float().softmax(1).gather(1, target[:, None]).squeeze(1)
+
+    def _update(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor, **extras: Any) -> None:
+        self.prepare(model, tuple(inputs.shape[-2:]))
+        assert self._sets is not None and self._sizes is not None
+        sets = self._sets.to(inputs.device)
+        num_sizes, num_masks, _ = sets.shape
+        batch = inputs.shape[0]
+        attribution_sums = torch.einsum("bc,kmc->bkm", self._cell_scores(maps), sets.float())
+        base = baseline_images(inputs, self.baseline, self.blur_kernel_size, self.blur_sigma)
+        clean = self._target_output(model(inputs), target)
+        flat_sets = sets.view(num_sizes * num_masks, -1)
+        total = num_sizes * num_masks * batch
+        perturbed = torch.empty(total, device=inputs.device)
+        for begin in range(0, total, self.chunk_size):
+            pair = torch.arange(begin, min(begin + self.chunk_size, total), device=inputs.device)
+            set_index, image = pair // batch, pair % batch
+            removed = self._cells_to_pixels(flat_sets[set_index])
+            logits = model(torch.where(removed, base[image], inputs[image]))
+            perturbed[pair] = self._target_output(logits, target[image])
+        drops = clean[:, None, None] - perturbed.view(num_sizes, num_masks, batch).permute(2, 0, 1)
+        self.correlation_sum += pearson(attribution_sums, drops).sum(0)
+        self.count += batch
+
+    def curve_axis(self) -> Tensor:
+        if self._sizes is None:
+            raise ValueError("SensitivityN has seen no images yet")
+        return self._sizes.float()
+
+    def compute(self) -> dict[str, Tensor]:
+        if self.count == 0:
+            raise ValueError("SensitivityN.compute() called before any image was evaluated")
+        curve = self.correlation_sum / self.count
+        return {"score": curve.mean(), "curve/correlation": curve, "count": self.count}

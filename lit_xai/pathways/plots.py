@@ -1,0 +1,48 @@
+"""Figures of the pathway analysis (seed 001 Fig. 1 and Fig. 2), drawn from :meth:`PathwayStatistics.summary`."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+def dead_share_figure(summary: dict) -> Figure:
+    """Fig. 1: the percentage of originally dead neurons in each method's pathway."""
+    names = summary["methods"]
+    values = [100 * summary["dead_share"][n] for n in names]
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3.2))
+    bars = ax.bar(names, values, color="tab:red")
+    ax.bar_label(bars, fmt="%.1f%%")
+    ax.set_ylabel("originally dead neurons in pathway (%)")
+    ax.set_title(f"Dead neurons selected ({summary['samples']} samples)")
+    ax.tick_params(axis="x", rotation=20)
+    fig.tight_layout()
+    return fig
+
+
+def overlap_figure(summary: dict) -> Figure:
+    """Fig. 2: (a) network-wide Jaccard overlap between methods; (b) per-layer overlap with the reference."""
+    names = summary["methods"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    image = left.imshow(summary["jaccard"], vmin=0, vmax=1, cmap="viridis")
+    left.set_xticks(range(len(names)), names, rotation=35, ha="right")
+    left.set_yticks(range(len(names)), names)
+    for i, row in enumerate(summary["jaccard"]):
+        for j, value in enumerate(row):
+            left.text(j, i, f"{value:.2f}", ha="center", va="center", color="w" if value < 0.6 else "k", fontsize=8)
+    fig.colorbar(image, ax=left, fraction=0.046)
+    left.set_title("(a) Jaccard overlap, whole network")
+    reference = summary["jaccard_reference"]
+    for name, values in summary["jaccard_per_layer"].items():
+        if name != reference:
+            right.plot(range(1, len(values) + 1), values, marker="o", label=name)
+    right.set_xlabel("ReLU layer (call order)")
+    right.set_ylabel(f"Jaccard overlap with {reference}")
+    right.set_ylim(0, 1)
+    right.legend(fontsize=8)
+    right.set_title("(b) layer-wise overlap")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,101 @@
+"""Crash-safe bookkeeping of finished ROAR cells: one JSON manifest per grid shard.
+
+Every write goes to a temporary file in the same folder and is renamed over the target
+(``os.replace`` is atomic on POSIX), so a manifest on disk is always a complete, parseable file:
+a run killed at any moment loses at most the cell it was training. Each grid shard writes only its
+own file (``manifest-shard<i>of<n>.json``), so concurrent shards (SLURM array tasks, sweep agents)
+never write the same file; :func:`merge_manifests` reads them all back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+MANIFEST_GLOB = "manifest-shard*.json"
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that ``path`` either keeps its old content or holds all of ``data``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, payload: Any) -> None:
+    """Atomic, human-readable JSON write (sorted keys, indented)."""
+    atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+
+
+class Manifest:
+    """The finished cells of one grid shard: ``{cell_key: result_dict}``, persisted after every record.
+
+    Args:
+        directory: the grid's output folder.
+        shard_index, shard_count: which shard of the grid this process runs (``cell c`` belongs to shard ``c % n``).
+    """
+
+    def __init__(self, directory: str | Path, shard_index: int = 0, shard_count: int = 1) -> None:
+        if not 0 <= shard_index < shard_count:
+            raise ValueError(f"shard index {shard_index} must lie in [0, {shard_count})")
+        self.path = Path(directory) / f"manifest-shard{shard_index}of{shard_count}.json"
+        self.cells: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            self.cells = read_manifest(self.path)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.cells
+
+    def __len__(self) -> int:
+        return len(self.cells)
+
+    def record(self, key: str, result: dict[str, Any]) -> None:
+        """Add a finished cell and persist the whole manifest atomically."""
+        self.cells[key] = result
+        atomic_write_json(self.path, {"cells": self.cells})
+
+
+def read_manifest(path: str | Path) -> dict[str, dict[str, Any]]:
+    """The ``{cell_key: result}`` mapping of one manifest file."""
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"manifest {path} is not valid JSON ({error}); it was not written by this pipeline") from error
+    if not isinstance(payload, dict) or not isinstance(payload.get("cells"), dict):
+        raise ValueError(f"manifest {path} has no 'cells' mapping")
+    return payload["cells"]
+
+
+def merge_manifests(paths: Iterable[str | Path]) -> dict[str, dict[str, Any]]:
+    """Union of several shards' manifests. A cell recorded by two shards (e.g. after re-sharding the grid) must
+    carry the same result in both, otherwise the merge refuses rather than pick one silently."""
+    merged: dict[str, dict[str, Any]] = {}
+    origin: dict[str, Path] = {}
+    for path in sorted(Path(p) for p in paths):
+        for key, result in read_manifest(path).items():
+            if key in merged and merged[key].get("test_acc") != result.get("test_acc"):
+                raise ValueError(
+                    f"cell {key!r} has different results in {origin[key]} and {path}; delete the stale manifest"
+                )
+            merged.setdefault(key, result)
+            origin.setdefault(key, path)
+    return merged
+
+
+def find_manifests(directory: str | Path) -> list[Path]:
+    """All shard manifests in a grid's output folder."""
+    return sorted(Path(directory).glob(MANIFEST_GLOB))

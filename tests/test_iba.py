@@ -1,0 +1,280 @@
+"""IBA, Inverse IBA, Multi-layer IBA: KL maths, statistics, batching equivalence, model hygiene."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate
+from torch import nn
+
+from lit_xai.attribution import AttributionError, build
+from lit_xai.attribution.information import IBA, FeatureStatistics, capacity_per_input_pixel
+from lit_xai.attribution.information.bottleneck import GaussianSmoothing, iba_kl, prior_kl
+from lit_xai.attribution.information.statistics import (
+    WelfordState,
+    all_gather_merge,
+    cache_path,
+    estimate_feature_statistics,
+)
+
+
+class TinyNet(nn.Module):
+    """Two conv stages (8×8 then 4×4 feature maps at 16×16 input), in-place ReLU, BN, linear head."""
+
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), nn.BatchNorm2d(4), nn.ReLU(inplace=True))
+        self.block = nn.Sequential(nn.Conv2d(4, 6, 3, 2, 1), nn.ReLU(inplace=True))
+        self.head = nn.Linear(6, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.stem(x)).mean((2, 3)))
+
+
+def tiny(dtype: torch.dtype = torch.float32) -> TinyNet:
+    torch.manual_seed(0)
+    model = TinyNet().to(dtype)
+    model.stem[1].running_mean.uniform_(-0.1, 0.1)
+    return model
+
+
+def loader(n_batches: int = 3, batch: int = 8, dtype: torch.dtype = torch.float32) -> list[dict]:
+    g = torch.Generator().manual_seed(1)
+    return [{"image": torch.randn(batch, 3, 16, 16, generator=g, dtype=dtype)} for _ in range(n_batches)]
+
+
+def numeric_kl(m1: float, s1: float, m2: float, s2: float) -> float:
+    """∫ p log(p/q) over ±12 σ₁ by adaptive quadrature (independent of the closed form)."""
+
+    def integrand(z: float) -> float:
+        logp = -0.5 * ((z - m1) / s1) ** 2 - math.log(s1 * math.sqrt(2 * math.pi))
+        logq = -0.5 * ((z - m2) / s2) ** 2 - math.log(s2 * math.sqrt(2 * math.pi))
+        return math.exp(logp) * (logp - logq)
+
+    value, _ = integrate.quad(integrand, m1 - 12 * s1, m1 + 12 * s1, limit=200)
+    return value
+
+
+@pytest.mark.parametrize("r,mu,sigma,lam", [(1.3, 0.2, 0.7, 0.3), (-0.5, 0.0, 1.5, 0.9), (2.0, 1.0, 0.5, 0.05)])
+def test_iba_kl_matches_numerical_integration(r: float, mu: float, sigma: float, lam: float) -> None:
+    # P(Z|R=r) = N(λr + (1−λ)μ, (1−λ)²σ²) against Q(Z) = N(μ, σ²), in original (not standardised) units
+    expected = numeric_kl(lam * r + (1 - lam) * mu, (1 - lam) * sigma, mu, sigma)
+    t = lambda v: torch.tensor([v], dtype=torch.float64)
+    got = iba_kl(t(r), t(lam), t(1 - lam), t(mu), t(sigma)).item()
+    assert got == pytest.approx(expected, rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.parametrize("x,mu,sigma,lam,prior", [(1.3, 0.2, 0.7, 0.6, 0.3), (-2.0, 0.5, 1.2, 0.95, 0.8)])
+def test_prior_kl_matches_numerical_integration(x: float, mu: float, sigma: float, lam: float, prior: float) -> None:
+    # Remark 2 vs Remark 1 of the dissertation (ch. 6): the two Gaussians whose KL Proposition 3 states
+    m1, s1 = lam * x + (1 - lam) * mu, (1 - lam) * sigma
+    m2, s2 = prior * lam * x + (1 - prior * lam) * mu, (1 - prior * lam) * sigma
+    t = lambda v: torch.tensor([v], dtype=torch.float64)
+    got = prior_kl(t(x), t(lam), t(1 - lam), t(prior), t(mu), t(sigma)).item()
+    assert got == pytest.approx(numeric_kl(m1, s1, m2, s2), rel=1e-6, abs=1e-9)
+    # with a zero prior, Proposition 3 is IBA's KL against N(μ, σ²)
+    assert prior_kl(t(x), t(lam), t(1 - lam), t(0.0), t(mu), t(sigma)).item() == pytest.approx(
+        iba_kl(t(x), t(lam), t(1 - lam), t(mu), t(sigma)).item(), rel=1e-12)
+
+
+def test_gaussian_smoothing_matches_scipy() -> None:
+    from scipy.ndimage import gaussian_filter
+
+    mask = torch.rand(2, 3, 9, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    got = GaussianSmoothing(1.0, truncate=3.0)(mask)
+    expected = gaussian_filter(mask.numpy(), sigma=(0, 0, 1.0, 1.0), mode="nearest", truncate=3.0)
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-12)
+
+
+def test_welford_merge_on_split_data_equals_full_data() -> None:
+    g = torch.Generator().manual_seed(0)
+    data = torch.relu(torch.randn(37, 2, 3, 3, generator=g, dtype=torch.float64) + 0.3)
+    parts = [data[:5], data[5:6], data[6:20], data[20:]]
+    streamed = WelfordState.from_batch(parts[0])
+    for part in parts[1:]:
+        streamed = streamed.update(part)
+    ranks = WelfordState.from_batch(data[:20]).merge(WelfordState.from_batch(data[20:]))
+    for state in (streamed, ranks):
+        assert float(state.count) == 37
+        torch.testing.assert_close(state.mean, data.mean(0))
+        torch.testing.assert_close(state.m2 / 36, data.var(0, unbiased=True))
+        torch.testing.assert_close(state.nonzero, (data != 0).sum(0).double())
+    stats = FeatureStatistics.from_welford(ranks, min_std=0.01, active_threshold=0.2)
+    torch.testing.assert_close(stats.std, data.std(0).clamp_min(0.01).float())
+    assert torch.equal(stats.active, (data != 0).double().mean(0) > 0.2)
+
+
+def test_all_gather_merge_single_process_group(tmp_path) -> None:
+    import torch.distributed as dist
+
+    data = torch.randn(10, 2, 2, dtype=torch.float64)
+    state = WelfordState.from_batch(data)
+    assert all_gather_merge(state) is state  # not initialised: untouched
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        merged = all_gather_merge(state)
+    finally:
+        dist.destroy_process_group()
+    torch.testing.assert_close(merged.mean, state.mean)
+    torch.testing.assert_close(merged.m2, state.m2)
+    assert float(merged.count) == 10
+
+
+def test_statistics_cache_is_keyed_reused_and_atomic(tmp_path, monkeypatch) -> None:
+    model = tiny()
+    stats = estimate_feature_statistics(model, "block", loader(), max_samples=20, cache_dir=tmp_path)
+    assert stats.num_samples == 20
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == [cache_path(tmp_path, model, "block", 20).name]  # no temp file left behind
+
+    from lit_xai.attribution.information import statistics as module
+
+    def fail(*args, **kwargs):
+        raise AssertionError("statistics recomputed despite the cache")
+
+    monkeypatch.setattr(module, "welford_over_loader", fail)
+    again = estimate_feature_statistics(model, "block", loader(), max_samples=20, cache_dir=tmp_path)
+    torch.testing.assert_close(again.mean, stats.mean)
+    torch.testing.assert_close(again.std, stats.std)
+    other_count = cache_path(tmp_path, model, "block", 21)
+    with torch.no_grad():
+        model.head.bias.add_(1.0)
+    assert cache_path(tmp_path, model, "block", 20) != files[0] != other_count.name
+
+
+def test_statistics_match_direct_computation() -> None:
+    model = tiny().eval()
+    data = loader()
+    stats = estimate_feature_statistics(model, "block", data, max_samples=20)
+    with torch.no_grad():
+        feats = model.block(model.stem(torch.cat([b["image"] for b in data])[:20]))
+    torch.testing.assert_close(stats.mean, feats.mean(0), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(stats.std, feats.std(0).clamp_min(0.01), atol=1e-6, rtol=1e-5)
+
+
+def snapshot(model: nn.Module) -> dict:
+    return {
+        "params": {k: v.clone() for k, v in model.state_dict().items()},
+        "flags": [(p.requires_grad, p.grad) for p in model.parameters()],
+        "training": [m.training for m in model.modules()],
+        "hooks": [len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules()],
+    }
+
+
+def assert_unchanged(model: nn.Module, before: dict) -> None:
+    after = snapshot(model)
+    for key, value in before["params"].items():
+        assert torch.equal(after["params"][key], value), key
+    assert after["flags"] == before["flags"]
+    assert after["training"] == before["training"]
+    assert after["hooks"] == before["hooks"]
+
+
+@pytest.mark.parametrize("name", ["iba", "inverse_iba"])
+def test_capacity_nonnegative_sums_to_reported_bits_and_model_untouched(name: str) -> None:
+    model = tiny().train()  # train mode on entry must survive
+    before = snapshot(model)
+    method = build(name, layer="block", steps=3, noise_draws=4).fit(model, loader())
+    x = loader(1, 3)[0]["image"]
+    result = method.explain(model, x)
+    assert result.capacity.shape == (3, 1, 4, 4)
+    assert bool((result.capacity >= 0).all())
+    torch.testing.assert_close(result.capacity.sum((1, 2, 3)), result.total_bits)
+    torch.testing.assert_close(method(model, x), result.capacity)
+    per_pixel = capacity_per_input_pixel(result.capacity, (16, 16))
+    assert per_pixel.shape == (3, 1, 16, 16) and bool((per_pixel >= 0).all())
+    torch.testing.assert_close(per_pixel.sum((1, 2, 3)), result.total_bits)
+    assert_unchanged(model, before)
+
+
+def test_model_left_as_found_when_the_forward_raises() -> None:
+    model = tiny()
+    before = snapshot(model)
+    calls = {"n": 0}
+
+    def explode(_m, _i, out):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise RuntimeError("boom")
+
+    handle = model.head.register_forward_hook(explode)
+    before["hooks"] = snapshot(model)["hooks"]
+    method = IBA(layer="block", steps=5, noise_draws=1).fit(model, loader())
+    calls["n"] = 0
+    with pytest.raises(RuntimeError, match="boom"):
+        method(model, loader(1, 2)[0]["image"])
+    assert_unchanged(model, before)
+    handle.remove()
+
+
+def test_batched_optimisation_equals_one_image_at_a_time() -> None:
+    model = tiny(torch.float64)
+    method = IBA(layer="block", steps=4, noise_draws=3).fit(model, loader(dtype=torch.float64))
+    x = loader(1, 4, dtype=torch.float64)[0]["image"]
+    target = torch.tensor([0, 2, 1, 2])
+    batched = method(model, x, target)
+    single = torch.cat([method(model, x[i : i + 1], target[i : i + 1]) for i in range(4)])
+    torch.testing.assert_close(batched, single, rtol=1e-9, atol=1e-10)
+
+
+def test_expanding_at_the_layer_equals_repeating_inputs() -> None:
+    from lit_xai.attribution.information.layer_hooks import BottleneckForward
+
+    model = tiny(torch.float64).eval()
+    x = loader(1, 2, dtype=torch.float64)[0]["image"]
+    z = torch.randn(6, 6, 4, 4, dtype=torch.float64)
+    expanding = BottleneckForward(model, model.block, x, 3)
+    repeating = BottleneckForward(model, model.block, x, 3)
+    repeating.expand_at_layer = False
+    torch.testing.assert_close(expanding(z), repeating(z))
+    assert expanding.expand_at_layer
+
+
+def test_optimisation_removes_information() -> None:
+    model = tiny()
+    x = loader(1, 2)[0]["image"]
+    start, end = (IBA(layer="block", steps=s, noise_draws=4).fit(model, loader()).explain(model, x) for s in (0, 6))
+    assert bool((end.total_bits < 0.5 * start.total_bits).all())
+
+
+def test_missing_statistics_warn_or_error() -> None:
+    model = tiny()
+    x = loader(1, 2)[0]["image"]
+    with pytest.warns(UserWarning, match="no feature statistics"):
+        IBA(layer="block", steps=1, noise_draws=1)(model, x)
+    with pytest.raises(AttributionError, match="no feature statistics"):
+        IBA(layer="block", steps=1, noise_draws=1, missing_statistics="error")(model, x)
+    with pytest.raises(AttributionError, match="not found"):
+        IBA(layer="nope", steps=1).fit(model, loader())
+
+
+def test_setup_uses_datamodule_and_cache(tmp_path) -> None:
+    class DataModule:
+        def train_dataloader(self):
+            return loader()
+
+    model = tiny()
+    method = build("iba", layer="block", steps=1, noise_draws=2, stats_samples=16, cache_dir=str(tmp_path),
+                   missing_statistics="error")
+    method.setup(model, DataModule())
+    assert len(list(tmp_path.glob("iba_stats-*-block-n16.pt"))) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert method(model, loader(1, 2)[0]["image"]).shape == (2, 1, 4, 4)
+
+
+def test_default_layer_and_multilayer_intersection() -> None:
+    model = tiny()
+    method = build("multilayer_iba", steps=2, noise_draws=2, threshold_quantile=0.5).fit(model, loader())
+    result = method.explain(model, loader(1, 2)[0]["image"])
+    assert list(result.layers) == ["block", "stem"]
+    assert result.capacity.shape == (2, 1, 8, 8)
+    assert result.mask.dtype == torch.bool
+    # the intersection keeps at most the top half of the finest map and nothing outside it
+    assert bool((result.mask.flatten(1).float().mean(1) <= 0.5 + 1e-6).all())
+    assert bool((result.capacity[~result.mask] == 0).all())
+    torch.testing.assert_close(result.capacity[result.mask], result.layers["stem"].capacity[result.mask])
