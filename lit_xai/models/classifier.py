@@ -56,7 +56,7 @@ class ClassifierModule(L.LightningModule):
         top_k = min(5, num_classes)
         self.metrics = torch.nn.ModuleDict(
             {
-                f"{stage}_{name}": MulticlassAccuracy(num_classes=num_classes, top_k=k)
+                f"{stage}_{name}": MulticlassAccuracy(num_classes=num_classes, top_k=k, average="micro")
                 for stage in ("train", "val", "test")
                 for name, k in (("acc", 1), ("top5", top_k))
             }

@@ -1,0 +1,70 @@
+"""EHR (dissertation App. F examples) and the pointing game (cross-checked with Quantus)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lit_xai.metrics import EffectiveHeatRatio, PointingGame
+from lit_xai.metrics.localisation import box_masks
+
+MODEL = nn.Sequential(nn.Flatten(), nn.Linear(256, 2))
+INPUTS = torch.zeros(1, 1, 16, 16)
+TARGET = torch.zeros(1, dtype=torch.long)
+BOX = torch.tensor([[4, 4, 12, 12]])  # 64 of 256 pixels: the object covers 25% as in App. F
+
+
+def _ehr(maps: torch.Tensor, boxes: torch.Tensor = BOX, **kwargs) -> dict[str, torch.Tensor]:
+    metric = EffectiveHeatRatio(**kwargs)
+    metric.update(MODEL, INPUTS.expand(len(maps), -1, -1, -1), TARGET.expand(len(maps)), maps, boxes=boxes)
+    return metric.compute()
+
+
+def test_app_f_examples() -> None:
+    """(a) 1 inside, 0 outside → 1; (b) 0.25 outside as well → lower; (c) 0.25 inside only → lower (no rescaling)."""
+    a = box_masks(BOX, (16, 16)).float().view(1, 1, 16, 16)
+    b = a + 0.25 * (1 - a)
+    c = 0.25 * a
+    assert float(_ehr(a)["score"]) == pytest.approx(1.0)
+    # (b): thresholds below 1 keep every pixel (ratio 64/256) until the 0.8 quantile, where only the box is left
+    assert float(_ehr(b)["score"]) == pytest.approx(0.25 * 0.7 + 0.1 * (0.25 + 1) / 2 + 0.2 * 1.0, abs=1e-6)
+    assert float(_ehr(c, normalize="none")["score"]) == pytest.approx(0.25)
+    assert float(_ehr(c)["score"]) == pytest.approx(1.0)  # divided by its max it becomes (a)
+
+
+def test_large_boxes_are_skipped_and_low_maps_score_zero() -> None:
+    metric = EffectiveHeatRatio()
+    maps = torch.rand(2, 1, 16, 16)
+    metric.update(MODEL, INPUTS.expand(2, -1, -1, -1), TARGET.expand(2), maps, boxes=torch.tensor([[0, 0, 16, 9], [0, 0, 4, 4]]))
+    assert float(metric.skipped) == 1 and float(metric.compute()["count"]) == 1
+    assert float(_ehr(torch.full((1, 1, 16, 16), 0.05), normalize="none")["score"]) == 0.0
+    with pytest.raises(ValueError, match="needs boxes"):
+        EffectiveHeatRatio().update(MODEL, INPUTS, TARGET, maps[:1])
+
+
+def test_box_masks_use_exclusive_ends() -> None:
+    mask = box_masks(torch.tensor([[1, 2, 3, 4]]), (5, 5)).view(5, 5)
+    assert mask.sum() == 4 and mask[2, 1] and mask[3, 2] and not mask[4, 2] and not mask[2, 3]
+
+
+def test_pointing_game_matches_quantus_and_tolerance() -> None:
+    quantus = pytest.importorskip("quantus")
+    generator = torch.Generator().manual_seed(0)
+    maps = torch.rand(6, 1, 16, 16, generator=generator)
+    masks = torch.zeros(6, 1, 16, 16)
+    masks[:, :, 3:9, 5:12] = 1
+    ours = PointingGame()
+    ours.update(MODEL, INPUTS.expand(6, -1, -1, -1), TARGET.expand(6), maps, masks=masks)
+    reference = quantus.PointingGame(disable_warnings=True, normalise=False, abs=False)(
+        model=MODEL, x_batch=np.zeros((6, 1, 16, 16), np.float32), y_batch=np.zeros(6, int),
+        a_batch=maps.numpy(), s_batch=masks.numpy(), device="cpu",
+    )
+    assert float(ours.compute()["score"]) == pytest.approx(np.mean(reference))
+    peak = torch.zeros(1, 1, 16, 16)
+    peak[0, 0, 2, 2] = 1
+    near, far = PointingGame(tolerance=1), PointingGame(tolerance=0)
+    for metric in (near, far):
+        metric.update(MODEL, INPUTS, TARGET, peak, boxes=torch.tensor([[3, 3, 8, 8]]))
+    assert float(near.compute()["score"]) == 1.0 and float(far.compute()["score"]) == 0.0

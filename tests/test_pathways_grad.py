@@ -1,0 +1,176 @@
+"""PathwayGrad (seed 001): contributions, pathway network, local linearity (Prop. 5), registry variants."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from captum.attr import LayerGradientXActivation
+from torch import nn
+
+from lit_xai.attribution import AttributionError, build
+from lit_xai.attribution.pathway_grad import pathway_gradient
+from lit_xai.attribution.postprocess import morphological_opening
+from lit_xai.models.backbones import build_backbone
+from lit_xai.pathways import intgrad_contributions, mct_contributions, select_pathway
+
+torch.set_num_threads(1)
+
+
+class TinyMLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(2 * 4 * 4, 12), nn.Linear(12, 10), nn.Linear(10, 3)
+        self.act1, self.act2 = nn.ReLU(), nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(self.act2(self.fc2(self.act1(self.fc1(x.flatten(1))))))
+
+
+@pytest.fixture
+def mlp() -> TinyMLP:
+    torch.manual_seed(0)
+    return TinyMLP().eval()
+
+
+def pathway_preactivations(model: TinyMLP, x: torch.Tensor, keep: list, const: list) -> torch.Tensor:
+    """Pre-activations of the *kept* neurons of Φ̂(x; e) for one image (off-pathway neurons are constants)."""
+    z1 = model.fc1(x.flatten(1))
+    h1 = torch.relu(z1) * keep[0] + const[0] * ~keep[0]
+    z2 = model.fc2(h1)
+    return torch.cat([z1[keep[0]], z2[keep[1]]])
+
+
+def test_mct_contributions_match_captum(mlp: TinyMLP) -> None:
+    x = torch.randn(3, 2, 4, 4)
+    target = torch.tensor([2, 0, 1])
+    contrib = mct_contributions(mlp, x, target, "test")
+    for layer, module in ((0, mlp.act1), (1, mlp.act2)):
+        expected = LayerGradientXActivation(mlp, module).attribute(x, target=target).abs()
+        torch.testing.assert_close(contrib.contributions[layer], expected)
+
+
+def test_intgrad_contributions_match_a_hand_written_layer_integral(mlp: TinyMLP) -> None:
+    x = torch.randn(2, 2, 4, 4)
+    target = torch.tensor([1, 2])
+    contrib = intgrad_contributions(mlp, x, target, "test", steps=11, internal_batch_size=5)
+    alphas = torch.linspace(0, 1, 11)
+    h1 = torch.relu(mlp.fc1(x.flatten(1))).detach()
+    h2 = torch.relu(mlp.fc2(h1)).detach()
+    tails = (lambda a: mlp.fc3(torch.relu(mlp.fc2(a))), lambda a: mlp.fc3(a))
+    for layer, (h, tail) in enumerate(zip((h1, h2), tails, strict=True)):
+        grads = []
+        for alpha in alphas:
+            scaled = (alpha * h).requires_grad_(True)
+            (g,) = torch.autograd.grad(tail(scaled).gather(1, target[:, None]).sum(), scaled)
+            grads.append(g)
+        expected = (h * torch.stack(grads).mean(0)).abs()
+        torch.testing.assert_close(contrib.contributions[layer], expected)
+
+
+def test_contribution_pathways_never_contain_dead_neurons() -> None:
+    """Remark 2: NeuronMCT and NeuronIntGrad give dead neurons zero contribution, so they are never selected."""
+    torch.manual_seed(0)
+    model = build_backbone("resnet8", num_classes=5, in_chans=1).eval()
+    x = torch.randn(2, 1, 16, 16)
+    for contrib in (mct_contributions(model, x, None, "t"), intgrad_contributions(model, x, None, "t", steps=3)):
+        dead = torch.cat([(a <= 0).flatten(1) for a in contrib.activations], 1)
+        assert dead.float().mean() > 0.2  # there are plenty of dead neurons to pick from
+        for sparsity in (0.0, 0.5, 0.9):
+            kept = torch.cat([k.flatten(1) for k in select_pathway(contrib.contributions, sparsity)], 1)
+            if sparsity == 0.0:
+                assert kept.all()  # κ = 0: the whole network
+            else:
+                assert kept.any() and not (kept & dead).any()
+
+
+def test_pathway_network_is_locally_linear_within_the_eq7_radius(mlp: TinyMLP) -> None:
+    """Prop. 5: Φ̂(·; e) keeps its gradient and is linear for ‖δ‖ < min |z| / ‖∇z‖ over pathway neurons (Eq. 7)."""
+    torch.manual_seed(1)
+    x = torch.randn(3, 2, 4, 4)
+    contrib = mct_contributions(mlp, x, None, "t")
+    keep = select_pathway(contrib.contributions, 0.5)
+    grad, logits = pathway_gradient(mlp, x, contrib.target, keep, contrib.activations, "constant", "t")
+    torch.testing.assert_close(logits, contrib.logits)  # constants equal to the original values: same output at x
+    for b in range(3):
+        keep_b = [k[b : b + 1] for k in keep]
+        const_b = [a[b : b + 1] for a in contrib.activations]
+        assert all((a[k] > 0).all() for a, k in zip(const_b, keep_b, strict=True))  # Prop. 4's condition
+        z = pathway_preactivations(mlp, x[b : b + 1], keep_b, const_b).detach()
+        jac = torch.autograd.functional.jacobian(
+            lambda v, kb=keep_b, cb=const_b: pathway_preactivations(mlp, v, kb, cb), x[b : b + 1]
+        ).flatten(1)
+        distances = z.abs() / jac.norm(dim=1)
+        radius = float(distances.min())
+        direction = torch.randn_like(x[b : b + 1])
+        inside = x[b : b + 1] + 0.9 * radius * direction / direction.norm()
+        grad_inside, logits_inside = pathway_gradient(
+            mlp, inside, contrib.target[b : b + 1], keep_b, const_b, "constant", "t"
+        )
+        torch.testing.assert_close(grad_inside, grad[b : b + 1])
+        linear = logits[b, contrib.target[b]] + (grad[b] * (inside[0] - x[b])).sum()
+        torch.testing.assert_close(logits_inside[0, contrib.target[b]], linear)
+        # just beyond the radius, towards the nearest hyperplane, that neuron switches off and the gradient changes
+        nearest = int(distances.argmin())
+        towards = -torch.sign(z[nearest]) * jac[nearest] / jac[nearest].norm()
+        outside = x[b : b + 1] + 1.5 * radius * towards.view_as(x[b : b + 1])
+        grad_outside, _ = pathway_gradient(mlp, outside, contrib.target[b : b + 1], keep_b, const_b, "constant", "t")
+        assert not torch.allclose(grad_outside, grad[b : b + 1])
+
+
+def test_zero_replacement_is_the_masked_network_of_the_reference_code(mlp: TinyMLP) -> None:
+    x = torch.randn(2, 2, 4, 4)
+    contrib = mct_contributions(mlp, x, None, "t")
+    keep = select_pathway(contrib.contributions, 0.6)
+    maps = build("neuron_mct", sparsity=0.6, replacement="zero")(mlp, x)
+    xg = x.clone().requires_grad_(True)
+    h1 = torch.relu(mlp.fc1(xg.flatten(1))) * keep[0]
+    out = mlp.fc3(torch.relu(mlp.fc2(h1)) * keep[1])
+    (expected,) = torch.autograd.grad(out.gather(1, contrib.target[:, None]).sum(), xg)
+    torch.testing.assert_close(maps, expected)
+    assert not torch.allclose(maps, build("neuron_mct", sparsity=0.6)(mlp, x))
+
+
+@pytest.mark.parametrize(
+    ("backbone", "name", "kwargs"),
+    [("resnet8", "neuron_intgrad", {"steps": 3}), ("torchvision/resnet18", "neuron_mct", {})],
+)
+def test_batched_pathway_gradients_equal_single_images(backbone: str, name: str, kwargs: dict) -> None:
+    torch.manual_seed(0)
+    model = build_backbone(backbone, num_classes=4, in_chans=3).eval()
+    x = torch.randn(2, 3, 32, 32)
+    method = build(name, **kwargs)
+    batched = method(model, x)
+    singles = torch.cat([method(model, x[i : i + 1]) for i in range(2)])
+    torch.testing.assert_close(batched, singles, rtol=1e-4, atol=1e-6)
+
+
+def test_star_variants_are_the_opened_absolute_maps(mlp: TinyMLP) -> None:
+    x = torch.randn(2, 2, 4, 4)
+    plain = build("neuron_mct", sparsity=0.5)(mlp, x)
+    star = build("neuron_mct_star", sparsity=0.5)(mlp, x)
+    torch.testing.assert_close(star, morphological_opening(plain.abs(), 3))
+    star_ig = build("neuron_intgrad_star", sparsity=0.5, steps=3)(mlp, x)
+    torch.testing.assert_close(star_ig, morphological_opening(build("neuron_intgrad", sparsity=0.5, steps=3)(mlp, x).abs(), 3))
+
+
+def test_input_space_counterparts_are_the_baselines(mlp: TinyMLP) -> None:
+    x = torch.randn(2, 2, 4, 4)
+    torch.testing.assert_close(build("input_mct")(mlp, x), build("input_x_gradient")(mlp, x))
+    torch.testing.assert_close(build("input_intgrad", steps=8)(mlp, x), build("integrated_gradients", steps=8)(mlp, x))
+
+
+def test_model_unchanged_and_relu_free_models_rejected(mlp: TinyMLP) -> None:
+    before = {k: v.clone() for k, v in mlp.state_dict().items()}
+    x = torch.randn(2, 2, 4, 4)
+    for name in ("neuron_mct", "neuron_intgrad"):
+        build(name)(mlp, x)
+    with pytest.raises(AttributionError, match="out of range"):
+        build("neuron_intgrad")(mlp, x, 5)
+    assert all(torch.equal(before[k], v) for k, v in mlp.state_dict().items())
+    assert all(p.requires_grad and p.grad is None for p in mlp.parameters())
+    assert not any(m._forward_hooks or m._backward_hooks for m in mlp.modules())
+    gelu = nn.Sequential(nn.Flatten(), nn.Linear(32, 8), nn.GELU(), nn.Linear(8, 3))
+    with pytest.raises(AttributionError, match="ReLU"):
+        build("neuron_mct")(gelu, x)
+    with pytest.raises(ValueError, match="replacement"):
+        build("neuron_mct", replacement="mean")
