@@ -74,7 +74,8 @@ def test_imagefolder_train_val_layout(tmp_path):
         for cls in ("cat", "dog"):
             (tmp_path / split / cls).mkdir(parents=True)
             for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+                pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / cls / f"{i}.png")
     data = ImageFolderDataModule(root=str(tmp_path), image_size=32, batch_size=4)
     data.setup()
     assert data.num_classes == 2 and len(data.train_dataset) == 6

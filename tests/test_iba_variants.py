@@ -42,11 +42,13 @@ def test_input_iba_map_has_input_resolution_and_model_untouched() -> None:
     method = build("input_iba", layer="stem", **TINY_GAN).fit(model, loader())
     x = loader(1, 2)[0]["image"]
     result = method.explain(model, x)
-    assert result.capacity.shape == (2, 1, 16, 16)  # input resolution, no interpolation
+    assert result.attribution.shape == (2, 1, 16, 16)  # input resolution, no interpolation
     assert result.feature.capacity.shape == (2, 1, 8, 8)  # the feature bottleneck's own resolution
-    assert result.prior.shape == x.shape and bool(((result.prior > 0) & (result.prior < 1)).all())
+    assert result.prior.shape == x.shape and bool(((result.prior >= 0) & (result.prior <= 1)).all())
+    torch.testing.assert_close(result.attribution, result.lam.mean(1, keepdim=True))
     assert bool((result.capacity >= 0).all())
     torch.testing.assert_close(result.capacity.sum((1, 2, 3)), result.total_bits)
+    torch.testing.assert_close(method(model, x), result.attribution)
     assert_unchanged(model, before)
 
 
@@ -108,7 +110,11 @@ def test_regression_iba_mse_needs_target_values() -> None:
 
 @pytest.mark.parametrize(
     "backbone,layer,size",
-    [("resnet8", "layer2", (16, 16)), ("cnn6", "features.9", (8, 8)), ("timm/resnet18", "layer3", (2, 2))],
+    [
+        ("resnet8", "layer2", (16, 16)),
+        ("cnn6", "features.9", (8, 8)),
+        pytest.param("timm/resnet18", "layer3", (2, 2), marks=pytest.mark.slow),
+    ],
 )
 def test_iba_on_project_backbones(backbone: str, layer: str, size: tuple[int, int]) -> None:
     model = build_backbone(backbone, num_classes=10)
@@ -120,6 +126,7 @@ def test_iba_on_project_backbones(backbone: str, layer: str, size: tuple[int, in
     assert_unchanged(model, before)
 
 
+@pytest.mark.slow
 def test_iba_on_vgg16_conv4_1() -> None:
     model = build_backbone("torchvision/vgg16", num_classes=10)
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))

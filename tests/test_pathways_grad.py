@@ -137,7 +137,7 @@ def test_zero_replacement_is_the_masked_network_of_the_reference_code(mlp: TinyM
 def test_batched_pathway_gradients_equal_single_images(backbone: str, name: str, kwargs: dict) -> None:
     torch.manual_seed(0)
     model = build_backbone(backbone, num_classes=4, in_chans=3).eval()
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, 3, 16, 16)
     method = build(name, **kwargs)
     batched = method(model, x)
     singles = torch.cat([method(model, x[i : i + 1]) for i in range(2)])

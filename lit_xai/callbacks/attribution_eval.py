@@ -319,7 +319,7 @@ class AttributionEvaluation(Callback):
                     if key.startswith("curve/"):
                         metric = self.metrics[method_label][metric_label]
                         _, curves = out.setdefault(metric_label, (metric, {}))  # type: ignore[arg-type]
-                        curves.setdefault(key.removeprefix("curve/"), {})[method_label] = y.detach().cpu()
+                        curves.setdefault(key.removeprefix("curve/"), {})[method_label] = y.detach().cpu().reshape(-1)
         return out
 
     def _summary_rows(self, results: dict[str, dict[str, dict[str, Tensor]]]) -> list[dict[str, Any]]:

@@ -5,7 +5,8 @@ loss — the cross-entropy between the original softmax output and the gated net
 ``γ·‖λ‖₁``, with SGD (lr 0.01, momentum 0.9, γ = 0.01, gates clamped to [0, 100] after each step, as in the
 reference code). For each sample the gates of the lowest-loss step at which its prediction is unchanged are
 kept. Initialisation ``"ones"`` (DGR(init=1), as in Wang et al.) or ``"uniform"`` (DGR(init=r), U[0, 1), from a
-seeded generator). The pathway of sparsity κ is the network-wide top ``1−κ`` of the gates.
+seeded generator). The pathway of sparsity κ is the network-wide top ``1−κ`` of the positive gates (exact count,
+ties broken by position: all dead neurons' gates decay identically and form one large tied block).
 """
 
 from __future__ import annotations
@@ -82,4 +83,4 @@ def routing_pathway(
 ) -> NeuronTensors:
     """The DGR pathway: neurons whose gate is above the network-wide κ threshold of the gates."""
     gates = routing_gates(model, inputs, template, init, steps=steps, l1_weight=l1_weight, seed=seed)
-    return select_pathway(gates, sparsity)
+    return select_pathway(gates, sparsity, exact_count=True)

@@ -5,6 +5,10 @@ Scores of all neurons of a sample are ranked together (not layer by layer). With
 above ``c_κ``. So at most ``(1−κ)·N`` neurons are kept, ties with the threshold are removed, and a neuron with
 zero score (a dead neuron under NeuronMCT / NeuronIntGrad, Remark 2) is never kept unless κ = 0, where the
 whole network is the pathway.
+
+Scores with large tied blocks (the gates of Distillation Guided Routing: every dead neuron's gate decays by the
+same L1 step) would lose the whole tied block under the strict rule; ``exact_count=True`` instead keeps exactly
+the ``N − round(κ·N)`` highest positive scores, breaking ties by neuron position (a stable sort).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from lit_xai.pathways.neurons import NeuronTensors, expand_per_sample, flatten_neurons
+from lit_xai.pathways.neurons import NeuronTensors, expand_per_sample, flatten_neurons, unflatten_neurons
 
 
 def check_sparsity(sparsity: float) -> None:
@@ -32,7 +36,15 @@ def sparsity_thresholds(scores: Sequence[Tensor], sparsity: float) -> Tensor:
     return flat.kthvalue(removed, dim=1).values
 
 
-def select_pathway(scores: Sequence[Tensor], sparsity: float) -> NeuronTensors:
-    """Boolean pathway masks (one per ReLU call): neurons whose score is above the network-wide ``c_κ``."""
-    thresholds = sparsity_thresholds(scores, sparsity)
-    return [s > expand_per_sample(thresholds, s) for s in scores]
+def select_pathway(scores: Sequence[Tensor], sparsity: float, exact_count: bool = False) -> NeuronTensors:
+    """Boolean pathway masks (one per ReLU call): neurons whose score is above the network-wide ``c_κ``
+    (or, with ``exact_count``, the top ``N − round(κ·N)`` positive scores, ties broken by position)."""
+    if not exact_count:
+        thresholds = sparsity_thresholds(scores, sparsity)
+        return [s > expand_per_sample(thresholds, s) for s in scores]
+    check_sparsity(sparsity)
+    flat = flatten_neurons(scores)
+    kept = flat.shape[1] - int(round(sparsity * flat.shape[1]))
+    order = flat.argsort(dim=1, descending=True, stable=True)
+    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand_as(order))
+    return unflatten_neurons((ranks < kept) & (flat > 0), scores)

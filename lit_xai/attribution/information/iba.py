@@ -64,6 +64,11 @@ class BottleneckResult:
     features: Tensor  # [B, C, h, w], the clean layer output R
     statistics: FeatureStatistics  # the prior N(μ_R, σ_R²) and active mask used
 
+    @property
+    def attribution(self) -> Tensor:
+        """The method's map: the capacity in bits."""
+        return self.capacity
+
 
 def spatial_candidates(model: nn.Module, inputs: Tensor) -> list[tuple[str, torch.Size]]:
     """Modules called exactly once with a 4-D output of spatial size ≥ 2, in the order their forward ends."""
@@ -214,7 +219,7 @@ class FeatureBottleneckMethod(AttributionMethod):
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Tensor:
         for param in model.parameters():
             param.requires_grad_(False)
-        return self._explain(model, inputs, target).capacity
+        return self._explain(model, inputs, target).attribution
 
     def _explain(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Any:
         raise NotImplementedError
@@ -326,6 +331,10 @@ class MultiLayerResult:
     capacity: Tensor  # [B, 1, h, w] at the finest layer's resolution
     mask: Tensor  # [B, 1, h, w] intersection of the thresholded maps
     layers: dict[str, BottleneckResult]
+
+    @property
+    def attribution(self) -> Tensor:
+        return self.capacity
 
 
 @register("multilayer_iba")

@@ -5,8 +5,10 @@
    f(λ_G·I + (1−λ_G)·ε_G) are distributed like Z* (a critic per image; RMSprop, weight clipping, a generator
    step every ``critic_steps`` critic steps, a fixed target set of ``gan_target_samples`` draws of Z*).
 3. Input bottleneck: Z_I = Λ·I + (1−Λ)·ε, ε ~ N(μ_I, σ_I²), minimise CE + β·mean KL of Proposition 3 with λ_G
-   as the prior. The map is that KL summed over channels in bits, at input resolution ``[B, 1, H, W]``
-   (no interpolation).
+   as the prior. The result is the mask Λ* ("we refer to this methodology resulting in Λ* as InputIBA"),
+   averaged over channels, at input resolution ``[B, 1, H, W]`` (no interpolation); ``map_kind="capacity"``
+   returns the Proposition-3 KL in bits instead. Λ*, not the KL, is the default because where the GAN prior
+   saturates (λ_G → 1, typical on the object) the KL of Proposition 3 vanishes: keeping those pixels is free.
 
 All images of a batch are optimised jointly: the B critics are one grouped network (grouped convolutions,
 per-channel BatchNorm, batched MLP), every loss is a sum over images, and the optimisers are element-wise,
@@ -191,11 +193,13 @@ def fit_input_prior(
 
 @dataclass
 class InputIBAResult:
-    """InputIBA per image: input-resolution capacity (bits), its total, Λ*, the GAN prior λ_G, the feature IBA."""
+    """InputIBA per image, all at input resolution: the map, Λ*, the Prop.-3 capacity (bits) and its total, the
+    GAN prior λ_G, and the feature-IBA result."""
 
-    capacity: Tensor  # [B, 1, H, W]
+    attribution: Tensor  # [B, 1, H, W], Λ* channel mean or capacity, per ``map_kind``
+    lam: Tensor  # [B, C, H, W], Λ*
+    capacity: Tensor  # [B, 1, H, W], bits
     total_bits: Tensor  # [B]
-    lam: Tensor  # [B, C, H, W]
     prior: Tensor  # [B, C, H, W], λ_G
     feature: BottleneckResult
 
@@ -207,7 +211,8 @@ class InputIBA(FeatureBottleneckMethod):
     Defaults follow §4.1/App. D: feature β=10, 10 steps; WGAN 20 epochs, 200 target samples, RMSprop 5e-5,
     clipping 0.01, a generator step per 5 critic steps; input β=20, 60 steps, Adam lr 1. ``input_mean`` and
     ``input_std`` (scalars or per-channel) describe the input noise ε ~ N(μ_I, σ_I²): 0 and 1 for normalised
-    images. Returns ``[B, 1, H, W]`` bits at input resolution.
+    images. Returns ``[B, 1, H, W]`` at input resolution: Λ* averaged over channels (``map_kind="mask"``) or
+    the Proposition-3 capacity in bits (``"capacity"``).
     """
 
     def __init__(
@@ -238,6 +243,7 @@ class InputIBA(FeatureBottleneckMethod):
         input_smoothing_truncate: float = 2.0,
         input_mean: float | Sequence[float] = 0.0,
         input_std: float | Sequence[float] = 1.0,
+        map_kind: str = "mask",
         seed: int = 0,
         statistics: StatisticsLike = None,
         stats_samples: int = 5000,
@@ -247,7 +253,10 @@ class InputIBA(FeatureBottleneckMethod):
         active_threshold: float = 0.01,
     ) -> None:
         super().__init__(statistics, stats_samples, cache_dir, missing_statistics, min_std, active_threshold)
+        if map_kind not in ("mask", "capacity"):
+            raise ValueError(f"map_kind must be 'mask' or 'capacity', got {map_kind!r}")
         self.layer = layer
+        self.map_kind = map_kind
         self.feature_settings = BottleneckSettings(feature_beta, feature_steps, feature_lr, initial_alpha, sigma,
                                                    noise_draws, 3.0, False, seed)
         self.gan_settings = GANSettings(
@@ -277,6 +286,7 @@ class InputIBA(FeatureBottleneckMethod):
 
     def _explain(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> InputIBAResult:
         (layer,) = self.layers_for(model, inputs)
+        mean, std = self._input_noise(inputs)
         target = self._resolve_class_target(model, inputs, target)
         draws = self.feature_settings.noise_draws
         feature = self._bottleneck_at(model, layer, inputs, target, classification_loss(target, draws),
@@ -287,10 +297,10 @@ class InputIBA(FeatureBottleneckMethod):
         prior = fit_input_prior(model, module, inputs, feature.features, feature.lam, feature.statistics, init_logits,
                                 self.gan_settings)
 
-        mean, std = self._input_noise(inputs)
         kl = lambda lam, one_minus_lam: prior_kl(inputs, lam, one_minus_lam, prior, mean, std)
         alpha = optimise_mask(inputs, mean, std, kl, model, classification_loss(target, draws), self.input_settings)
         with torch.no_grad():
             lam, one_minus_lam = final_mask(alpha, self.input_settings)
             capacity = capacity_bits(kl(lam, one_minus_lam))
-        return InputIBAResult(capacity, capacity.sum((1, 2, 3)), lam, prior, feature)
+        attribution = lam.mean(1, keepdim=True) if self.map_kind == "mask" else capacity
+        return InputIBAResult(attribution, lam, capacity, capacity.sum((1, 2, 3)), prior, feature)

@@ -1,0 +1,118 @@
+"""Pathway analysis (seed 001 §3): greedy pruning, DGR, dead-neuron share, Jaccard overlaps, plots, command."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from lit_xai.models.backbones import build_backbone
+from lit_xai.pathways import (
+    PathwayStatistics,
+    dead_share,
+    dead_share_per_layer,
+    greedy_pruning_pathway,
+    jaccard,
+    jaccard_per_layer,
+    mct_contributions,
+    routing_gates,
+    select_pathways,
+)
+from lit_xai.pathways.command import main
+from lit_xai.pathways.neurons import NeuronGate, flatten_neurons, gated
+from lit_xai.pathways.plots import dead_share_figure, overlap_figure
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_backbone("digits_cnn", num_classes=10, in_chans=1).eval()
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.randn(3, 1, 16, 16)
+
+
+def test_measures_on_a_hand_made_case() -> None:
+    first = [torch.tensor([[True, True, False, False]]), torch.tensor([[True, False]])]
+    second = [torch.tensor([[True, False, True, False]]), torch.tensor([[True, True]])]
+    dead = [torch.tensor([[False, True, True, True]]), torch.tensor([[False, False]])]
+    assert jaccard(first, second).tolist() == [2 / 5]  # {0, 4} shared; union {0, 1, 2, 4, 5}
+    assert jaccard_per_layer(first, second).tolist() == [[1 / 3, 1 / 2]]
+    assert dead_share(first, dead).tolist() == [1 / 3]
+    assert dead_share_per_layer(first, dead).tolist() == [[1 / 2, 0.0]]
+    empty = [torch.zeros(1, 4, dtype=torch.bool), torch.zeros(1, 2, dtype=torch.bool)]
+    assert dead_share(empty, dead).tolist() == [0.0]
+
+
+def test_greedy_pruning_selects_originally_dead_neurons(model: torch.nn.Module, images: torch.Tensor) -> None:
+    clean = mct_contributions(model, images, None, "t")
+    pathway = greedy_pruning_pathway(model, images, clean.target, 0.9, clean.activations, step_fraction=0.02)
+    dead = [a <= 0 for a in clean.activations]
+    kept = flatten_neurons(pathway)
+    assert (kept.sum(1) <= int(0.1 * kept.shape[1])).all()
+    assert dead_share(pathway, dead).mean() > 0  # Alg. 1 turns originally dead neurons on (seed 001 Fig. 1)
+
+
+def test_routing_gates_keep_the_prediction_and_random_init_selects_dead_neurons(
+    model: torch.nn.Module, images: torch.Tensor
+) -> None:
+    clean = mct_contributions(model, images, None, "t")
+    gates = routing_gates(model, images, clean.activations, init="ones", steps=20, l1_weight=0.05)
+    assert all((g >= 0).all() for g in gates)
+    assert flatten_neurons(gates).mean() < 1.0  # the L1 term pulled the gates down
+    with torch.no_grad(), gated(NeuronGate(gates, "zero"), "t"):
+        assert torch.equal(model(images).argmax(1), clean.target)
+    selection = select_pathways(model, images, sparsity=0.9, methods=["dgr_init_r"], routing_steps=5)
+    dead = [a <= 0 for a in clean.activations]
+    assert dead_share(selection.pathways["dgr_init_r"], dead).mean() > 0
+
+
+def test_statistics_and_figures(model: torch.nn.Module, images: torch.Tensor, tmp_path) -> None:
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    selection = select_pathways(
+        model, images, sparsity=0.8, methods=["neuron_mct", "neuron_intgrad", "dgr_init_1"], intgrad_steps=3,
+        routing_steps=5,
+    )
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())
+    statistics = PathwayStatistics()
+    statistics.update(selection)
+    statistics.update(selection)
+    summary = statistics.summary()
+    assert summary["samples"] == 6
+    assert summary["dead_share"]["neuron_mct"] == 0.0 and summary["dead_share"]["neuron_intgrad"] == 0.0
+    assert [summary["jaccard"][i][i] for i in range(3)] == [1.0, 1.0, 1.0]
+    assert summary["jaccard_per_layer"]["neuron_intgrad"] == [1.0, 1.0, 1.0]
+    expected = float(jaccard(selection.pathways["neuron_mct"], selection.pathways["dgr_init_1"]).mean())
+    assert summary["jaccard"][0][2] == pytest.approx(expected)
+    for name, figure in (("dead", dead_share_figure(summary)), ("overlap", overlap_figure(summary))):
+        figure.savefig(tmp_path / f"{name}.png")
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000
+
+
+def test_command_writes_summary_and_figures(model: torch.nn.Module, tmp_path) -> None:
+    weights = tmp_path / "digits_cnn.pt"
+    torch.save(model.state_dict(), weights)
+    config = {
+        "model": {"backbone": "digits_cnn", "weights": str(weights)},
+        "data": {"batch_size": 2, "image_size": 16, "num_samples": 3},
+        "sparsity": 0.9,
+        "methods": ["neuron_mct", "greedy_pruning", "dgr_init_r"],
+        "greedy_step_fraction": 0.05,
+        "routing_steps": 3,
+        "output_dir": str(tmp_path / "out"),
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    main(["--config", str(tmp_path / "config.yaml")])
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["samples"] == 3 and summary["methods"] == config["methods"]
+    assert (tmp_path / "out" / "dead_share.png").exists() and (tmp_path / "out" / "overlap.png").exists()
+    with pytest.raises(ValueError, match="weights"):
+        main(["--model.backbone", "digits_cnn", "--output_dir", str(tmp_path / "none")])
