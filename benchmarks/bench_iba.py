@@ -1,7 +1,7 @@
 """Batched IBA vs one image at a time (same settings, same process, interleaved), and InputIBA's time per image.
 
     .venv/bin/python benchmarks/bench_iba.py                 # resnet8 + digits_cnn, 32 images, 3 repeats
-    .venv/bin/python benchmarks/bench_iba.py --models resnet8 --repeats 1 --input-iba-images 2
+    .venv/bin/python benchmarks/bench_iba.py --models resnet8 --repeats 1 --input-iba-models
 
 IBA optimises every image of a batch jointly (a sum of per-image losses, element-wise Adam), which is exactly
 equivalent to separate runs (tests/test_iba.py checks it); this script measures what batching buys.
@@ -39,7 +39,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--noise-draws", type=int, default=10)
-    parser.add_argument("--input-iba-images", type=int, default=4)
+    parser.add_argument("--input-iba-models", nargs="*", default=["digits_cnn"])
+    parser.add_argument("--input-iba-images", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
@@ -62,8 +63,8 @@ def main() -> None:
         print(f"IBA {name:<10} layer {LAYERS[name]:<10} batched {b / args.images * 1e3:8.1f} ms/image   "
               f"one-at-a-time {s / args.images * 1e3:8.1f} ms/image   speed-up ×{s / b:.2f}")
 
-    for name in args.models:
-        model = build_backbone(name, num_classes=10).eval()
+    for name in args.input_iba_models:
+        model = build_backbone(name, num_classes=10, in_chans=3).eval()
         x = torch.randn(args.input_iba_images, 3, 32, 32, generator=g)
         method = InputIBA(layer=LAYERS[name]).fit(model, [{"image": torch.randn(64, 3, 32, 32, generator=g)}])
         seconds = timed(method, model, x)

@@ -1,6 +1,6 @@
 """Evidence for the information-bottleneck methods on a model trained on synthetic scenes with ground truth.
 
-    .venv/bin/python benchmarks/report_iba.py                    # full run (~15-30 min on 2 busy CPU cores)
+    .venv/bin/python benchmarks/report_iba.py --images 24        # ~20 min on one busy CPU core
     .venv/bin/python benchmarks/report_iba.py --images 8 --gan-epochs 2 --epochs 3   # quick smoke run
 
 1. Trains a small CNN (``digits_cnn``, width 16) on ``lit_xai.data.synthetic`` scenes (a class-shape object among
@@ -51,7 +51,7 @@ def train_model(args: argparse.Namespace, images: torch.Tensor, labels: torch.Te
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += float(loss) * idx.numel()
+            total += loss.item() * idx.numel()
         print(f"  epoch {epoch + 1}/{args.epochs}: train loss {total / images.shape[0]:.3f}", flush=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
@@ -94,7 +94,9 @@ def main() -> None:
     parser.add_argument("--gan-epochs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", default=".cache/report_iba")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     start = time.perf_counter()
 
     train = render_scenes(args.train, seed=args.seed, num_classes=args.classes)

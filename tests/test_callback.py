@@ -63,7 +63,7 @@ def test_every_metric_runs_on_ground_truth_data_with_wandb_offline(tmp_path: Pat
     from lit_xai.loggers import LitXaiWandbLogger
 
     callback = AttributionEvaluation(
-        methods=[{"name": "gradient"}, {"name": "gradcam", "label": "GradCAM"}],
+        methods=[{"name": "gradient"}, {"name": "gradcam", "label": "GradCAM", "kwargs": {"upsample": True}}],
         metrics=[
             {"name": "morf", "kwargs": {"num_steps": 4}},
             {"name": "lerf", "kwargs": {"num_steps": 4, "max_fraction": 0.1, "output": "fractional_change"}},
@@ -77,7 +77,7 @@ def test_every_metric_runs_on_ground_truth_data_with_wandb_offline(tmp_path: Pat
         stages=["test"], max_samples=6, num_grid_samples=2,
     )
     data = SyntheticShapesDataModule(num_train=8, num_val=8, num_test=9, image_size=16, object_size=(4, 6), batch_size=4)
-    model = ClassifierModule(backbone="resnet8", num_classes=4, in_chans=3)
+    model = ClassifierModule(backbone="digits_cnn", num_classes=4, in_chans=3)
     logger = LitXaiWandbLogger(save_dir=str(tmp_path), name="callback-test", offline=True)
     trainer = _trainer(tmp_path, callback, logger=logger, limit_test_batches=1.0)
     results = trainer.test(model, data, verbose=False)[0]

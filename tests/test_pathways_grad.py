@@ -150,7 +150,8 @@ def test_star_variants_are_the_opened_absolute_maps(mlp: TinyMLP) -> None:
     star = build("neuron_mct_star", sparsity=0.5)(mlp, x)
     torch.testing.assert_close(star, morphological_opening(plain.abs(), 3))
     star_ig = build("neuron_intgrad_star", sparsity=0.5, steps=3)(mlp, x)
-    torch.testing.assert_close(star_ig, morphological_opening(build("neuron_intgrad", sparsity=0.5, steps=3)(mlp, x).abs(), 3))
+    plain_ig = build("neuron_intgrad", sparsity=0.5, steps=3)(mlp, x)
+    torch.testing.assert_close(star_ig, morphological_opening(plain_ig.abs(), 3))
 
 
 def test_input_space_counterparts_are_the_baselines(mlp: TinyMLP) -> None:
@@ -174,3 +175,16 @@ def test_model_unchanged_and_relu_free_models_rejected(mlp: TinyMLP) -> None:
         build("neuron_mct")(gelu, x)
     with pytest.raises(ValueError, match="replacement"):
         build("neuron_mct", replacement="mean")
+
+
+@pytest.mark.parametrize(
+    "backbone",
+    ["cnn6", "timm/resnet18", pytest.param("torchvision/vgg11", marks=pytest.mark.slow)],
+)
+def test_seed_methods_run_on_the_supported_architectures(backbone: str) -> None:
+    torch.manual_seed(0)
+    model = build_backbone(backbone, num_classes=4, in_chans=3).eval()
+    x = torch.randn(2, 3, 32, 32)
+    for name, kwargs in (("prune_grad", {}), ("neuron_mct_star", {}), ("dga", {"steps": 1})):
+        maps = build(name, **kwargs)(model, x)
+        assert maps.shape == x.shape and torch.isfinite(maps).all() and maps.abs().sum() > 0, name

@@ -101,6 +101,16 @@ def test_manifest_records_atomically_and_reloads(tmp_path) -> None:
         Manifest(tmp_path, 3, 3)
 
 
+def test_manifest_of_another_configuration_is_refused(tmp_path) -> None:
+    Manifest(tmp_path, fingerprint="abc").record("a", {"test_acc": 0.5})
+    assert "a" in Manifest(tmp_path, fingerprint="abc")
+    with pytest.raises(ValueError, match="another configuration"):
+        Manifest(tmp_path, fingerprint="def")
+    Manifest(tmp_path, 1, 2, fingerprint="def").record("b", {"test_acc": 0.5})
+    with pytest.raises(ValueError, match="different configurations"):
+        merge_manifests(sorted(tmp_path.glob("manifest-*.json")))
+
+
 def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path) -> None:
     path = tmp_path / "m.json"
     atomic_write_json(path, {"cells": {"a": {"test_acc": 1}}})

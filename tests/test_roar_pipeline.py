@@ -110,3 +110,22 @@ def test_grid_shards_write_their_own_manifests_and_merge(tmp_path, caplog) -> No
     assert curves[0] == "method,percentile,removed_fraction,acc_mean,acc_std,seeds"
     assert [row.split(",")[:2] for row in curves[1:]] == [["baseline", "0"], ["random", "0"], ["random", "30"],
                                                          ["random", "70"]]
+
+
+@pytest.mark.slow
+def test_grid_under_cpu_ddp_with_two_ranks(tmp_path) -> None:
+    """Source, maps (split across ranks) and cells trained with strategy=ddp on 2 CPU processes (gloo)."""
+    config = write_config(tmp_path, "random")
+    output = tmp_path / "out"
+    command = [sys.executable, "-m", "lit_xai", "roar", "--config", str(config), "--output_dir", str(output),
+               "--percentiles", "[50]", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+               "--map_shard_size", "100"]
+    env = {**os.environ, "LIT_XAI_WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (manifest,) = find_manifests(output)
+    assert sorted(read_manifest(manifest)) == ["baseline/p0/seed0", "random/p50/seed0"]
+    shards = list((output / "maps").rglob("shard-*.pt"))
+    assert len(shards) == 13 + 3 + 3  # 1258 train, 270 val, 269 test samples in shards of 100
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["missing"] == []

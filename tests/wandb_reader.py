@@ -71,8 +71,19 @@ def history(run_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def summary(run_dir: str | Path) -> dict[str, Any]:
+    """The run summary (last value per key), merged over all summary records."""
+    merged: dict[str, Any] = {}
+    for record in read_records(run_file(run_dir)):
+        if record.WhichOneof("record_type") == "summary":
+            for item in record.summary.update:
+                merged[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return merged
+
+
 def logged_keys(run_dir: str | Path) -> set[str]:
-    return {key for row in history(run_dir) for key in row}
+    """Keys in history rows or the summary (the last step's row may reach only the summary)."""
+    return {key for row in history(run_dir) for key in row} | set(summary(run_dir))
 
 
 def config(run_dir: str | Path) -> dict[str, Any]:

@@ -4,7 +4,7 @@ A scenario lists which images it needs (compositions of the reference input ``X`
 patch must drive which class on which image, and which output must stay unchanged when a patch is added
 (the independence terms). Class *slots* name the scenario's classes: slot 0 is ``a``, slot 1 is ``b``.
 
-- ``null`` (Eq. 1-2): ``f_a`` drives ``a`` (to a constant softmax, as in the authors' code); ``f_null`` drives
+- ``null_feature`` (Eq. 1-2): ``f_a`` drives ``a`` (to a constant softmax, as in the authors' code); ``f_null`` drives
   ``b`` while ``Φ_a(X{f_a,f_null}) = Φ_a(X{f_a})`` and ``Φ_a(X{f_null}) = Φ_a(X)``. Explained: ``a`` on ``X{f_a,f_null}``.
 - ``class_sensitivity_single`` (Eq. 3): ``f_a`` drives ``a`` while ``Φ_b(X{f_a}) = Φ_b(X)``. Explained: ``a`` and ``b``
   on ``X{f_a}``.
@@ -87,8 +87,8 @@ def _double_like(name: str, patch_slots: tuple[int, int], other_slots: tuple[int
 
 
 SCENARIOS: dict[str, Scenario] = {
-    "null": Scenario(
-        name="null",
+    "null_feature": Scenario(
+        name="null_feature",
         num_patches=2,  # patch 0 = f_a, patch 1 = f_null
         num_slots=2,
         patch_slots=(0, 1),

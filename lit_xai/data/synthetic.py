@@ -88,7 +88,7 @@ def render_scenes(
     seed: int,
     image_size: int = 32,
     num_classes: int = 4,
-    object_size: tuple[int, int] = (9, 14),
+    object_size: tuple[int, int] = (10, 15),
     num_distractors: int = 2,
     include_object: bool = True,
 ) -> Scenes:
@@ -151,7 +151,7 @@ class SyntheticShapesDataModule(ClassificationDataModule):
         num_test: int = 501,
         image_size: int = 32,
         num_classes: int = 4,
-        object_size: tuple[int, int] = (9, 14),
+        object_size: tuple[int, int] = (10, 15),
         num_distractors: int = 2,
         batch_size: int = 64,
         num_workers: int = 0,

@@ -36,13 +36,16 @@ def overlap_figure(summary: dict) -> Figure:
     fig.colorbar(image, ax=left, fraction=0.046)
     left.set_title("(a) Jaccard overlap, whole network")
     reference = summary["jaccard_reference"]
-    for name, values in summary["jaccard_per_layer"].items():
-        if name != reference:
-            right.plot(range(1, len(values) + 1), values, marker="o", label=name)
+    curves = {name: values for name, values in summary["jaccard_per_layer"].items() if name != reference}
+    for name, values in curves.items():
+        right.plot(range(1, len(values) + 1), values, marker="o", label=name)
     right.set_xlabel("ReLU layer (call order)")
     right.set_ylabel(f"Jaccard overlap with {reference}")
     right.set_ylim(0, 1)
-    right.legend(fontsize=8)
+    if curves:
+        right.legend(fontsize=8)
+    else:
+        right.text(0.5, 0.5, f"{reference} was not selected", ha="center", transform=right.transAxes)
     right.set_title("(b) layer-wise overlap")
     fig.tight_layout()
     return fig

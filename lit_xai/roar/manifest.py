@@ -46,14 +46,26 @@ class Manifest:
     Args:
         directory: the grid's output folder.
         shard_index, shard_count: which shard of the grid this process runs (``cell c`` belongs to shard ``c % n``).
+        fingerprint: identifies the configuration the results belong to (model, training, removal, data, source
+            model); reopening a manifest written under another fingerprint is refused, so a resumed grid never
+            mixes results of different settings.
     """
 
-    def __init__(self, directory: str | Path, shard_index: int = 0, shard_count: int = 1) -> None:
+    def __init__(
+        self, directory: str | Path, shard_index: int = 0, shard_count: int = 1, fingerprint: str = ""
+    ) -> None:
         if not 0 <= shard_index < shard_count:
             raise ValueError(f"shard index {shard_index} must lie in [0, {shard_count})")
         self.path = Path(directory) / f"manifest-shard{shard_index}of{shard_count}.json"
+        self.fingerprint = fingerprint
         self.cells: dict[str, dict[str, Any]] = {}
         if self.path.exists():
+            stored = read_fingerprint(self.path)
+            if stored != fingerprint:
+                raise ValueError(
+                    f"{self.path} holds results of another configuration (fingerprint {stored!r}, now "
+                    f"{fingerprint!r}): use a new output_dir, or delete the manifest to retrain its cells"
+                )
             self.cells = read_manifest(self.path)
 
     def __contains__(self, key: str) -> bool:
@@ -65,7 +77,7 @@ class Manifest:
     def record(self, key: str, result: dict[str, Any]) -> None:
         """Add a finished cell and persist the whole manifest atomically."""
         self.cells[key] = result
-        atomic_write_json(self.path, {"cells": self.cells})
+        atomic_write_json(self.path, {"fingerprint": self.fingerprint, "cells": self.cells})
 
 
 def read_manifest(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -80,12 +92,23 @@ def read_manifest(path: str | Path) -> dict[str, dict[str, Any]]:
     return payload["cells"]
 
 
+def read_fingerprint(path: str | Path) -> str:
+    """The configuration fingerprint a manifest was written under."""
+    read_manifest(path)
+    return str(json.loads(Path(path).read_text()).get("fingerprint", ""))
+
+
 def merge_manifests(paths: Iterable[str | Path]) -> dict[str, dict[str, Any]]:
-    """Union of several shards' manifests. A cell recorded by two shards (e.g. after re-sharding the grid) must
-    carry the same result in both, otherwise the merge refuses rather than pick one silently."""
+    """Union of several shards' manifests. All must share one configuration fingerprint, and a cell recorded by
+    two shards (e.g. after re-sharding the grid) must carry the same result in both; otherwise the merge refuses
+    rather than pick one silently."""
     merged: dict[str, dict[str, Any]] = {}
     origin: dict[str, Path] = {}
-    for path in sorted(Path(p) for p in paths):
+    paths = sorted(Path(p) for p in paths)
+    fingerprints = {read_fingerprint(path) for path in paths}
+    if len(fingerprints) > 1:
+        raise ValueError(f"the manifests {[p.name for p in paths]} belong to different configurations {fingerprints}")
+    for path in paths:
         for key, result in read_manifest(path).items():
             if key in merged and merged[key].get("test_acc") != result.get("test_acc"):
                 raise ValueError(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +36,8 @@ from lit_xai.roar.summary import CurvePoint, MethodAUC, log_to_wandb, plot_curve
 
 #: Trainer options that decide *where* maps are computed; the rest (epochs, batch limits) only concern training.
 PLACEMENT_OPTIONS = ("accelerator", "devices", "strategy", "num_nodes", "precision")
+#: Trainer options that do not change results, left out of the grid's configuration fingerprint.
+COSMETIC_OPTIONS = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps", "barebones")
 
 
 @dataclass
@@ -136,6 +139,19 @@ class RoarPipeline:
     def source_weights_path(self) -> Path:
         return self.output_dir / "source" / "weights.pt"
 
+    def fingerprint(self) -> str:
+        """Hash of everything a cell's result depends on besides its (method, percentile, seed): model and
+        training options, removal, data and the source model's weights. (Method configurations are checked per
+        cell, so adding a method to a finished grid keeps its results.)"""
+        config = {
+            "model": self.model_kwargs,
+            "trainer": {k: v for k, v in self.trainer_kwargs.items() if k not in COSMETIC_OPTIONS},
+            "removal": self.removal.__dict__,
+            "data": data_fingerprint(self.datamodule),
+            "source": weights_fingerprint(self.source_model(train_if_missing=False).net),
+        }
+        return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
     def has_source(self) -> bool:
         return self.source_checkpoint is not None or self.source_weights_path.exists()
 
@@ -229,10 +245,20 @@ class RoarPipeline:
             transforms = {split: self._removal(cell.method, split, cell.percentile) for split in SPLITS}
         return RemovedDataModule(self.datamodule, transforms, seed=cell.seed)
 
+    def _method_key(self, cell: Cell) -> str | None:
+        return self.methods[cell.method].key if cell.method in self.methods else None
+
     def train(self) -> Manifest:
         """Retrain every unfinished cell of this shard; each finished cell is recorded at once (atomic write)."""
-        manifest = Manifest(self.output_dir, *self.shard)
+        manifest = Manifest(self.output_dir, *self.shard, fingerprint=self.fingerprint())
         mine = shard_cells(self.cells, *self.shard)
+        for cell in mine:
+            recorded = manifest.cells.get(cell.key, {}).get("method_key")
+            if cell.key in manifest and recorded != self._method_key(cell):
+                raise ValueError(
+                    f"{cell.key} was recorded with method config {recorded}, now {self._method_key(cell)}: give the "
+                    "changed method a new label, or use a new output_dir"
+                )
         todo = [cell for cell in mine if cell.key not in manifest]
         rank_zero_info(
             f"[roar] shard {self.shard[0]}/{self.shard[1]}: {len(mine)} cells, {len(mine) - len(todo)} already "
@@ -241,7 +267,8 @@ class RoarPipeline:
         for number, cell in enumerate(todo, 1):
             datamodule = self.cell_datamodule(cell)
             spec = self.methods.get(cell.method)
-            config = {"method": cell.method, "percentile": cell.percentile, "seed": cell.seed,
+            config = {"method": cell.method, "method_key": self._method_key(cell),
+                      "percentile": cell.percentile, "seed": cell.seed,
                       "mode": self.removal.mode, "fill": self.removal.fill,
                       "method_config": spec.__dict__ if spec else None}
             logger = self._logger(cell.key, "roar-retrain", config)
@@ -259,7 +286,11 @@ class RoarPipeline:
     def merge(self) -> tuple[list[CurvePoint], list[MethodAUC], list[str]]:
         """Summary from every shard's manifest: CSVs, PNG, ``summary.json`` and a W&B summary run.
         Returns (curves, aucs, keys of grid cells with no result yet)."""
-        results = merge_manifests(find_manifests(self.output_dir))
+        recorded = merge_manifests(find_manifests(self.output_dir))
+        grid = {cell.key for cell in self.cells}
+        results = {key: result for key, result in recorded.items() if key in grid}
+        if len(results) < len(recorded):
+            rank_zero_info(f"[roar] ignoring {len(recorded) - len(results)} recorded cells that are not in this grid")
         missing = [cell.key for cell in self.cells if cell.key not in results]
         curves, aucs = summarize(results)
         write_csv(curves, aucs, self.output_dir)

@@ -149,21 +149,30 @@ class FeatureBottleneckMethod(AttributionMethod):
         self._fitted_model: int | None = None
 
     # -- which layers -------------------------------------------------------------------------------------
+    #: how many layers :func:`default_layers` picks when none are configured
+    auto_layer_count = 1
+
+    def configured_layers(self) -> list[str] | None:
+        """The layer names given to the constructor, or ``None`` to pick them with :func:`default_layers`."""
+        return None
+
     def layers_for(self, model: nn.Module, inputs: Tensor) -> list[str]:
-        """The hooked layer names (subclasses: the configured ones or :func:`default_layers`)."""
-        raise NotImplementedError
+        """The hooked layer names: the configured ones, else found by a probe forward of ``inputs``."""
+        return self.configured_layers() or default_layers(model, inputs, self.auto_layer_count)
 
     # -- statistics ---------------------------------------------------------------------------------------
     def fit(self, model: nn.Module, loader: Iterable[Any]) -> FeatureBottleneckMethod:
-        """Estimate (or load from ``cache_dir``) the feature statistics of every hooked layer from ``loader``."""
-        probe = None
-        for batch in loader:
-            probe = batch_images(batch)
-            break
-        if probe is None:
-            raise AttributionError(f"{self.name or type(self).__name__}: the loader yielded no batches")
-        with preserved_model_state(model):
-            layers = self.layers_for(model, probe.to(model_device(model)))
+        """Estimate (or load from ``cache_dir``) the feature statistics of every hooked layer from ``loader``.
+
+        Without configured layers the first batch is used to find them, so ``loader`` must be re-iterable.
+        """
+        layers = self.configured_layers()
+        if layers is None:
+            probe = next((batch_images(batch) for batch in loader), None)
+            if probe is None:
+                raise AttributionError(f"{self.name or type(self).__name__}: the loader yielded no batches")
+            with preserved_model_state(model):
+                layers = self.layers_for(model, probe.to(model_device(model)))
         self._fitted = {
             layer: estimate_feature_statistics(
                 model, layer, loader, self.stats_samples, self.cache_dir, self.min_std, self.active_threshold
@@ -294,8 +303,8 @@ class _SingleLayerBottleneck(FeatureBottleneckMethod):
             beta, steps, lr, initial_alpha, sigma, noise_draws, smoothing_truncate, self.inverse, seed
         )
 
-    def layers_for(self, model: nn.Module, inputs: Tensor) -> list[str]:
-        return [self.layer] if self.layer is not None else default_layers(model, inputs)
+    def configured_layers(self) -> list[str] | None:
+        return [self.layer] if self.layer is not None else None
 
     def _explain(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> BottleneckResult:
         (layer,) = self.layers_for(model, inputs)
@@ -374,12 +383,12 @@ class MultiLayerIBA(FeatureBottleneckMethod):
         self.layers = list(layers) if layers is not None else None
         self.threshold_quantile = threshold_quantile
         self.weight_by_finest = weight_by_finest
-        self.auto_layers = auto_layers
+        self.auto_layer_count = auto_layers
         self.settings = BottleneckSettings(beta, steps, lr, initial_alpha, sigma, noise_draws, smoothing_truncate,
                                            False, seed)
 
-    def layers_for(self, model: nn.Module, inputs: Tensor) -> list[str]:
-        return self.layers if self.layers is not None else default_layers(model, inputs, self.auto_layers)
+    def configured_layers(self) -> list[str] | None:
+        return self.layers
 
     def _explain(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> MultiLayerResult:
         target = self._resolve_class_target(model, inputs, target)

@@ -33,7 +33,6 @@ from lit_xai.attribution.information.iba import (
     FeatureBottleneckMethod,
     StatisticsLike,
     classification_loss,
-    default_layers,
 )
 from lit_xai.attribution.information.layer_hooks import layer_output, resolve_layer
 from lit_xai.attribution.information.optimisation import BottleneckSettings, final_mask, optimise_mask
@@ -269,8 +268,8 @@ class InputIBA(FeatureBottleneckMethod):
         self.input_mean = input_mean
         self.input_std = input_std
 
-    def layers_for(self, model: nn.Module, inputs: Tensor) -> list[str]:
-        return [self.layer] if self.layer is not None else default_layers(model, inputs)
+    def configured_layers(self) -> list[str] | None:
+        return [self.layer] if self.layer is not None else None
 
     def _input_noise(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
         channels = inputs.shape[1]

@@ -23,7 +23,6 @@ from lit_xai.attribution.information.iba import (
     BottleneckResult,
     FeatureBottleneckMethod,
     StatisticsLike,
-    default_layers,
 )
 from lit_xai.attribution.information.optimisation import BottleneckSettings
 from lit_xai.attribution.registry import register
@@ -100,8 +99,8 @@ class RegressionIBA(FeatureBottleneckMethod):
         self.settings = BottleneckSettings(beta, steps, lr, initial_alpha, sigma, noise_draws, smoothing_truncate,
                                            inverse, seed)
 
-    def layers_for(self, model: nn.Module, inputs: Tensor) -> list[str]:
-        return [self.layer] if self.layer is not None else default_layers(model, inputs)
+    def configured_layers(self) -> list[str] | None:
+        return [self.layer] if self.layer is not None else None
 
     def explain(
         self, model: nn.Module, inputs: Tensor, target: TargetLike = None, target_values: Tensor | None = None

@@ -1,0 +1,151 @@
+"""On-disk scene store: generated scenes are expensive, so they are saved in chunks and reused.
+
+Layout: ``<root>/<scenario>-<key>/`` with ``manifest.json`` and ``chunk_<index>.pt``. The key hashes everything
+that determines the scenes (model fingerprint = SHA-256 of the ``state_dict``, generation config, seed, class
+count, chunk size), so a changed model or setting never reuses stale scenes. Chunk ``c`` holds the verified
+scenes among scene ids ``[c·chunk_size, (c+1)·chunk_size)``; a run that is interrupted resumes at the first
+missing chunk. Every file is written to a temporary name and renamed (atomic on POSIX).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lit_xai.axioms.generation import GenerationConfig, GenerationResult, SceneBatch, SceneGenerator
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of the model's ``state_dict``."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class SceneStore:
+    """Scenes of one (scenario, model, config, seed) on disk; :meth:`ensure` generates what is missing."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        scenario: str,
+        model: nn.Module,
+        num_classes: int,
+        config: GenerationConfig,
+        seed: int = 0,
+        chunk_size: int = 16,
+    ) -> None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        self.scenario = scenario
+        self.model = model
+        self.num_classes = num_classes
+        self.config = config
+        self.seed = seed
+        self.chunk_size = chunk_size
+        self.fingerprint = model_fingerprint(model)
+        self.identity: dict[str, Any] = {
+            "scenario": scenario,
+            "model_fingerprint": self.fingerprint,
+            "num_classes": num_classes,
+            "seed": seed,
+            "chunk_size": chunk_size,
+            "config": dataclasses.asdict(config),
+        }
+        key = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:12]
+        self.directory = Path(root) / f"{scenario}-{key}"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.directory / "manifest.json"
+
+    def _chunk_path(self, index: int) -> Path:
+        return self.directory / f"chunk_{index:05d}.pt"
+
+    def manifest(self) -> dict[str, Any]:
+        if self.manifest_path.is_file():
+            return json.loads(self.manifest_path.read_text())
+        return {**self.identity, "chunks": {}}
+
+    def _write_manifest(self, manifest: dict[str, Any]) -> None:
+        _atomic_write(self.manifest_path, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
+
+    def load(self) -> SceneBatch | None:
+        """All stored verified scenes (chunks in order), or ``None`` if there are none."""
+        manifest = self.manifest()
+        batches = []
+        for index in sorted(manifest["chunks"], key=int):
+            data = torch.load(self._chunk_path(int(index)), map_location="cpu", weights_only=True)
+            batches.append(SceneBatch.from_dict({**data, "scenario": self.scenario}))
+        batches = [b for b in batches if len(b)]
+        return SceneBatch.cat(batches, self.scenario) if batches else None
+
+    def ensure(
+        self,
+        num_scenes: int,
+        max_chunks: int = 100,
+        progress: bool = False,
+        on_chunk: Callable[[int, GenerationResult], None] | None = None,
+    ) -> SceneBatch:
+        """Generate chunks until at least ``num_scenes`` verified scenes exist; return the first ``num_scenes``.
+
+        Raises ``RuntimeError`` if ``max_chunks`` chunks do not yield enough verified scenes.
+        """
+        self.directory.mkdir(parents=True, exist_ok=True)
+        manifest = self.manifest()
+        generator = SceneGenerator(self.model, self.num_classes, self.config, self.seed)
+        verified = sum(c["verified"] for c in manifest["chunks"].values())
+        index = 0
+        while verified < num_scenes:
+            if index >= max_chunks:
+                raise RuntimeError(
+                    f"{self.scenario}: only {verified} verified scenes after {max_chunks} chunks of {self.chunk_size}; "
+                    "raise generation.iterations, relax the thresholds or allow more chunks"
+                )
+            if str(index) not in manifest["chunks"]:
+                ids = list(range(index * self.chunk_size, (index + 1) * self.chunk_size))
+                result = generator.generate(self.scenario, ids, progress=progress)
+                data = {k: v for k, v in result.scenes.to_dict().items() if k != "scenario"}
+                _atomic_write(self._chunk_path(index), lambda tmp, d=data: torch.save(d, tmp))
+                manifest["chunks"][str(index)] = {
+                    "attempted": result.attempted,
+                    "converged": result.converged,
+                    "verified": len(result.scenes),
+                    "seconds": result.seconds,
+                }
+                self._write_manifest(manifest)
+                verified += len(result.scenes)
+                if on_chunk is not None:
+                    on_chunk(index, result)
+            index += 1
+        scenes = self.load()
+        assert scenes is not None
+        return scenes.select(slice(0, num_scenes))
+
+    def stats(self) -> dict[str, float]:
+        """Totals over the stored chunks: attempted, converged, verified scenes and generation seconds."""
+        chunks = self.manifest()["chunks"].values()
+        return {k: float(sum(c[k] for c in chunks)) for k in ("attempted", "converged", "verified", "seconds")}
