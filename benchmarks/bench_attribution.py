@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -72,9 +71,9 @@ def candidates(model: torch.nn.Module, steps: int, max_batch: int) -> dict[str, 
     ours_ig_default = build("integrated_gradients", steps=steps, rule="gausslegendre")
     captum_ig = IntegratedGradients(model)
     return {
-        "IG ours (max_batch=%d)" % max_batch: (steps, lambda x, t: ours_ig(model, x, t)),
+        f"IG ours (max_batch={max_batch})": (steps, lambda x, t: ours_ig(model, x, t)),
         "IG ours (default max_batch=256)": (steps, lambda x, t: ours_ig_default(model, x, t)),
-        "IG captum (internal_batch_size=%d)" % max_batch: (
+        f"IG captum (internal_batch_size={max_batch})": (
             steps,
             lambda x, t: captum_ig.attribute(x, baselines=0.0, target=t, n_steps=steps, method="gausslegendre",
                                              internal_batch_size=max_batch),
@@ -122,7 +121,7 @@ def bench_times(name: str, repeats: int, steps: int, max_batch: int, only: list[
     for key, (passes, _) in methods.items():
         t = statistics.median(times[key])
         print(f"{key:40s} {t:9.3f} {passes:6d} {t / (passes * fb):14.2f} {t / (passes * fb_input):20.2f}")
-    pairs = [("IG ours (max_batch=%d)" % max_batch, "IG captum (internal_batch_size=%d)" % max_batch)] + [
+    pairs = [(f"IG ours (max_batch={max_batch})", f"IG captum (internal_batch_size={max_batch})")] + [
         (f"{m} ours", f"{m} captum") for m in ("Gradient", "InputXGradient", "GuidedBackprop", "GradCAM")
     ]
     for ours, theirs in pairs:
@@ -139,7 +138,7 @@ from lit_xai.attribution import build
 from lit_xai.models.backbones import build_backbone
 torch.manual_seed(0)
 model = build_backbone("resnet8", num_classes=10).eval()
-x, t = torch.randn(8, 3, 32, 32), torch.arange(8) % 10
+x, t = torch.randn(4, 3, 32, 32), torch.arange(4)
 xg = x.clone().requires_grad_(True)
 torch.autograd.grad(model(xg).gather(1, t[:, None]).sum(), xg)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -155,16 +154,16 @@ print(json.dumps({{"peak_growth_mib": (after - before) / 1024}}))
 
 def bench_memory(max_batch: int) -> None:
     root = str(Path(__file__).resolve().parents[1])
-    print(f"\n== IG peak-RSS growth, resnet8, batch 8 of 32×32 (fresh subprocess each; ours max_batch={max_batch}, "
+    print(f"\n== IG peak-RSS growth, resnet8, batch 4 of 32×32 (fresh subprocess each; ours max_batch={max_batch}, "
           "Captum default = all steps in one batch)")
     print(f"{'steps':>6s} {'rows':>6s} {'ours [MiB]':>11s} {'captum [MiB]':>13s}")
-    for steps in (16, 64, 256):
+    for steps in (8, 32, 128):
         growth = {}
         for impl in ("ours", "captum"):
             code = MEMORY_CHILD.format(root=root, impl=impl, steps=steps, max_batch=max_batch)
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
             growth[impl] = json.loads(out.strip().splitlines()[-1])["peak_growth_mib"]
-        print(f"{steps:6d} {steps * 8:6d} {growth['ours']:11.1f} {growth['captum']:13.1f}")
+        print(f"{steps:6d} {steps * 4:6d} {growth['ours']:11.1f} {growth['captum']:13.1f}")
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,16 +46,25 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 class RunConfigSaver(SaveConfigCallback):
-    """Save the resolved config into the run (W&B files dir or log dir) and into the W&B run config."""
+    """Save the resolved config into the run: the W&B run's files and config, else the trainer's log dir.
+
+    With W&B, ``trainer.log_dir`` is the logger's shared ``save_dir`` (every run would overwrite one file there),
+    so the file goes into the run's own files folder instead. ``save_config`` runs on rank zero only and must not
+    touch collectives (``trainer.log_dir`` broadcasts), or DDP deadlocks.
+    """
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if isinstance(trainer.logger, WandbLogger):
+            self.save_to_log_dir = False  # the same decision on every rank
+        super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        config = self.parser.dump(self.config, skip_none=False)
         logger = trainer.logger
-        if isinstance(logger, WandbLogger):
-            run_dir = Path(logger.experiment.dir)
-            logger.experiment.config.update({"lit_xai_config": config}, allow_val_change=True)
-        else:
-            run_dir = Path(trainer.log_dir or ".")
+        if not isinstance(logger, WandbLogger):
+            return
+        config = self.parser.dump(self.config, skip_none=False)
+        logger.experiment.config.update({"lit_xai_config": config}, allow_val_change=True)
+        run_dir = Path(logger.experiment.dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         tmp = run_dir / f".{CONFIG_FILENAME}.tmp"
         tmp.write_text(config)
@@ -140,6 +150,8 @@ def with_default_config(args: list[str]) -> list[str]:
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``python -m lit_xai`` and the ``lit-xai`` script."""
     args = list(sys.argv[1:] if args is None else args)
+    # we pass the (possibly default-augmented) command line as ``args`` on purpose
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     if args and args[0] in COMMANDS:
         module = importlib.import_module(COMMANDS[args[0]][0])
         return _run_reporting_errors(lambda: module.main(args[1:]))

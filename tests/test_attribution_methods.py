@@ -150,7 +150,8 @@ def test_rectgrad_hand_derived():
 def test_percentile_per_sample_is_nearest_rank():
     values = torch.arange(10.0).view(1, 10).repeat(2, 1)
     values[1] *= -1
-    torch.testing.assert_close(percentile_per_sample(values, 50), torch.tensor([4.0, -5.0]))  # k = round(0.5·9) + 1 = 5th smallest
+    # k = round(0.5·9) + 1 = 5 → the 5th smallest value
+    torch.testing.assert_close(percentile_per_sample(values, 50), torch.tensor([4.0, -5.0]))
     torch.testing.assert_close(percentile_per_sample(values, 100), torch.tensor([9.0, 0.0]))
 
 

@@ -61,7 +61,7 @@ def test_killed_grid_resumes_without_retraining_finished_cells(tmp_path, caplog)
     output = tmp_path / "out"
     command = [sys.executable, "-m", "lit_xai", "roar", "--config", str(config), "--output_dir", str(output)]
     manifest = output / "manifest-shard0of1.json"
-    env = {**os.environ, "LIT_XAI_WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "LIT_XAI_WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                start_new_session=True)
     try:

@@ -63,6 +63,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--output_dir", type=str, default="outputs/axioms")
     parser.add_argument("--scene_dir", type=str | None, default=None, help="scene store (default <output_dir>/scenes)")
     parser.add_argument("--device", type=str, default="cpu")
+    parser.add_argument("--threads", type=int | None, default=None, help="torch CPU threads (None: leave as is)")
     parser.add_argument("--wandb.enabled", type=bool, default=True)
     parser.add_argument("--wandb.project", type=str, default="lit_xai")
     parser.add_argument("--progress", type=bool, default=True)
@@ -190,6 +191,8 @@ def _examples_png(path: Path, scenes: SceneBatch, maps: dict[str, torch.Tensor],
 def run(cfg: Namespace) -> dict[str, Any]:
     """Everything :func:`main` does, returning the tables (for tests and notebooks)."""
     torch.manual_seed(cfg.seed)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = load_model(cfg)

@@ -109,7 +109,7 @@ class BatchedDeepImagePrior(nn.Module):
             self.levels.append(params)
             in_ch = ch
         self.head = nn.ParameterDict()
-        self._add_conv(self.head, "to_image", self.channels[0], out_channels, 1, generators)
+        self._add_conv(self.head, "to_image", self.channels[0], out_channels, 1, generators, norm=False)
         self._add_conv(self.head, "stride3", out_channels, out_channels, 3, generators, norm=False)
 
     def _add_conv(

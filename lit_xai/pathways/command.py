@@ -33,6 +33,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--model.in_chans", type=int, default=1)
     parser.add_argument("--model.weights", type=str | None, default=None, help="state_dict or Lightning checkpoint")
     parser.add_argument("--model.train_epochs", type=int, default=0, help="train first when no weights are given")
+    parser.add_argument("--model.train_batch_size", type=int, default=64, help="batch size of that training")
     parser.add_argument("--data.batch_size", type=int, default=8)
     parser.add_argument("--data.image_size", type=int, default=32)
     parser.add_argument("--data.seed", type=int, default=0)
@@ -50,8 +51,8 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def trained_model(cfg: Any, datamodule: Any) -> nn.Module:
-    """The backbone with ``weights``, or trained for ``train_epochs`` on the datamodule (Lightning, CPU/GPU)."""
+def trained_model(cfg: Any, data: Any) -> nn.Module:
+    """The backbone with ``weights``, or trained for ``train_epochs`` on the digits training split (Lightning)."""
     if cfg.weights is not None:
         return build_backbone(cfg.backbone, num_classes=cfg.num_classes, in_chans=cfg.in_chans, weights=cfg.weights)
     if cfg.train_epochs <= 0:
@@ -64,6 +65,9 @@ def trained_model(cfg: Any, datamodule: Any) -> nn.Module:
     trainer = L.Trainer(
         max_epochs=cfg.train_epochs, logger=False, enable_checkpointing=False, enable_model_summary=False
     )
+    from lit_xai.data import DigitsDataModule
+
+    datamodule = DigitsDataModule(batch_size=cfg.train_batch_size, image_size=data.image_size, seed=data.seed)
     trainer.fit(module, datamodule=datamodule)
     return module.net
 
@@ -92,7 +96,7 @@ def main(args: list[str] | None = None) -> None:
     torch.manual_seed(cfg.seed)
     datamodule = DigitsDataModule(batch_size=cfg.data.batch_size, image_size=cfg.data.image_size, seed=cfg.data.seed)
     datamodule.setup()
-    model = trained_model(cfg.model, datamodule)
+    model = trained_model(cfg.model, cfg.data)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).eval()
     selection_kwargs = {

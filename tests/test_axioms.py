@@ -1,0 +1,217 @@
+"""Axiom framework: decoder, placement, batched generation (promised properties), scene store, command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from lit_xai.axioms.decoder import BatchedDeepImagePrior
+from lit_xai.axioms.generation import DecoderConfig, GenerationConfig, SceneGenerator
+from lit_xai.axioms.scenarios import PLACEMENT_UNIFORMS, patch_masks, paste, place_patches
+from lit_xai.axioms.store import SceneStore, model_fingerprint
+
+SMALL_DECODER = DecoderConfig(noise_channels=4, channels=(4, 8), skip_channels=(0, 2))
+
+
+def test_decoder_reference_geometry_and_shapes() -> None:
+    # the reference: depth 6, 256² noise, stride-3 head -> 86² patch
+    ref = BatchedDeepImagePrior([0], patch_size=86, channels=(2,) * 6, skip_channels=(0,) + (1,) * 5, noise_channels=2)
+    assert ref.noise.shape[-1] == 256
+    out = ref()
+    assert out.shape == (1, 3, 86, 86) and bool(((out > 0) & (out < 1)).all())
+    with pytest.raises(ValueError, match="multiple of"):
+        BatchedDeepImagePrior([0], patch_size=8, channels=(4, 8), skip_channels=(0, 2), noise_size=30)
+
+
+def test_decoder_members_are_independent_and_batch_invariant() -> None:
+    kwargs = dict(patch_size=6, out_channels=1, noise_channels=3, channels=(4, 8), skip_channels=(0, 2))
+    batched = BatchedDeepImagePrior([11, 22, 33], **kwargs)
+    alone = BatchedDeepImagePrior([22], **kwargs)
+    torch.testing.assert_close(batched()[1:2], alone(), atol=1e-5, rtol=1e-5)
+    # a loss on member 0 leaves the other members' gradients at zero
+    batched()[0].sum().backward()
+    grads = [p.grad for p in batched.parameters()]
+    assert all(g[1:].abs().max() == 0 for g in grads)
+    assert any(g[0].abs().max() > 0 for g in grads)
+
+
+def test_placement_in_bounds_and_disjoint() -> None:
+    u = torch.rand(500, PLACEMENT_UNIFORMS, generator=torch.Generator().manual_seed(0))
+    corners = place_patches(u, 20, 6, 2)
+    assert int(corners.min()) >= 0 and int(corners.max()) <= 14
+    masks = patch_masks(corners, 20, 6)
+    assert not bool((masks[:, 0] & masks[:, 1]).any())
+    assert masks.flatten(2).sum(-1).eq(36).all()
+    # both axes and both orders occur
+    assert bool((corners[:, 0, 0] < corners[:, 1, 0]).any()) and bool((corners[:, 0, 0] > corners[:, 1, 0]).any())
+
+
+def test_paste_matches_slicing_and_is_differentiable() -> None:
+    images = torch.rand(2, 3, 10, 10)
+    patches = torch.rand(2, 3, 4, 4, requires_grad=True)
+    corners = torch.tensor([[0, 6], [5, 2]])
+    out = paste(images, patches, corners)
+    expected = images.clone()
+    expected[0, :, 0:4, 6:10] = patches[0].detach()
+    expected[1, :, 5:9, 2:6] = patches[1].detach()
+    torch.testing.assert_close(out.detach(), expected)
+    out.sum().backward()
+    assert torch.equal(patches.grad, torch.ones_like(patches))
+
+
+class PatchNet(nn.Module):
+    """A tiny classifier that local patches can drive: conv → ReLU → global average pool → linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(3)
+        self.conv = nn.Conv2d(1, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 4)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=gen))
+            self.conv.bias.zero_()
+            self.fc.weight.copy_(torch.randn(self.fc.weight.shape, generator=gen) * 3)
+            self.fc.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+def tiny_config(**overrides: object) -> GenerationConfig:
+    base = dict(
+        image_size=16, patch_size=6, mean=(0.5,), std=(0.5,), iterations=150, warmup_iterations=20,
+        min_iterations=10, lr=0.02, drive_threshold=0.8, independence_threshold=0.2, decoder=SMALL_DECODER,
+    )
+    base.update(overrides)
+    return GenerationConfig(**base)  # type: ignore[arg-type]
+
+
+def _logit(model: nn.Module, cfg: GenerationConfig, image: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(cfg.normalize(image)).gather(1, cls[:, None]).squeeze(1)
+
+
+def _softmax(model: nn.Module, cfg: GenerationConfig, image: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(cfg.normalize(image)).softmax(1).gather(1, cls[:, None]).squeeze(1)
+
+
+def _changes(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.tanh((a - b).abs() / torch.minimum(a.abs(), b.abs()))
+
+
+def test_null_feature_scenes_keep_their_promise() -> None:
+    """Independently of the generator's own bookkeeping: rebuild the images by hand and check Eq. 1-2."""
+    torch.manual_seed(0)
+    model = PatchNet().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = tiny_config()
+    result = SceneGenerator(model, 4, cfg, seed=0).generate("null_feature", list(range(6)))
+    scenes = result.scenes
+    assert len(scenes) >= 2, f"only {len(scenes)} of {result.attempted} null scenes verified"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.requires_grad for p in model.parameters())
+    a, b = scenes.classes[:, 0], scenes.classes[:, 1]
+    x, x_a, x_null, x_both = scenes.images(()), scenes.images((0,)), scenes.images((1,)), scenes.images((0, 1))
+    thr = cfg.independence_threshold
+    # f_null drives b, f_a drives a
+    assert bool((_softmax(model, cfg, x_null, b) >= cfg.drive_threshold).all())
+    assert bool((_softmax(model, cfg, x_a, a) >= cfg.drive_threshold).all())
+    # adding f_null changes Φ_a neither alone nor together with f_a
+    assert bool((_changes(_logit(model, cfg, x_null, a), _logit(model, cfg, x, a)) < thr).all())
+    assert bool((_changes(_logit(model, cfg, x_both, a), _logit(model, cfg, x_a, a)) < thr).all())
+    assert bool((torch.tanh(scenes.independence_ratio) < thr).all())
+
+
+@pytest.mark.parametrize("scenario", ["class_sensitivity_single", "class_sensitivity_double", "saturation"])
+def test_other_scenarios_keep_their_promise(scenario: str) -> None:
+    model = PatchNet().eval()
+    cfg = tiny_config()
+    scenes = SceneGenerator(model, 4, cfg, seed=1).generate(scenario, list(range(4))).scenes
+    assert len(scenes) >= 1
+    thr = cfg.independence_threshold
+    a = scenes.classes[:, 0]
+    if scenario == "class_sensitivity_single":
+        b = scenes.classes[:, 1]
+        assert bool((_softmax(model, cfg, scenes.images((0,)), a) >= cfg.drive_threshold).all())
+        change = _changes(_logit(model, cfg, scenes.images((0,)), b), _logit(model, cfg, scenes.images(()), b))
+        assert bool((change < thr).all())
+    else:
+        b = scenes.classes[:, 1] if scenario == "class_sensitivity_double" else a
+        both = _logit(model, cfg, scenes.images((0, 1)), b), _logit(model, cfg, scenes.images((0, 1)), a)
+        assert bool((_changes(both[0], _logit(model, cfg, scenes.images((1,)), b)) < thr).all())
+        assert bool((_changes(both[1], _logit(model, cfg, scenes.images((0,)), a)) < thr).all())
+        assert bool((_softmax(model, cfg, scenes.images((1,)), b) >= cfg.drive_threshold).all())
+
+
+def test_verification_drops_scenes_that_break_the_property() -> None:
+    model = PatchNet().eval()
+    cfg = tiny_config()
+    gen = SceneGenerator(model, 4, cfg, seed=0)
+    scenes = gen.generate("null_feature", list(range(4))).scenes
+    assert len(scenes) >= 1
+    broken = scenes.select(slice(0, len(scenes)))
+    broken.patches = broken.patches.flip(1)  # swap f_a and f_null: f_null no longer drives b
+    assert len(gen.verify(broken)) < len(scenes)
+
+
+def test_store_writes_atomically_resumes_and_keys_by_model(tmp_path: Path) -> None:
+    model = PatchNet().eval()
+    cfg = tiny_config(iterations=40, drive_threshold=0.0, independence_threshold=1.0)  # every scene verifies
+    calls: list[int] = []
+    store = SceneStore(tmp_path, "class_sensitivity_single", model, 4, cfg, seed=0, chunk_size=2)
+    first = store.ensure(3, on_chunk=lambda i, r: calls.append(i))
+    assert calls == [0, 1] and len(first) == 3
+    assert not list(store.directory.glob("*.tmp"))
+    # an interrupted run: chunk 1 lost -> only chunk 1 is regenerated, identically
+    manifest = json.loads(store.manifest_path.read_text())
+    del manifest["chunks"]["1"]
+    store.manifest_path.write_text(json.dumps(manifest))
+    calls.clear()
+    again = SceneStore(tmp_path, "class_sensitivity_single", model, 4, cfg, seed=0, chunk_size=2)
+    second = again.ensure(3, on_chunk=lambda i, r: calls.append(i))
+    assert calls == [1]
+    torch.testing.assert_close(second.patches, first.patches)
+    # other weights -> other fingerprint -> other directory
+    other = PatchNet()
+    with torch.no_grad():
+        other.fc.bias.add_(1.0)
+    assert model_fingerprint(other) != model_fingerprint(model)
+    assert SceneStore(tmp_path, "class_sensitivity_single", other, 4, cfg, 0, 2).directory != store.directory
+
+
+def test_axioms_command_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lit_xai.axioms.command import main
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    weights = tmp_path / "net.pt"
+    from lit_xai.models.backbones import build_backbone
+
+    torch.save(build_backbone("digits_cnn", num_classes=4, in_chans=1).state_dict(), weights)
+    args = [
+        "--model.name", "digits_cnn", "--model.num_classes", "4", "--model.in_chans", "1",
+        "--model.weights", str(weights),
+        "--generation.image_size", "16", "--generation.patch_size", "6", "--generation.mean", "[0.5]",
+        "--generation.std", "[0.5]", "--generation.iterations", "12", "--generation.warmup_iterations", "4",
+        "--generation.min_iterations", "10", "--generation.drive_threshold", "0.0",
+        "--generation.independence_threshold", "1.0",
+        "--generation.decoder.noise_channels", "2", "--generation.decoder.channels", "[2, 4]",
+        "--generation.decoder.skip_channels", "[0, 1]",
+        "--num_scenes", "3", "--chunk_size", "3", "--methods", "[gradient, gradcam, random]",
+        "--layer_sweep.methods", "[gradcam]", "--layer_sweep.layers", "[features.2, features.6]",
+        "--output_dir", str(tmp_path / "out"), "--progress", "false", "--threads", "1",
+    ]
+    main(args)
+    out = tmp_path / "out"
+    table = (out / "axioms_table.csv").read_text().splitlines()
+    assert table[0].split(",") == [
+        "method", "null_feature", "class_sensitivity_single", "class_sensitivity_double", "saturation"
+    ]
+    assert [line.split(",")[0] for line in table[1:]] == ["gradient", "gradcam", "random"]
+    assert (out / "axioms_layers.csv").is_file() and (out / "generation.csv").is_file()
+    assert (out / "examples_null_feature.png").is_file() and (out / "axioms_table.png").is_file()
+    assert list((out / "wandb").glob("offline-run-*"))
