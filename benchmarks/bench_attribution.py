@@ -42,8 +42,9 @@ SETUPS = {
 }
 
 
-def make_setup(name: str) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
-    backbone, batch, size = SETUPS[name]
+def make_setup(name: str, batch: int | None) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    backbone, default_batch, size = SETUPS[name]
+    batch = batch or default_batch
     torch.manual_seed(0)
     model = build_backbone(backbone, num_classes=10).eval()
     inputs = torch.randn(batch, 3, size, size)
@@ -96,8 +97,9 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def bench_times(name: str, repeats: int, steps: int, max_batch: int, only: list[str] | None) -> None:
-    model, inputs, target = make_setup(name)
+def bench_times(name: str, repeats: int, steps: int, max_batch: int, only: list[str] | None,
+                batch: int | None) -> None:
+    model, inputs, target = make_setup(name, batch)
     methods = candidates(model, steps, max_batch)
     if only:
         methods = {k: v for k, v in methods.items() if any(o.lower() in k.lower() for o in only)}
@@ -114,7 +116,8 @@ def bench_times(name: str, repeats: int, steps: int, max_batch: int, only: list[
         for key, (_, method) in methods.items():
             times[key].append(timed(lambda method=method: method(inputs, target)))
     fb, fb_input = statistics.median(times["fb"]), statistics.median(times["fb_input"])
-    backbone, batch, size = SETUPS[name]
+    backbone, _, size = SETUPS[name]
+    batch = inputs.shape[0]
     print(f"\n== {backbone}, batch {batch} of {size}×{size}, {torch.get_num_threads()} thread(s), "
           f"median of {repeats}: one fb = {fb * 1e3:.1f} ms, one fb_input = {fb_input * 1e3:.1f} ms")
     print(f"{'method':40s} {'time [s]':>9s} {'passes':>6s} {'/ (passes·fb)':>14s} {'/ (passes·fb_input)':>20s}")
@@ -138,7 +141,7 @@ from lit_xai.attribution import build
 from lit_xai.models.backbones import build_backbone
 torch.manual_seed(0)
 model = build_backbone("resnet8", num_classes=10).eval()
-x, t = torch.randn(4, 3, 32, 32), torch.arange(4)
+x, t = torch.randn(2, 3, 32, 32), torch.arange(2)
 xg = x.clone().requires_grad_(True)
 torch.autograd.grad(model(xg).gather(1, t[:, None]).sum(), xg)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -154,16 +157,16 @@ print(json.dumps({{"peak_growth_mib": (after - before) / 1024}}))
 
 def bench_memory(max_batch: int) -> None:
     root = str(Path(__file__).resolve().parents[1])
-    print(f"\n== IG peak-RSS growth, resnet8, batch 4 of 32×32 (fresh subprocess each; ours max_batch={max_batch}, "
+    print(f"\n== IG peak-RSS growth, resnet8, batch 2 of 32×32 (fresh subprocess each; ours max_batch={max_batch}, "
           "Captum default = all steps in one batch)")
     print(f"{'steps':>6s} {'rows':>6s} {'ours [MiB]':>11s} {'captum [MiB]':>13s}")
-    for steps in (8, 32, 128):
+    for steps in (8, 32, 128):  # rows = 2·steps
         growth = {}
         for impl in ("ours", "captum"):
             code = MEMORY_CHILD.format(root=root, impl=impl, steps=steps, max_batch=max_batch)
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
             growth[impl] = json.loads(out.strip().splitlines()[-1])["peak_growth_mib"]
-        print(f"{steps:6d} {steps * 4:6d} {growth['ours']:11.1f} {growth['captum']:13.1f}")
+        print(f"{steps:6d} {steps * 2:6d} {growth['ours']:11.1f} {growth['captum']:13.1f}")
 
 
 def main() -> None:
@@ -171,6 +174,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(SETUPS), choices=list(SETUPS))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--batch", type=int, help="override the batch size (default: 64 for resnet8, 8 for resnet18)")
     parser.add_argument("--max-batch", type=int, default=640, help="IG internal batch for ours and Captum")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", nargs="*", help="substrings of method names to time")
@@ -180,9 +184,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if not args.memory_only:
         for name in args.models:
-            bench_times(name, args.repeats, args.steps, args.max_batch, args.only)
+            bench_times(name, args.repeats, args.steps, args.max_batch, args.only, args.batch)
     if not args.no_memory:
-        bench_memory(max_batch=64)
+        bench_memory(max_batch=16)
 
 
 if __name__ == "__main__":

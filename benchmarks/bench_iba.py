@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--input-iba-models", nargs="*", default=["digits_cnn"])
     parser.add_argument("--input-iba-images", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--reference-scheme", action="store_true",
+                        help="also time one-at-a-time runs that repeat the input per noise draw (reference code)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -55,13 +57,22 @@ def main() -> None:
         method = IBA(layer=LAYERS[name], steps=args.steps, noise_draws=args.noise_draws)
         method.fit(model, [{"image": torch.randn(64, in_chans, 32, 32, generator=g)}])
         method(model, x[:2])  # warm-up
-        batched, single = [], []
+        # the reference implementation's scheme: one image at a time, the input repeated once per noise draw
+        repeating = IBA(layer=LAYERS[name], steps=args.steps, noise_draws=args.noise_draws, expand_at_layer=False)
+        repeating.fit(model, [{"image": torch.randn(64, in_chans, 32, 32, generator=g)}])
+        batched, single, reference = [], [], []
         for _ in range(args.repeats):  # interleaved
             batched.append(timed(method, model, x))
             single.append(timed(method, model, x, one_at_a_time=True))
+            if args.reference_scheme:
+                reference.append(timed(repeating, model, x, one_at_a_time=True))
         b, s = statistics.median(batched), statistics.median(single)
-        print(f"IBA {name:<10} layer {LAYERS[name]:<10} batched {b / args.images * 1e3:8.1f} ms/image   "
-              f"one-at-a-time {s / args.images * 1e3:8.1f} ms/image   speed-up ×{s / b:.2f}")
+        line = (f"IBA {name:<10} layer {LAYERS[name]:<10} batched {b / args.images * 1e3:8.1f} ms/image   "
+                f"one-at-a-time {s / args.images * 1e3:8.1f} ms/image   speed-up ×{s / b:.2f}")
+        if reference:
+            r = statistics.median(reference)
+            line += f"   | one-at-a-time, inputs repeated per draw {r / args.images * 1e3:8.1f} ms/image ×{r / b:.2f}"
+        print(line, flush=True)
 
     for name in args.input_iba_models:
         model = build_backbone(name, num_classes=10, in_chans=3).eval()

@@ -76,7 +76,9 @@ def test_every_metric_runs_on_ground_truth_data_with_wandb_offline(tmp_path: Pat
         ],
         stages=["test"], max_samples=6, num_grid_samples=2,
     )
-    data = SyntheticShapesDataModule(num_train=8, num_val=8, num_test=9, image_size=16, object_size=(4, 6), batch_size=4)
+    data = SyntheticShapesDataModule(
+        num_train=8, num_val=8, num_test=9, image_size=16, object_size=(4, 6), batch_size=4
+    )
     model = ClassifierModule(backbone="digits_cnn", num_classes=4, in_chans=3)
     logger = LitXaiWandbLogger(save_dir=str(tmp_path), name="callback-test", offline=True)
     trainer = _trainer(tmp_path, callback, logger=logger, limit_test_batches=1.0)

@@ -188,3 +188,11 @@ def test_seed_methods_run_on_the_supported_architectures(backbone: str) -> None:
     for name, kwargs in (("prune_grad", {}), ("neuron_mct_star", {}), ("dga", {"steps": 1})):
         maps = build(name, **kwargs)(model, x)
         assert maps.shape == x.shape and torch.isfinite(maps).all() and maps.abs().sum() > 0, name
+
+
+def test_whole_network_pathway_gives_the_plain_gradient(mlp: TinyMLP) -> None:
+    """κ = 0 keeps every neuron; the constant replacement then changes nothing: PathwayGrad = Gradient."""
+    x = torch.randn(3, 2, 4, 4)
+    gradient = build("gradient")(mlp, x)
+    torch.testing.assert_close(build("neuron_mct", sparsity=0.0)(mlp, x), gradient)
+    torch.testing.assert_close(build("neuron_intgrad", sparsity=0.0, steps=3)(mlp, x), gradient)

@@ -138,6 +138,14 @@ def test_pixel_removal_transform_uses_the_sample_index_and_image_mean_fill() -> 
     expected = replace_pixels(images, selected_pixels(rank_order(maps), 50), fill)
     torch.testing.assert_close(batch, expected)
     assert transform(dataset[2])["label"] == 2
+    for fill in (build_fill("dataset_mean"), build_fill("blur", sigma=1.0), build_fill("noise", seed=1)):
+        transform = PixelRemoval(rank_order(maps), 50, fill=fill)
+        batch = torch.stack([transform(dataset[i])["image"] for i in range(6)])
+        expected = replace_pixels(images, selected_pixels(rank_order(maps), 50), fill(images, torch.arange(6)))
+        torch.testing.assert_close(batch, expected)
+        materialized = transform.materialize(dataset, chunk_size=4)
+        torch.testing.assert_close(materialized.images, expected)
+        assert torch.equal(materialized.labels, dataset.labels)
     with pytest.raises(IndexError, match="no map"):
         PixelRemoval(rank_order(maps[:2]), 50)(dataset[3])
 
@@ -150,7 +158,8 @@ class _TinyData(ClassificationDataModule):
         self.train_dataset = self.val_dataset = self.test_dataset = TensorImageDataset(images, torch.zeros(4).long())
 
 
-def test_augmentation_runs_after_removal() -> None:
+@pytest.mark.parametrize("materialize", [True, False])
+def test_augmentation_runs_after_removal(materialize: bool) -> None:
     base = _TinyData(batch_size=4)
     seen = []
 
@@ -161,7 +170,7 @@ def test_augmentation_runs_after_removal() -> None:
     base.augment = augment
     maps = torch.arange(16.0).reshape(1, 4, 4).repeat(4, 1, 1)  # pixel 15 most relevant
     removal = PixelRemoval(rank_order(maps), 25)
-    data = RemovedDataModule(base, {"train": removal, "test": removal}, seed=0)
+    data = RemovedDataModule(base, {"train": removal, "test": removal}, seed=0, materialize=materialize)
     batch = next(iter(data.train_dataloader()))
     # the augmentation saw images whose last row (pixels 12..15) is already 0, and flipped them afterwards
     assert all(bool((image[0, 3] == 0).all()) and bool((image[0, :3] > 0).all()) for image in seen)

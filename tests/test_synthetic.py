@@ -11,7 +11,8 @@ from lit_xai.data.synthetic import SyntheticShapesDataModule, render_scenes
 
 
 def test_generation_is_seeded_and_splits_are_independent() -> None:
-    first, again = render_scenes(20, seed=3, image_size=16, object_size=(5, 8)), render_scenes(20, 3, 16, object_size=(5, 8))
+    first = render_scenes(20, seed=3, image_size=16, object_size=(5, 8))
+    again = render_scenes(20, seed=3, image_size=16, object_size=(5, 8))
     assert torch.equal(first.images, again.images) and torch.equal(first.boxes, again.boxes)
     other = render_scenes(20, seed=4, image_size=16, object_size=(5, 8))
     assert not torch.equal(first.images, other.images)

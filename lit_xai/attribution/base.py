@@ -13,12 +13,14 @@ method raises midway.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 
 TargetLike = int | Tensor | None
+R = TypeVar("R")
 
 
 class AttributionError(ValueError):
@@ -144,6 +146,14 @@ class AttributionMethod:
     name: str = ""
 
     def __call__(self, model: nn.Module, inputs: Tensor, target: TargetLike = None) -> Tensor:
+        return self.guarded(self.attribute, model, inputs, target).detach()
+
+    def guarded(
+        self, fn: Callable[[nn.Module, Tensor, Tensor | None], R], model: nn.Module, inputs: Tensor,
+        target: TargetLike = None,
+    ) -> R:
+        """Run ``fn(model, inputs, target)`` under the contract: validated inputs, normalised target, gradients on
+        (also inside inference mode), model in eval mode and restored afterwards, even on error."""
         check_inputs(inputs)
         target_t = normalize_target(target, inputs.shape[0], inputs.device)
         with torch.inference_mode(False), torch.enable_grad(), preserved_model_state(model):
@@ -151,8 +161,7 @@ class AttributionMethod:
                 inputs = inputs.clone()
             if target_t is not None and target_t.is_inference():
                 target_t = target_t.clone()
-            attribution = self.attribute(model, inputs.detach(), target_t)
-        return attribution.detach()
+            return fn(model, inputs.detach(), target_t)
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Tensor:
         raise NotImplementedError

@@ -149,7 +149,8 @@ class BatchedDeepImagePrior(nn.Module):
         )
 
     def _norm_act(self, x: Tensor, params: nn.ParameterDict, name: str) -> Tensor:
-        x = F.instance_norm(x, weight=params[f"{name}_norm_weight"].flatten(), bias=params[f"{name}_norm_bias"].flatten())
+        weight, bias = params[f"{name}_norm_weight"].flatten(), params[f"{name}_norm_bias"].flatten()
+        x = F.instance_norm(x, weight=weight, bias=bias)
         return F.leaky_relu(x, self.negative_slope)
 
     def _member_cat(self, a: Tensor, b: Tensor) -> Tensor:

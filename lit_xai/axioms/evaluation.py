@@ -1,10 +1,10 @@
 """Score an attribution method on generated scenes with the scenario's metric (dissertation ch. 7 §3.4).
 
-What is explained per scenario: ``null_feature`` — class ``a`` on ``X{f_a, f_null}`` (Eq. 8); ``class_sensitivity_double``
-— ``a`` and ``b`` on ``X{f_a, f_b}`` (Eq. 9); ``class_sensitivity_single`` — ``a`` and ``b`` on ``X{f_a}`` (Eq. 10);
-``saturation`` — ``a`` on ``X{f_a1, f_a2}`` (Eq. 11). Maps are reduced to one value per pixel (``abs``: sum of
-absolute values over channels, the usual heatmap; ``positive``; ``signed``) and layer maps are upsampled
-bilinearly to the image size.
+What is explained per scenario: ``null_feature`` — class ``a`` on ``X{f_a, f_null}`` (Eq. 8);
+``class_sensitivity_double`` — ``a`` and ``b`` on ``X{f_a, f_b}`` (Eq. 9); ``class_sensitivity_single`` — ``a``
+and ``b`` on ``X{f_a}`` (Eq. 10); ``saturation`` — ``a`` on ``X{f_a1, f_a2}`` (Eq. 11). Maps are reduced
+to one value per pixel (``abs``: sum of absolute values over channels, the usual heatmap; ``positive``;
+``signed``) and layer maps are upsampled bilinearly to the image size.
 """
 
 from __future__ import annotations

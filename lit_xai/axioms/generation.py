@@ -192,7 +192,9 @@ class SceneGenerator:
         ind_cls = torch.stack([classes[:, i.slot] for i in scenario.independences], 1)[..., None]
         with_logit = logits[:, [i.image_with for i in scenario.independences]].gather(2, ind_cls).squeeze(2)
         without_logit = logits[:, [i.image_without for i in scenario.independences]].gather(2, ind_cls).squeeze(2)
-        return {"drive_logit": drive_logit, "drive_softmax": drive_softmax, "with": with_logit, "without": without_logit}
+        return {
+            "drive_logit": drive_logit, "drive_softmax": drive_softmax, "with": with_logit, "without": without_logit
+        }
 
     def _draw(self, generators: Sequence[torch.Generator], scenario: Scenario) -> tuple[Tensor, Tensor]:
         """Fresh reference inputs ``[S, C, H, W]`` and patch corners ``[S, P, 2]`` from each scene's generator."""
@@ -271,9 +273,8 @@ class SceneGenerator:
                         done[idx] = True
                     warm = iteration < cfg.warmup_iterations
                     if not warm:
-                        drive_ema[active_dev] = cfg.ema_alpha * terms["drive_softmax"] + (1 - cfg.ema_alpha) * drive_ema[
-                            active_dev
-                        ]
+                        old = drive_ema[active_dev]
+                        drive_ema[active_dev] = cfg.ema_alpha * terms["drive_softmax"] + (1 - cfg.ema_alpha) * old
                         ind_ema[active_dev] = cfg.ema_alpha * kappa + (1 - cfg.ema_alpha) * ind_ema[active_dev]
                 if bool(success.all()):
                     continue

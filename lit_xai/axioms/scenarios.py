@@ -4,12 +4,13 @@ A scenario lists which images it needs (compositions of the reference input ``X`
 patch must drive which class on which image, and which output must stay unchanged when a patch is added
 (the independence terms). Class *slots* name the scenario's classes: slot 0 is ``a``, slot 1 is ``b``.
 
-- ``null_feature`` (Eq. 1-2): ``f_a`` drives ``a`` (to a constant softmax, as in the authors' code); ``f_null`` drives
-  ``b`` while ``Φ_a(X{f_a,f_null}) = Φ_a(X{f_a})`` and ``Φ_a(X{f_null}) = Φ_a(X)``. Explained: ``a`` on ``X{f_a,f_null}``.
-- ``class_sensitivity_single`` (Eq. 3): ``f_a`` drives ``a`` while ``Φ_b(X{f_a}) = Φ_b(X)``. Explained: ``a`` and ``b``
-  on ``X{f_a}``.
-- ``class_sensitivity_double`` (Eq. 4-5): ``f_a`` drives ``a`` and ``Φ_b(X{f_a,f_b}) = Φ_b(X{f_b})``; ``f_b`` drives ``b``
-  and ``Φ_a(X{f_a,f_b}) = Φ_a(X{f_a})``. Explained: ``a`` and ``b`` on ``X{f_a,f_b}``.
+- ``null_feature`` (Eq. 1-2): ``f_a`` drives ``a`` (to a constant softmax, as in the authors' code); ``f_null``
+  drives ``b`` while ``Φ_a(X{f_a,f_null}) = Φ_a(X{f_a})`` and ``Φ_a(X{f_null}) = Φ_a(X)``. Explained: ``a`` on
+  ``X{f_a,f_null}``.
+- ``class_sensitivity_single`` (Eq. 3): ``f_a`` drives ``a`` while ``Φ_b(X{f_a}) = Φ_b(X)``. Explained: ``a`` and
+  ``b`` on ``X{f_a}``.
+- ``class_sensitivity_double`` (Eq. 4-5): ``f_a`` drives ``a`` and ``Φ_b(X{f_a,f_b}) = Φ_b(X{f_b})``; ``f_b``
+  drives ``b`` and ``Φ_a(X{f_a,f_b}) = Φ_a(X{f_a})``. Explained: ``a`` and ``b`` on ``X{f_a,f_b}``.
 - ``saturation`` (Eq. 6-7): ``f_a1`` and ``f_a2`` both drive ``a`` and each alone gives the output of both together.
   Explained: ``a`` on ``X{f_a1,f_a2}``.
 
@@ -165,7 +166,7 @@ def patch_masks(corners: Tensor, image_size: int, patch_size: int) -> Tensor:
 
 
 def paste(images: Tensor, patches: Tensor, corners: Tensor) -> Tensor:
-    """Paste ``patches`` ``[S, C, p, p]`` into ``images`` ``[S, C, H, W]`` at ``corners`` ``[S, 2]`` (differentiable)."""
+    """Paste ``patches`` ``[S, C, p, p]`` into ``images`` ``[S, C, H, W]`` at ``corners`` ``[S, 2]``; differentiable."""
     s, c, h, w = images.shape
     p = patches.shape[-1]
     local_r = torch.arange(h, device=images.device)[None, :] - corners[:, 0:1]

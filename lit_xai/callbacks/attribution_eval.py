@@ -120,7 +120,8 @@ class AttributionEvaluation(Callback):
         )
         self.stages, self.every_n_epochs, self.max_samples = stages, every_n_epochs, max_samples
         self.target, self.num_grid_samples = target, num_grid_samples
-        self.grid_channel_reduction, self.progress_bar, self.output_dir = grid_channel_reduction, progress_bar, output_dir
+        self.grid_channel_reduction = grid_channel_reduction
+        self.progress_bar, self.output_dir = progress_bar, output_dir
         self._active = False
         self._seen = 0
         self._grid_images: list[Tensor] = []
@@ -218,7 +219,9 @@ class AttributionEvaluation(Callback):
         else:
             with torch.no_grad():
                 target = model(inputs).argmax(1)
-        extras = {name: batch[key][keep] if key in batch else None for name, key in (("masks", "mask"), ("boxes", "box"))}
+        extras = {
+            name: batch[key][keep] if key in batch else None for name, key in (("masks", "mask"), ("boxes", "box"))
+        }
         grid_room = self.num_grid_samples - sum(len(x) for x in self._grid_images)
         if grid_room > 0:
             indices = batch["index"][keep] if "index" in batch else keep.nonzero()[:, 0]
@@ -338,7 +341,10 @@ class AttributionEvaluation(Callback):
         images = torch.cat(self._grid_images)
         datamodule = getattr(trainer, "datamodule", None)
         denormalize = getattr(datamodule, "denormalize", None)
-        pixels = denormalize(images) if callable(denormalize) else (images - images.amin()) / (images.amax() - images.amin()).clamp_min(1e-12)
+        if callable(denormalize):
+            pixels = denormalize(images)
+        else:  # no normalisation statistics: stretch to [0, 1]
+            pixels = (images - images.amin()) / (images.amax() - images.amin()).clamp_min(1e-12)
         maps = {label: torch.cat(chunks) for label, chunks in self._grid_maps.items() if chunks}
         return figures.heatmap_grid(pixels, maps, self._grid_captions, self.grid_channel_reduction)
 

@@ -8,7 +8,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from torch import Tensor  # noqa: E402
@@ -81,7 +80,3 @@ def close(fig: Figure) -> None:
     """Release a figure's memory (pyplot keeps every open figure alive)."""
     plt.close(fig)
 
-
-def stack_rows(rows: Sequence[Tensor], limit: int) -> Tensor:
-    """Concatenate per-batch tensors and keep the first ``limit`` rows."""
-    return torch.cat(list(rows))[:limit]

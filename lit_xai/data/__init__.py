@@ -4,6 +4,7 @@ from lit_xai.data.base import ClassificationDataModule, MappedDataset, TensorIma
 from lit_xai.data.cifar10 import CIFAR10DataModule, DatasetNotFoundError
 from lit_xai.data.digits import DigitsDataModule
 from lit_xai.data.imagefolder import ImageFolderDataModule
+from lit_xai.data.synthetic import SyntheticShapesDataModule
 
 __all__ = [
     "CIFAR10DataModule",
@@ -12,6 +13,7 @@ __all__ = [
     "DigitsDataModule",
     "ImageFolderDataModule",
     "MappedDataset",
+    "SyntheticShapesDataModule",
     "TensorImageDataset",
     "UnpaddedDistributedSampler",
 ]

@@ -179,7 +179,9 @@ class SyntheticShapesDataModule(ClassificationDataModule):
         """The pixel-space scenes of ``split`` (regenerated deterministically)."""
         if split not in self.sizes:
             raise ValueError(f"unknown split {split!r}; expected one of {sorted(self.sizes)}")
-        return render_scenes(self.sizes[split], self.split_seed(split), include_object=include_object, **self.scene_args)
+        return render_scenes(
+            self.sizes[split], self.split_seed(split), include_object=include_object, **self.scene_args
+        )
 
     def make_dataset(self, scenes: Scenes) -> TensorImageDataset:
         """Normalised dataset with ``mask`` and ``box`` extras."""

@@ -47,5 +47,7 @@ def build_metric(name: str, **kwargs: Any) -> AttributionMetric:
     fixed = set(factory.keywords) if isinstance(factory, partial) else set()
     unknown = sorted(set(kwargs) - (accepted - fixed))
     if unknown:
-        raise ValueError(f"metric {name!r}: unknown argument(s) {', '.join(unknown)}; accepted: {sorted(accepted - fixed)}")
+        raise ValueError(
+            f"metric {name!r}: unknown argument(s) {', '.join(unknown)}; accepted: {sorted(accepted - fixed)}"
+        )
     return factory(**kwargs)

@@ -87,7 +87,9 @@ class SensitivityN(AttributionMetric):
         if output not in ("logit", "probability"):
             raise ValueError(f"output={output!r}: expected 'logit' or 'probability'")
         if num_masks < 2 or patch_size < 1 or chunk_size < 1:
-            raise ValueError(f"need num_masks ≥ 2, patch_size ≥ 1, chunk_size ≥ 1; got {num_masks}, {patch_size}, {chunk_size}")
+            raise ValueError(
+                f"need num_masks ≥ 2, patch_size ≥ 1, chunk_size ≥ 1; got {num_masks}, {patch_size}, {chunk_size}"
+            )
         self.n_values, self.num_n, self.max_fraction = n_values, num_n, max_fraction
         self.num_masks, self.patch_size, self.baseline, self.output = num_masks, patch_size, baseline, output
         self.channel_reduction, self.seed, self.chunk_size = channel_reduction, seed, chunk_size

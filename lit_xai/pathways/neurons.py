@@ -50,11 +50,6 @@ def unflatten_neurons(flat: Tensor, like: Sequence[Tensor]) -> NeuronTensors:
     return [chunk.reshape(t.shape) for chunk, t in zip(flat.split(sizes, dim=1), like, strict=True)]
 
 
-def neuron_counts(neurons: Sequence[Tensor]) -> list[int]:
-    """Neurons per ReLU call (per sample)."""
-    return [t[0].numel() for t in neurons]
-
-
 class NeuronGate:
     """``ReLUInterceptor`` transform that restricts every ReLU call to ``keep`` (bool or float gates).
 

@@ -39,6 +39,7 @@ def overlap_figure(summary: dict) -> Figure:
     curves = {name: values for name, values in summary["jaccard_per_layer"].items() if name != reference}
     for name, values in curves.items():
         right.plot(range(1, len(values) + 1), values, marker="o", label=name)
+        right.set_xticks(range(1, len(values) + 1))
     right.set_xlabel("ReLU layer (call order)")
     right.set_ylabel(f"Jaccard overlap with {reference}")
     right.set_ylim(0, 1)

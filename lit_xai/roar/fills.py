@@ -22,8 +22,11 @@ Fill = Callable[[Tensor, Tensor], Tensor]
 class DatasetMeanFill:
     """Per-channel dataset mean: 0 in the normalised space (``(x − mean)/std``) of our DataModules."""
 
+    def __init__(self) -> None:
+        self.zero = torch.zeros(1, 1, 1, 1)
+
     def __call__(self, images: Tensor, indices: Tensor) -> Tensor:
-        return images.new_zeros(1, 1, 1, 1)
+        return self.zero.to(images.device)
 
 
 class ImageMeanFill:

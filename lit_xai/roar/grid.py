@@ -14,8 +14,9 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import Dataset
 
-from lit_xai.data.base import ClassificationDataModule, MappedDataset, SampleTransform
+from lit_xai.data.base import ClassificationDataModule, MappedDataset, SampleTransform, TensorImageDataset
 from lit_xai.models.classifier import ClassifierModule
+from lit_xai.roar.removal import PixelRemoval
 
 BASELINE = "baseline"
 
@@ -92,14 +93,21 @@ def split_dataset(datamodule: ClassificationDataModule, split: str) -> Dataset:
 class RemovedDataModule(ClassificationDataModule):
     """``base`` with a per-split sample transform (pixel removal) applied *before* ``base``'s training augmentation.
 
-    The base keeps its split (its ``seed``); ``seed`` here only drives the shuffling of this run.
+    The base keeps its split (its ``seed``); ``seed`` here only drives the shuffling of this run. With
+    ``materialize`` (default), a :class:`PixelRemoval` on an in-memory split is applied once to the whole split
+    (batched) instead of per sample; other transforms and datasets are wrapped in :class:`MappedDataset`.
     """
 
     def __init__(
-        self, base: ClassificationDataModule, transforms: dict[str, SampleTransform], seed: int = 0
+        self,
+        base: ClassificationDataModule,
+        transforms: dict[str, SampleTransform],
+        seed: int = 0,
+        materialize: bool = True,
     ) -> None:
         super().__init__(batch_size=base.batch_size, num_workers=base.num_workers, seed=seed, augment=False)
-        self.base, self.transforms = base, transforms
+        self.base, self.transforms, self.materialize = base, transforms, materialize
+        self._materialized: dict[str, Dataset] = {}
         self.augment = base.augment
         self.mean, self.std = base.mean, base.std
         self.num_classes, self.in_chans = base.num_classes, base.in_chans
@@ -113,7 +121,13 @@ class RemovedDataModule(ClassificationDataModule):
     def dataset(self, split: str) -> Dataset:
         dataset = split_dataset(self.base, split)
         transform = self.transforms.get(split)
-        return MappedDataset(dataset, transform) if transform is not None else dataset
+        if transform is None:
+            return dataset
+        if self.materialize and isinstance(transform, PixelRemoval) and isinstance(dataset, TensorImageDataset):
+            if split not in self._materialized:
+                self._materialized[split] = transform.materialize(dataset)
+            return self._materialized[split]
+        return MappedDataset(dataset, transform)
 
 
 def fit_and_test(

@@ -30,7 +30,7 @@ from lit_xai.roar.grid import (
     split_dataset,
 )
 from lit_xai.roar.manifest import Manifest, atomic_write_bytes, atomic_write_json, find_manifests, merge_manifests
-from lit_xai.roar.map_cache import SPLITS, MapCache, MapComputation, MethodSpec, weights_fingerprint
+from lit_xai.roar.map_cache import SPLITS, MapCache, MapComputation, MapJob, MethodSpec, weights_fingerprint
 from lit_xai.roar.removal import PixelRemoval, rank_order
 from lit_xai.roar.summary import CurvePoint, MethodAUC, log_to_wandb, plot_curves, summarize, write_csv
 
@@ -195,7 +195,7 @@ class RoarPipeline:
         fingerprint = weights_fingerprint(self.source_model(train_if_missing=False).net)
         return MapCache(self.output_dir / "maps", fingerprint, data_fingerprint(self.datamodule), self.map_shard_size)
 
-    def map_jobs(self, cache: MapCache) -> list:
+    def map_jobs(self, cache: MapCache) -> list[MapJob]:
         return [
             job
             for spec in self.methods.values()

@@ -145,6 +145,8 @@ class FeatureBottleneckMethod(AttributionMethod):
         self.min_std = min_std
         self.active_threshold = active_threshold
         self._given_statistics = statistics
+        #: run the layers before the bottleneck once per image and expand the noise draws there
+        self.expand_at_layer = True
         self._fitted: dict[str, FeatureStatistics] = {}
         self._fitted_model: int | None = None
 
@@ -263,7 +265,7 @@ class FeatureBottleneckMethod(AttributionMethod):
             stats.mean,
             stats.std,
             kl,
-            BottleneckForward(model, module, inputs, settings.noise_draws),
+            BottleneckForward(model, module, inputs, settings.noise_draws, self.expand_at_layer),
             task_loss,
             settings,
             active=stats.active,
@@ -289,6 +291,7 @@ class _SingleLayerBottleneck(FeatureBottleneckMethod):
         sigma: float = 1.0,
         noise_draws: int = 10,
         smoothing_truncate: float = 3.0,
+        expand_at_layer: bool = True,
         seed: int = 0,
         statistics: StatisticsLike = None,
         stats_samples: int = 5000,
@@ -299,6 +302,7 @@ class _SingleLayerBottleneck(FeatureBottleneckMethod):
     ) -> None:
         super().__init__(statistics, stats_samples, cache_dir, missing_statistics, min_std, active_threshold)
         self.layer = layer
+        self.expand_at_layer = expand_at_layer
         self.settings = BottleneckSettings(
             beta, steps, lr, initial_alpha, sigma, noise_draws, smoothing_truncate, self.inverse, seed
         )

@@ -107,9 +107,11 @@ class BottleneckForward:
     to repeating every input ``draws`` times.
     """
 
-    def __init__(self, model: nn.Module, module: nn.Module, inputs: Tensor, draws: int) -> None:
+    def __init__(
+        self, model: nn.Module, module: nn.Module, inputs: Tensor, draws: int, expand_at_layer: bool = True
+    ) -> None:
         self.model, self.module, self.inputs, self.draws = model, module, inputs, draws
-        self.expand_at_layer = draws > 1
+        self.expand_at_layer = expand_at_layer and draws > 1
 
     def __call__(self, z: Tensor) -> Tensor:
         if self.expand_at_layer:
