@@ -34,6 +34,7 @@ def freeze_parameters(model: nn.Module) -> None:
 
 
 def check_max_batch(max_batch: int) -> int:
+    """Validate the rows-per-forward budget shared by the batched methods."""
     if not isinstance(max_batch, int) or max_batch < 1:
         raise AttributionError(f"max_batch must be a positive int, got {max_batch!r}")
     return max_batch
