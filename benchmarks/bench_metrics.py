@@ -57,10 +57,11 @@ def _floor(model: torch.nn.Module, inputs: torch.Tensor, forwards: int, chunk: i
     return run
 
 
-def bench_model(name: str, repeats: int, threads: int) -> None:
+def bench_model(name: str, repeats: int, threads: int, batch_override: int | None = None) -> None:
     """Time every metric on one model, interleaved with its floor and Quantus; print one table."""
     size, batch, (num_n, num_masks), chunk = SETTINGS[name]
     steps = STEPS
+    batch = batch_override or batch
     torch.manual_seed(0)
     model = build_backbone(name, num_classes=10, in_chans=3).eval()
     inputs = torch.randn(batch, 3, size, size)
@@ -128,11 +129,12 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(SETTINGS))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=None, help="override the images per batch of every model")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     for name in args.models:
-        bench_model(name, args.repeats, args.threads)
+        bench_model(name, args.repeats, args.threads, args.batch)
 
 if __name__ == "__main__":
     main()

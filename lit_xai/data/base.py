@@ -124,13 +124,12 @@ class ClassificationDataModule(L.LightningDataModule):
         self.test_dataset: Dataset | None = None
 
     def dataset(self, split: str) -> Dataset:
-        """The un-augmented dataset of ``split`` ("train", "val", "test"), after ``setup``."""
-        datasets = {"train": self.train_dataset, "val": self.val_dataset, "test": self.test_dataset}
-        if split not in datasets:
-            raise ValueError(f"unknown split {split!r}; expected one of {sorted(datasets)}")
-        if datasets[split] is None:
+        """The un-augmented dataset of ``split`` ("train", "val", "test"); calls ``setup`` if needed."""
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {split!r}; expected one of ['test', 'train', 'val']")
+        if getattr(self, f"{split}_dataset") is None:
             self.setup("fit")
-        return datasets[split]  # type: ignore[return-value]
+        return getattr(self, f"{split}_dataset")
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         sampler = None

@@ -82,14 +82,6 @@ def shard_cells(cells: list[Cell], index: int, count: int) -> list[Cell]:
     return [cell for number, cell in enumerate(cells) if number % count == index]
 
 
-def split_dataset(datamodule: ClassificationDataModule, split: str) -> Dataset:
-    """``datamodule.dataset(split)``, calling ``setup`` first when the datamodule was not set up yet."""
-    dataset = datamodule.dataset(split)
-    if dataset is None:  # ClassificationDataModule.dataset returns the pre-setup value on its first call
-        dataset = datamodule.dataset(split)
-    return dataset
-
-
 class RemovedDataModule(ClassificationDataModule):
     """``base`` with a per-split sample transform (pixel removal) applied *before* ``base``'s training augmentation.
 
@@ -119,7 +111,7 @@ class RemovedDataModule(ClassificationDataModule):
         self.base.setup(stage)
 
     def dataset(self, split: str) -> Dataset:
-        dataset = split_dataset(self.base, split)
+        dataset = self.base.dataset(split)
         transform = self.transforms.get(split)
         if transform is None:
             return dataset

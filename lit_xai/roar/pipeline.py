@@ -27,7 +27,6 @@ from lit_xai.roar.grid import (
     finish_logger,
     fit_and_test,
     shard_cells,
-    split_dataset,
 )
 from lit_xai.roar.manifest import Manifest, atomic_write_bytes, atomic_write_json, find_manifests, merge_manifests
 from lit_xai.roar.map_cache import SPLITS, MapCache, MapComputation, MapJob, MethodSpec, weights_fingerprint
@@ -54,7 +53,7 @@ def data_fingerprint(datamodule: ClassificationDataModule) -> str:
     """Identify the data the maps index into: class, split sizes, and the first/last sample of every split."""
     digest = hashlib.sha256(type(datamodule).__qualname__.encode())
     for split in SPLITS:
-        dataset = split_dataset(datamodule, split)
+        dataset = datamodule.dataset(split)
         digest.update(f"{split}:{len(dataset)}".encode())  # type: ignore[arg-type]
         for index in (0, len(dataset) - 1):  # type: ignore[arg-type]
             sample = dataset[index]
@@ -200,7 +199,7 @@ class RoarPipeline:
             job
             for spec in self.methods.values()
             for split in SPLITS
-            for job in cache.jobs(spec, split, len(split_dataset(self.datamodule, split)))  # type: ignore[arg-type]
+            for job in cache.jobs(spec, split, len(self.datamodule.dataset(split)))  # type: ignore[arg-type]
         ]
 
     def maps_complete(self) -> bool:
@@ -218,7 +217,7 @@ class RoarPipeline:
         rank_zero_info(f"[roar] maps: {len(jobs) - pending}/{len(jobs)} shards cached in {cache.directory}")
         if not pending:
             return
-        datasets = {split: split_dataset(self.datamodule, split) for split in SPLITS}
+        datasets = {split: self.datamodule.dataset(split) for split in SPLITS}
         placement = {k: v for k, v in self.trainer_kwargs.items() if k in PLACEMENT_OPTIONS}
         trainer = L.Trainer(
             **placement, logger=False, enable_checkpointing=False, inference_mode=False,
@@ -232,7 +231,7 @@ class RoarPipeline:
             self._orders.clear()  # cells are method-major within a seed: keep one method's orders in memory
             cache, spec = self.map_cache(), self.methods[method]
             self._orders[method] = {
-                s: rank_order(cache.load(spec, s, len(split_dataset(self.datamodule, s))))  # type: ignore[arg-type]
+                s: rank_order(cache.load(spec, s, len(self.datamodule.dataset(s))))  # type: ignore[arg-type]
                 for s in SPLITS
             }
         fill = build_fill(self.removal.fill, **self.removal.fill_kwargs)
