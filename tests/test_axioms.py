@@ -75,8 +75,8 @@ class PatchNet(nn.Module):
             self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=gen))
             self.conv.bias.zero_()
             # class c reads channels 4c..4c+3 only, so a patch can drive one class and leave another unchanged
-            self.fc.weight.copy_(torch.block_diag(*[torch.full((1, 4), 3.0)] * 4))
-            self.fc.bias.fill_(10.0)  # logits far from 0: the relative-change criterion (App. 6.3) is meaningful
+            self.fc.weight.copy_(torch.block_diag(*[torch.full((1, 4), 10.0)] * 4))
+            self.fc.bias.fill_(30.0)  # logits far from 0: the relative-change criterion (App. 6.3) is meaningful
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.relu(self.conv(x)).mean((2, 3)))

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from lit_xai.axioms.generation import GenerationConfig, GenerationResult, SceneBatch, SceneGenerator
+from lit_xai.axioms.scenarios import get_scenario
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -69,6 +70,7 @@ class SceneStore:
         self.fingerprint = model_fingerprint(model)
         self.identity: dict[str, Any] = {
             "scenario": scenario,
+            "definition": dataclasses.asdict(get_scenario(scenario)),
             "model_fingerprint": self.fingerprint,
             "num_classes": num_classes,
             "seed": seed,

@@ -30,9 +30,7 @@ from lit_xai.attribution.base import (
     AttributionError,
     AttributionMethod,
     TargetLike,
-    check_inputs,
     check_target_range,
-    normalize_target,
     preserved_model_state,
 )
 from lit_xai.attribution.information.bottleneck import capacity_bits, iba_kl
@@ -216,21 +214,15 @@ class FeatureBottleneckMethod(AttributionMethod):
     # -- guarded entry points -----------------------------------------------------------------------------
     def explain(self, model: nn.Module, inputs: Tensor, target: TargetLike = None) -> Any:
         """Like calling the method, but returns the full result object (maps, totals, masks)."""
-        check_inputs(inputs)
-        target_t = normalize_target(target, inputs.shape[0], inputs.device)
-        with torch.inference_mode(False), torch.enable_grad(), preserved_model_state(model):
-            if inputs.is_inference():
-                inputs = inputs.clone()
-            if target_t is not None and target_t.is_inference():
-                target_t = target_t.clone()
-            for param in model.parameters():
-                param.requires_grad_(False)  # only the masks are optimised; restored on exit
-            return self._explain(model, inputs.detach(), target_t)
+        return self.guarded(self._explain_frozen, model, inputs, target)
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Tensor:
+        return self._explain_frozen(model, inputs, target).attribution
+
+    def _explain_frozen(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Any:
         for param in model.parameters():
-            param.requires_grad_(False)
-        return self._explain(model, inputs, target).attribution
+            param.requires_grad_(False)  # only the masks are optimised; restored by the guard
+        return self._explain(model, inputs, target)
 
     def _explain(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Any:
         raise NotImplementedError
