@@ -84,7 +84,7 @@ class PatchNet(nn.Module):
 
 def tiny_config(**overrides: object) -> GenerationConfig:
     base = dict(
-        image_size=16, patch_size=6, mean=(0.5,), std=(0.5,), iterations=100, warmup_iterations=20,
+        image_size=16, patch_size=6, mean=(0.5,), std=(0.5,), iterations=50, warmup_iterations=20,
         min_iterations=10, lr=0.02, drive_threshold=0.7, independence_threshold=0.2, decoder=SMALL_DECODER,
     )
     base.update(overrides)
@@ -132,7 +132,7 @@ def test_null_feature_scenes_keep_their_promise() -> None:
 def test_other_scenarios_keep_their_promise(scenario: str) -> None:
     model = PatchNet().eval()
     cfg = tiny_config()
-    scenes = SceneGenerator(model, 4, cfg, seed=1).generate(scenario, list(range(4))).scenes
+    scenes = SceneGenerator(model, 4, cfg, seed=0).generate(scenario, list(range(4))).scenes
     assert len(scenes) >= 1
     thr = cfg.independence_threshold
     a = scenes.classes[:, 0]
