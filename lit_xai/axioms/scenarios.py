@@ -11,7 +11,8 @@ patch must drive which class on which image, and which output must stay unchange
   ``b`` on ``X{f_a}``.
 - ``class_sensitivity_double`` (Eq. 4-5): ``f_a`` drives ``a`` and ``Φ_b(X{f_a,f_b}) = Φ_b(X{f_b})``; ``f_b``
   drives ``b`` and ``Φ_a(X{f_a,f_b}) = Φ_a(X{f_a})``. Explained: ``a`` and ``b`` on ``X{f_a,f_b}``.
-- ``saturation`` (Eq. 6-7): ``f_a1`` and ``f_a2`` both drive ``a`` (to a constant softmax) and each alone gives the output of both together.
+- ``saturation`` (Eq. 6-7): ``f_a1`` and ``f_a2`` both drive ``a`` (to a constant softmax) and each alone gives the
+  output of both together.
   Explained: ``a`` on ``X{f_a1,f_a2}``.
 
 In a composition, patches outside ``trainable`` are detached, so an independence term moves only the patch
