@@ -42,6 +42,8 @@ class LitXaiWandbLogger(WandbLogger):
         mode = wandb_mode()
         if offline is None:
             offline = mode != "online"
+        # absolute: wandb's service process may have been started from another working directory
+        save_dir = os.path.abspath(save_dir)
         os.makedirs(save_dir, exist_ok=True)
         super().__init__(
             project=project, name=name, save_dir=save_dir, offline=offline, log_model=log_model,
