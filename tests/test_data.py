@@ -93,3 +93,21 @@ def test_unpadded_sampler_covers_every_sample_exactly_once(n):
     assert [len(UnpaddedDistributedSampler(dataset, num_replicas=2, rank=r)) for r in range(2)] == [
         (n + 1) // 2, n // 2
     ]
+
+
+def test_digits_on_noise_canvas_pastes_each_digit_once_at_a_seeded_place():
+    from lit_xai.data.digits import load_digits_tensors
+
+    data = DigitsDataModule(canvas="noise", tile_size=14, mean=(0.5,), std=(0.5,), seed=3)
+    again = DigitsDataModule(canvas="noise", tile_size=14, mean=(0.5,), std=(0.5,), seed=3)
+    assert torch.equal(data._images, again._images) and data.mean == (0.5,)
+    tiles, _ = load_digits_tensors(14)
+    image, tile = data._images[0, 0], tiles[0, 0]
+    hits = [(r, c) for r in range(32 - 13) for c in range(32 - 13) if torch.equal(image[r : r + 14, c : c + 14], tile)]
+    assert len(hits) == 1
+    outside = image.clone()
+    outside[hits[0][0] : hits[0][0] + 14, hits[0][1] : hits[0][1] + 14] = float("nan")
+    background = outside[~outside.isnan()]
+    assert abs(float(background.mean()) - 0.5) < 0.02 and abs(float(background.std()) - 0.1) < 0.02
+    with pytest.raises(ValueError, match="canvas='noisy'"):
+        DigitsDataModule(canvas="noisy")
