@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -23,6 +22,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from lit_xai.data.base import ClassificationDataModule
 from lit_xai.models.classifier import ClassifierModule
+from lit_xai.storage import atomic_write_bytes
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -64,11 +64,7 @@ class RunConfigSaver(SaveConfigCallback):
             return
         config = self.parser.dump(self.config, skip_none=False)
         logger.experiment.config.update({"lit_xai_config": config}, allow_val_change=True)
-        run_dir = Path(logger.experiment.dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = run_dir / f".{CONFIG_FILENAME}.tmp"
-        tmp.write_text(config)
-        os.replace(tmp, run_dir / CONFIG_FILENAME)
+        atomic_write_bytes(Path(logger.experiment.dir) / CONFIG_FILENAME, config.encode())
 
 
 class LitXaiCLI(LightningCLI):

@@ -12,7 +12,8 @@ from torch import nn
 from lit_xai.axioms.decoder import BatchedDeepImagePrior
 from lit_xai.axioms.generation import DecoderConfig, GenerationConfig, SceneGenerator
 from lit_xai.axioms.scenarios import PLACEMENT_UNIFORMS, paste, patch_masks, place_patches
-from lit_xai.axioms.store import SceneStore, model_fingerprint
+from lit_xai.axioms.store import SceneStore
+from lit_xai.storage import weights_fingerprint as model_fingerprint
 
 SMALL_DECODER = DecoderConfig(noise_channels=4, channels=(4, 8), skip_channels=(0, 2))
 

@@ -13,9 +13,10 @@ from torch import nn
 from lit_xai.attribution import build
 from lit_xai.data.base import TensorImageDataset
 from lit_xai.roar.grid import BASELINE, build_grid, parse_shard, shard_cells
-from lit_xai.roar.manifest import Manifest, atomic_write_json, merge_manifests, read_manifest
-from lit_xai.roar.map_cache import MapCache, MethodSpec, compute_maps, reduce_to_pixels, weights_fingerprint
+from lit_xai.roar.manifest import Manifest, merge_manifests, read_manifest
+from lit_xai.roar.map_cache import MapCache, MethodSpec, compute_maps, reduce_to_pixels
 from lit_xai.roar.summary import summarize, trapezoid_auc
+from lit_xai.storage import atomic_write_json, weights_fingerprint
 
 
 def tiny_model() -> nn.Module:

@@ -8,7 +8,7 @@ from lit_xai.axioms.decoder import BatchedDeepImagePrior
 from lit_xai.axioms.evaluation import make_metric, reduce_maps, scene_maps, update_metric
 from lit_xai.axioms.generation import DecoderConfig, GenerationConfig, GenerationResult, SceneBatch, SceneGenerator
 from lit_xai.axioms.scenarios import SCENARIOS, Scenario, get_scenario
-from lit_xai.axioms.store import SceneStore, model_fingerprint
+from lit_xai.axioms.store import SceneStore
 
 __all__ = [
     "SCENARIOS",
@@ -22,7 +22,6 @@ __all__ = [
     "Scenario",
     "get_scenario",
     "make_metric",
-    "model_fingerprint",
     "reduce_maps",
     "scene_maps",
     "update_metric",

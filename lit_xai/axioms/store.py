@@ -12,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,27 +21,7 @@ from torch import nn
 
 from lit_xai.axioms.generation import GenerationConfig, GenerationResult, SceneBatch, SceneGenerator
 from lit_xai.axioms.scenarios import get_scenario
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """SHA-256 over the names, dtypes, shapes and bytes of the model's ``state_dict``."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        t = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+from lit_xai.storage import atomic_torch_save, atomic_write_json, weights_fingerprint
 
 
 class SceneStore:
@@ -67,7 +45,7 @@ class SceneStore:
         self.config = config
         self.seed = seed
         self.chunk_size = chunk_size
-        self.fingerprint = model_fingerprint(model)
+        self.fingerprint = weights_fingerprint(model)
         self.identity: dict[str, Any] = {
             "scenario": scenario,
             "definition": dataclasses.asdict(get_scenario(scenario)),
@@ -93,7 +71,7 @@ class SceneStore:
         return {**self.identity, "chunks": {}}
 
     def _write_manifest(self, manifest: dict[str, Any]) -> None:
-        _atomic_write(self.manifest_path, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
+        atomic_write_json(self.manifest_path, manifest)
 
     def load(self) -> SceneBatch | None:
         """All stored verified scenes (chunks in order), or ``None`` if there are none."""
@@ -131,7 +109,7 @@ class SceneStore:
                 ids = list(range(index * self.chunk_size, (index + 1) * self.chunk_size))
                 result = generator.generate(self.scenario, ids, progress=progress)
                 data = {k: v for k, v in result.scenes.to_dict().items() if k != "scenario"}
-                _atomic_write(self._chunk_path(index), lambda tmp, d=data: torch.save(d, tmp))
+                atomic_torch_save(data, self._chunk_path(index))
                 manifest["chunks"][str(index)] = {
                     "attempted": result.attempted,
                     "converged": result.converged,

@@ -19,7 +19,6 @@ computed by rank ``j % world_size`` (:class:`MapComputation`, run with ``Trainer
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -36,19 +35,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from lit_xai.attribution import build
 from lit_xai.attribution.postprocess import reduce_channels
 from lit_xai.data.base import UnpaddedDistributedSampler
-from lit_xai.roar.manifest import atomic_write_bytes, atomic_write_json
+from lit_xai.storage import atomic_torch_save, atomic_write_json
 
 SPLITS = ("train", "val", "test")
-
-
-def weights_fingerprint(model: nn.Module) -> str:
-    """SHA-256 (first 16 hex digits) over every state-dict entry's name, dtype, shape and bytes."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -101,7 +90,7 @@ class MapCache:
 
     Args:
         root: cache folder (shared by all models; the fingerprint separates them).
-        model_fingerprint: :func:`weights_fingerprint` of the source model.
+        model_fingerprint: :func:`lit_xai.storage.weights_fingerprint` of the source model.
         data_key: identifies the data the maps index into (e.g. a hash of the data config).
         shard_size: samples per shard file.
     """
@@ -142,11 +131,9 @@ class MapCache:
         maps = torch.cat(parts)
         if maps.shape[0] != job.stop - job.start:
             raise RuntimeError(f"{job.spec.display}/{job.split} shard {job.shard}: got {maps.shape[0]} maps")
-        buffer = io.BytesIO()
-        torch.save({"maps": maps, "start": job.start, "stop": job.stop}, buffer)
         path = self.shard_path(job.spec, job.split, job.shard)
         atomic_write_json(path.parent.parent / "spec.json", {**job.spec.__dict__, "key": job.spec.key})
-        atomic_write_bytes(path, buffer.getvalue())
+        atomic_torch_save({"maps": maps, "start": job.start, "stop": job.stop}, path)
 
     def load(self, spec: MethodSpec, split: str, num_samples: int) -> Tensor:
         """All maps of ``(spec, split)`` as ``[N, H, W]`` float16; raises if a shard is missing."""

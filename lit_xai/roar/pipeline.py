@@ -6,7 +6,6 @@ rerunning a command after a crash continues where it stopped."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +27,11 @@ from lit_xai.roar.grid import (
     fit_and_test,
     shard_cells,
 )
-from lit_xai.roar.manifest import Manifest, atomic_write_bytes, atomic_write_json, find_manifests, merge_manifests
-from lit_xai.roar.map_cache import SPLITS, MapCache, MapComputation, MapJob, MethodSpec, weights_fingerprint
+from lit_xai.roar.manifest import Manifest, find_manifests, merge_manifests
+from lit_xai.roar.map_cache import SPLITS, MapCache, MapComputation, MapJob, MethodSpec
 from lit_xai.roar.removal import PixelRemoval, rank_order
 from lit_xai.roar.summary import CurvePoint, MethodAUC, log_to_wandb, plot_curves, summarize, write_csv
+from lit_xai.storage import atomic_torch_save, atomic_write_json, weights_fingerprint
 
 #: Trainer options that decide *where* maps are computed; the rest (epochs, batch limits) only concern training.
 PLACEMENT_OPTIONS = ("accelerator", "devices", "strategy", "num_nodes", "precision")
@@ -147,7 +147,7 @@ class RoarPipeline:
             "trainer": {k: v for k, v in self.trainer_kwargs.items() if k not in COSMETIC_OPTIONS},
             "removal": self.removal.__dict__,
             "data": data_fingerprint(self.datamodule),
-            "source": weights_fingerprint(self.source_model(train_if_missing=False).net),
+            "source": weights_fingerprint(self.source_model(train_if_missing=False).net, chars=16),
         }
         return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -183,15 +183,13 @@ class RoarPipeline:
             module.load_state_dict(state)
             rank_zero_info(f"[roar] source model: test acc {result['test_acc']:.4f}")
             if rank_zero_only.rank == 0:
-                buffer = io.BytesIO()
-                torch.save(module.net.state_dict(), buffer)
                 atomic_write_json(self.output_dir / "source" / "result.json", result)
-                atomic_write_bytes(self.source_weights_path, buffer.getvalue())
+                atomic_torch_save(module.net.state_dict(), self.source_weights_path)
         self._source = module
         return module
 
     def map_cache(self) -> MapCache:
-        fingerprint = weights_fingerprint(self.source_model(train_if_missing=False).net)
+        fingerprint = weights_fingerprint(self.source_model(train_if_missing=False).net, chars=16)
         return MapCache(self.output_dir / "maps", fingerprint, data_fingerprint(self.datamodule), self.map_shard_size)
 
     def map_jobs(self, cache: MapCache) -> list[MapJob]:

@@ -7,9 +7,6 @@ weights, the layer and the sample count, so a second run (or a second rank) reus
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +18,7 @@ from torch import Tensor, nn
 
 from lit_xai.attribution.base import AttributionError, preserved_model_state
 from lit_xai.attribution.information.layer_hooks import layer_output, model_device, resolve_layer
+from lit_xai.storage import atomic_torch_save, weights_fingerprint
 
 
 @dataclass
@@ -130,33 +128,10 @@ class FeatureStatistics:
         return cls(state["mean"], state["std"], state["active"], int(state["num_samples"]))
 
 
-def weights_fingerprint(model: nn.Module) -> str:
-    """SHA-256 over the names, dtypes, shapes and bytes of the model's state_dict (the cache key's model part)."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        t = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}:{t.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
-
-
 def cache_path(cache_dir: str | Path, model: nn.Module, layer: str, max_samples: int) -> Path:
     """``<cache_dir>/iba_stats-<weights hash[:16]>-<layer>-n<max_samples>.pt``."""
     safe_layer = "".join(c if c.isalnum() or c in "._-" else "_" for c in layer)
-    return Path(cache_dir) / f"iba_stats-{weights_fingerprint(model)[:16]}-{safe_layer}-n{max_samples}.pt"
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return Path(cache_dir) / f"iba_stats-{weights_fingerprint(model, chars=16)}-{safe_layer}-n{max_samples}.pt"
 
 
 def batch_images(batch: Any) -> Tensor:
@@ -216,5 +191,5 @@ def estimate_feature_statistics(
     stats = FeatureStatistics.from_welford(state, min_std, active_threshold)
     is_writer = not distributed or dist.get_rank() == 0
     if path is not None and is_writer:
-        _atomic_save(stats.state_dict(), path)
+        atomic_torch_save(stats.state_dict(), path)
     return stats
