@@ -106,10 +106,12 @@ def _hook_registries(module: nn.Module) -> dict[str, int]:
 
 
 @contextlib.contextmanager
-def preserved_model_state(model: nn.Module) -> Iterator[None]:
+def preserved_model_state(model: nn.Module, freeze: bool = False) -> Iterator[None]:
     """Put ``model`` in eval mode for the block; restore flags, grads and hooks afterwards, even on error.
 
     Hooks registered inside the block are removed on exit: a method that forgets one cannot leak it.
+    ``freeze`` switches ``requires_grad`` off on every parameter for the block, so attribution passes never form
+    weight gradients (the flags are restored on exit).
     """
     modules = list(model.modules())
     training = [m.training for m in modules]
@@ -120,6 +122,9 @@ def preserved_model_state(model: nn.Module) -> Iterator[None]:
         {name: dict(getattr(m, name, {})) for name in _hook_registries(m)} for m in modules
     ]
     model.eval()
+    if freeze:
+        for p in params:
+            p.requires_grad_(False)
     try:
         yield
     finally:
@@ -153,10 +158,11 @@ class AttributionMethod:
         target: TargetLike = None,
     ) -> R:
         """Run ``fn(model, inputs, target)`` under the contract: validated inputs, normalised target, gradients on
-        (also inside inference mode), model in eval mode and restored afterwards, even on error."""
+        (also inside inference mode), parameters frozen (no weight gradients are ever formed), model in eval mode
+        and restored afterwards, even on error."""
         check_inputs(inputs)
         target_t = normalize_target(target, inputs.shape[0], inputs.device)
-        with torch.inference_mode(False), torch.enable_grad(), preserved_model_state(model):
+        with torch.inference_mode(False), torch.enable_grad(), preserved_model_state(model, freeze=True):
             if inputs.is_inference():
                 inputs = inputs.clone()
             if target_t is not None and target_t.is_inference():

@@ -12,7 +12,6 @@ import torch
 from torch import Tensor, nn
 
 from lit_xai.attribution.base import AttributionMethod, target_scores
-from lit_xai.attribution.gradients import freeze_parameters
 from lit_xai.attribution.layers import capture_outputs, last_spatial_layer, record_spatial_outputs, resolve_layer
 from lit_xai.attribution.postprocess import upsample as upsample_maps
 from lit_xai.attribution.registry import register
@@ -23,7 +22,6 @@ def layer_activation_and_gradient(
 ) -> tuple[Tensor, Tensor]:
     """(A, ∂y_t/∂A) at ``layer`` (a module name; ``None`` = the last spatial layer, see
     :func:`~lit_xai.attribution.layers.last_spatial_layer`). If the module runs several times, its last call is used."""
-    freeze_parameters(model)
     x = inputs.detach().requires_grad_(True)
     if layer is None:
         with record_spatial_outputs(model) as recorder:

@@ -21,7 +21,6 @@ from torch import Tensor, nn
 from lit_xai.attribution.activations import ReLUInterceptor, require_relus
 from lit_xai.attribution.base import AttributionMethod, input_gradient
 from lit_xai.attribution.fullgrad import bias_gradient_terms
-from lit_xai.attribution.gradients import freeze_parameters
 from lit_xai.attribution.registry import register
 
 LOCAL_ATTRIBUTIONS = ("uniform_fullgrad", "input_x_gradient")
@@ -66,7 +65,6 @@ class UniformFullGrad(AttributionMethod):
     """Uniform FullGrad (seed 004 Eq. 4): ``x ⊙ ∂y/∂x`` plus the summed bias-gradient terms spread uniformly."""
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Tensor:
-        freeze_parameters(model)
         return uniform_fullgrad(model, inputs, target)[0]
 
 
@@ -87,7 +85,6 @@ class DistilledGradientAggregation(AttributionMethod):
         self.local_attribution = local_attribution
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Tensor:
-        freeze_parameters(model)
         local_fn = uniform_fullgrad if self.local_attribution == "uniform_fullgrad" else input_x_gradient
         distilled = inputs
         total = torch.zeros_like(inputs)

@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_xai.attribution.base import AttributionError, AttributionMethod, resolve_target, target_scores
-from lit_xai.attribution.gradients import freeze_parameters
 from lit_xai.attribution.postprocess import gaussian_smooth
 from lit_xai.attribution.registry import register
 
@@ -134,7 +133,6 @@ class ExtremalPerturbation(AttributionMethod):
         return value if value is not None else reference * size / REFERENCE_SIZE
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Tensor:
-        freeze_parameters(model)
         target = resolve_target(model, inputs, target)
         batch, _, height, width = inputs.shape
         size = min(height, width)

@@ -129,8 +129,6 @@ class FullGrad(AttributionMethod):
         self.align_corners = align_corners
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Tensor:
-        for p in model.parameters():
-            p.requires_grad_(False)
         terms = bias_gradient_terms(model, inputs, target)
         size = (inputs.shape[-2], inputs.shape[-1])
         saliency = _fullgrad_postprocess(terms.input_grad * inputs, size, self.align_corners)

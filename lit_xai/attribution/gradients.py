@@ -27,12 +27,6 @@ from lit_xai.attribution.registry import register
 IG_RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 
 
-def freeze_parameters(model: nn.Module) -> None:
-    """Stop weight gradients for the call; ``preserved_model_state`` restores the flags afterwards."""
-    for p in model.parameters():
-        p.requires_grad_(False)
-
-
 def check_max_batch(max_batch: int) -> int:
     """Validate the rows-per-forward budget shared by the batched methods."""
     if not isinstance(max_batch, int) or max_batch < 1:
@@ -77,7 +71,6 @@ class Gradient(AttributionMethod):
     """Saliency: the plain input gradient ``∂y_t/∂x`` (Simonyan et al. 2014). One forward + backward."""
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Tensor:
-        freeze_parameters(model)
         grad, _, _ = input_gradient(model, inputs, target)
         return grad
 
@@ -87,7 +80,6 @@ class InputXGradient(AttributionMethod):
     """Input×Gradient ``x ⊙ ∂y_t/∂x`` (Shrikumar et al. 2016; "InputMCT" in seed 001)."""
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Tensor:
-        freeze_parameters(model)
         grad, _, _ = input_gradient(model, inputs, target)
         return inputs * grad
 
@@ -159,7 +151,6 @@ class IntegratedGradients(AttributionMethod):
         return torch.full_like(inputs, float(self.baseline))
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Tensor:
-        freeze_parameters(model)
         target = resolve_target(model, inputs, target)
         baseline = self.baseline_for(inputs)
         alphas, weights = integration_rule(self.rule, self.steps)
@@ -217,7 +208,6 @@ class SmoothGrad(AttributionMethod):
         return NoiseStream(inputs, sigma, self.seed)
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Tensor:
-        freeze_parameters(model)
         target = resolve_target(model, inputs, target)
         noise = self.noise_stream(inputs)
         batch = inputs.shape[0]

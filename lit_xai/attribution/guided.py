@@ -16,7 +16,6 @@ from torch import Tensor, nn
 
 from lit_xai.attribution.activations import ReLUInterceptor, require_relus
 from lit_xai.attribution.base import AttributionError, AttributionMethod, target_scores
-from lit_xai.attribution.gradients import freeze_parameters
 from lit_xai.attribution.registry import register
 
 GradientRule = Callable[[Tensor, Tensor], Tensor]
@@ -29,7 +28,6 @@ def modified_relu_gradient(
 
     The ReLU's own backward then multiplies by ``1[a > 0]``.
     """
-    freeze_parameters(model)
 
     def attach(index: int, activation: Tensor) -> Tensor:
         if activation.requires_grad:

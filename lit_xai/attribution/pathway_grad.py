@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_xai.attribution.base import AttributionMethod, target_scores
-from lit_xai.attribution.gradients import InputXGradient, IntegratedGradients, freeze_parameters
+from lit_xai.attribution.gradients import InputXGradient, IntegratedGradients
 from lit_xai.attribution.postprocess import morphological_opening
 from lit_xai.attribution.registry import register
 from lit_xai.pathways.contributions import neuron_contributions
@@ -79,7 +79,6 @@ class PathwayGrad(AttributionMethod):
         self.opening_kernel = opening_kernel
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Tensor:
-        freeze_parameters(model)
         contrib = neuron_contributions(
             model, inputs, target, self.name, self.contribution, self.steps, self.internal_batch_size
         )

@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_xai.attribution.base import AttributionError, AttributionMethod, preserved_model_state, target_scores
-from lit_xai.attribution.gradients import freeze_parameters
 from lit_xai.attribution.layers import capture_outputs, resolve_layer
 from lit_xai.attribution.registry import register
 from lit_xai.pathways.contributions import mct_contributions
@@ -153,7 +152,6 @@ class PruneGrad(_PrunedNetworkMethod):
     """
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Tensor:
-        freeze_parameters(model)
         keep, target = self.prune(model, inputs, target)
         x = inputs.detach().requires_grad_(True)
         with gated(NeuronGate(keep, "zero"), self.name):
@@ -195,7 +193,6 @@ class PruneGradMid(_PrunedNetworkMethod):
         self.upsample = upsample
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Tensor:
-        freeze_parameters(model)
         name = self.layer or _default_mid_layer(model)
         module = resolve_layer(model, name)
         keep, target = self.prune(model, inputs, target)
@@ -236,7 +233,6 @@ class PrunePGD(_PrunedNetworkMethod):
         self.bound = bound
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Tensor:
-        freeze_parameters(model)
         keep, target = self.prune(model, inputs, target)
         gate = NeuronGate(keep, "zero")
         delta = torch.zeros_like(inputs)

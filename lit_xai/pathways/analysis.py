@@ -14,7 +14,6 @@ import torch
 from torch import Tensor, nn
 
 from lit_xai.attribution.base import preserved_model_state
-from lit_xai.attribution.gradients import freeze_parameters
 from lit_xai.pathways.contributions import intgrad_contributions, mct_contributions
 from lit_xai.pathways.greedy import greedy_pruning_pathway
 from lit_xai.pathways.measures import dead_neurons, dead_share, dead_share_per_layer, jaccard, jaccard_per_layer
@@ -52,10 +51,9 @@ def select_pathways(
     if unknown:
         raise ValueError(f"unknown pathway selection method(s) {unknown}; choose from {SELECTION_METHODS}")
     inputs = inputs.detach()
-    with torch.inference_mode(False), torch.enable_grad(), preserved_model_state(model):
+    with torch.inference_mode(False), torch.enable_grad(), preserved_model_state(model, freeze=True):
         if inputs.is_inference():
             inputs = inputs.clone()
-        freeze_parameters(model)
         clean = mct_contributions(model, inputs, target, "pathway selection")
         target, template = clean.target, clean.activations
         pathways: dict[str, NeuronTensors] = {}

@@ -214,15 +214,10 @@ class FeatureBottleneckMethod(AttributionMethod):
     # -- guarded entry points -----------------------------------------------------------------------------
     def explain(self, model: nn.Module, inputs: Tensor, target: TargetLike = None) -> Any:
         """Like calling the method, but returns the full result object (maps, totals, masks)."""
-        return self.guarded(self._explain_frozen, model, inputs, target)
+        return self.guarded(self._explain, model, inputs, target)
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Tensor:
-        return self._explain_frozen(model, inputs, target).attribution
-
-    def _explain_frozen(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Any:
-        for param in model.parameters():
-            param.requires_grad_(False)  # only the masks are optimised; restored by the guard
-        return self._explain(model, inputs, target)
+        return self._explain(model, inputs, target).attribution
 
     def _explain(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Any:
         raise NotImplementedError
