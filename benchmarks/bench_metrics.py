@@ -1,8 +1,9 @@
 """Perturbation metrics vs their forward-pass floor, side by side with Quantus 0.6 (CPU).
 
 The floor of a perturbation metric is the forward passes its protocol needs: (images × steps) inputs, evaluated in
-batches of the metric's chunk size on ready-made inputs. Reported per metric: our time / floor, Quantus time / the
-same floor, and Quantus / ours. Runs are interleaved and repeated; medians are reported.
+batches of the metric's chunk size on ready-made inputs. The metrics' default chunk is the batch size (one forward
+per step, as Quantus does); ``--chunk`` sets another one for ours and for the floor. Reported per metric: our time /
+floor, Quantus time / the same floor, and Quantus / ours. Runs are interleaved and repeated; medians are reported.
 
     .venv/bin/python benchmarks/bench_metrics.py                      # resnet8 32×32 and timm resnet18 224×224
     .venv/bin/python benchmarks/bench_metrics.py --models resnet8 --repeats 5
@@ -30,9 +31,9 @@ from lit_xai.models.backbones import build_backbone
 np.trapz = getattr(np, "trapz", np.trapezoid)  # Quantus 0.6 calls numpy.trapz (gone in NumPy 2): benchmark-only shim
 
 STEPS = 48  # 3·H·W / 48 divides H·W for 32² and 224², as Quantus' features_in_step must
-SETTINGS = {  # model: (image size, batch, sensitivity sizes × masks = STEPS, chunk)
-    "resnet8": (32, 16, (6, 8), 256),
-    "timm/resnet18": (224, 2, (6, 8), 32),
+SETTINGS = {  # model: (image size, batch, sensitivity sizes × masks = STEPS)
+    "resnet8": (32, 16, (6, 8)),
+    "timm/resnet18": (224, 2, (6, 8)),
 }
 
 
@@ -57,9 +58,11 @@ def _floor(model: torch.nn.Module, inputs: torch.Tensor, forwards: int, chunk: i
     return run
 
 
-def bench_model(name: str, repeats: int, threads: int, batch_override: int | None = None) -> None:
+def bench_model(
+    name: str, repeats: int, threads: int, batch_override: int | None = None, chunk: int | None = None
+) -> None:
     """Time every metric on one model, interleaved with its floor and Quantus; print one table."""
-    size, batch, (num_n, num_masks), chunk = SETTINGS[name]
+    size, batch, (num_n, num_masks) = SETTINGS[name]
     steps = STEPS
     batch = batch_override or batch
     torch.manual_seed(0)
@@ -101,7 +104,8 @@ def bench_model(name: str, repeats: int, threads: int, batch_override: int | Non
             None,
         ),
     }
-    print(f"\n== {name} {size}×{size}, batch {batch}, {threads} thread(s), median of {repeats} ==")
+    print(f"\n== {name} {size}×{size}, batch {batch}, chunk {chunk or batch}, {threads} thread(s), "
+          f"median of {repeats} ==")
     print(f"{'metric':<26}{'forwards':>9}{'floor s':>9}{'ours s':>9}{'ours/floor':>11}{'quantus s':>11}"
           f"{'quantus/floor':>14}{'quantus/ours':>13}")
     for label, (run_ours, run_quantus, forwards) in cases.items():
@@ -109,7 +113,7 @@ def bench_model(name: str, repeats: int, threads: int, batch_override: int | Non
             probe = SensitivityN(num_n=num_n, num_masks=num_masks, max_fraction=0.5, chunk_size=chunk)
             probe.prepare(model, (size, size))
             forwards = batch * (probe.curve_axis().numel() * num_masks + 1)
-        floor = _floor(model, inputs, forwards, chunk)
+        floor = _floor(model, inputs, forwards, chunk or batch)
         run_ours()  # warm-up
         times: dict[str, list[float]] = {"floor": [], "ours": [], "quantus": []}
         for _ in range(repeats):  # interleaved
@@ -130,11 +134,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=None, help="override the images per batch of every model")
+    parser.add_argument("--chunk", type=int, default=None, help="our metrics' chunk_size (default: the batch size)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     for name in args.models:
-        bench_model(name, args.repeats, args.threads, args.batch)
+        bench_model(name, args.repeats, args.threads, args.batch, args.chunk)
 
 if __name__ == "__main__":
     main()

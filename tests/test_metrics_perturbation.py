@@ -94,14 +94,16 @@ def test_chunking_bounds_memory_and_does_not_change_results() -> None:
     weights = torch.randn(8, 8)
     inputs, maps, target = torch.randn(5, 3, 8, 8), torch.randn(5, 3, 8, 8), torch.tensor([0, 1, 0, 1, 1])
     results = []
-    for chunk in (1, 7, 10_000):
+    for chunk in (1, 7, 10_000, None):
         model = PixelLinear(weights)
         metric = Deletion(pixels_per_step=8, chunk_size=chunk)
         metric.update(model, inputs, target, maps)
         results.append(metric.compute()["curve/probability"])
-        steps = 9
-        assert model.largest_batch <= chunk
-        assert model.calls == -(-5 * steps // chunk)  # one forward per chunk of (images × steps)
+        steps, size = 9, chunk or 5  # None: the batch of 5 images, one forward per step
+        assert model.largest_batch <= size
+        assert model.calls == -(-5 * steps // size)  # one forward per chunk of (images × steps)
+    with pytest.raises(ValueError, match="chunk_size"):
+        Deletion(chunk_size=0)
     for other in results[1:]:
         torch.testing.assert_close(other, results[0])
 

@@ -66,11 +66,14 @@ def test_chunk_size_does_not_change_the_result() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 4)).eval()
     inputs, maps, target = torch.randn(3, 3, 8, 8), torch.randn(3, 3, 8, 8), torch.tensor([0, 1, 2])
     values = []
-    for chunk in (5, 1000):
+    for chunk in (5, 1000, None):
         metric = SensitivityN(num_n=4, num_masks=6, chunk_size=chunk)
         metric.update(model, inputs, target, maps)
         values.append(metric.compute()["curve/correlation"])
     torch.testing.assert_close(values[0], values[1])
+    torch.testing.assert_close(values[0], values[2])
+    with pytest.raises(ValueError, match="chunk_size"):
+        SensitivityN(chunk_size=0)
 
 
 def test_pearson_matches_numpy_and_is_zero_for_constant_rows() -> None:

@@ -46,6 +46,17 @@ def test_unknown_backbone_names_list_what_exists(name, expected):
         build_backbone(name)
 
 
+def test_backbone_kwargs_reach_the_constructor_and_bad_ones_are_named():
+    narrow = ClassifierModule("cnn6", num_classes=4, in_chans=3, backbone_kwargs={"channels": [8, 8, 16, 16, 32, 32]})
+    convs = [m.out_channels for m in narrow.net.modules() if isinstance(m, nn.Conv2d)]
+    assert convs == [8, 8, 16, 16, 32, 32]
+    assert narrow.net(torch.randn(2, 3, 32, 32)).shape == (2, 4)
+    timm_net = build_backbone("timm/resnet18", num_classes=3, drop_rate=0.25)
+    assert timm_net.drop_rate == 0.25
+    with pytest.raises(BackboneError, match="cnn6.*widths"):
+        build_backbone("cnn6", widths=(1, 2, 3))
+
+
 def test_local_weights_from_state_dict_and_lightning_checkpoint(tmp_path):
     source = ClassifierModule(backbone="resnet8", in_chans=1)
     torch.save(source.net.state_dict(), tmp_path / "plain.pt")

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_xai.metrics.base import AttributionMetric, pixel_scores
+from lit_xai.metrics.base import AttributionMetric, pixel_scores, resolve_chunk_size
 from lit_xai.metrics.baselines import baseline_images
 
 
@@ -61,7 +61,8 @@ class SensitivityN(AttributionMetric):
         output: ``logit`` (target logit drop, Ancona) or ``probability``.
         channel_reduction: reduction of the maps over channels before summing inside a set.
         seed: seed of the random sets.
-        chunk_size: the most perturbed images per forward pass.
+        chunk_size: the most perturbed images per forward pass; ``None``: the update's batch size (one forward per
+            set), the fastest on CPUs; raise it on a GPU.
     """
 
     higher_is_better = True
@@ -78,7 +79,7 @@ class SensitivityN(AttributionMetric):
         output: str = "logit",
         channel_reduction: str = "sum",
         seed: int = 0,
-        chunk_size: int = 512,
+        chunk_size: int | None = None,
         blur_kernel_size: int = 29,
         blur_sigma: float = 15.0,
         **kwargs: Any,
@@ -86,10 +87,9 @@ class SensitivityN(AttributionMetric):
         super().__init__(**kwargs)
         if output not in ("logit", "probability"):
             raise ValueError(f"output={output!r}: expected 'logit' or 'probability'")
-        if num_masks < 2 or patch_size < 1 or chunk_size < 1:
-            raise ValueError(
-                f"need num_masks ≥ 2, patch_size ≥ 1, chunk_size ≥ 1; got {num_masks}, {patch_size}, {chunk_size}"
-            )
+        if num_masks < 2 or patch_size < 1:
+            raise ValueError(f"need num_masks ≥ 2 and patch_size ≥ 1; got {num_masks}, {patch_size}")
+        resolve_chunk_size(chunk_size, 1)
         self.n_values, self.num_n, self.max_fraction = n_values, num_n, max_fraction
         self.num_masks, self.patch_size, self.baseline, self.output = num_masks, patch_size, baseline, output
         self.channel_reduction, self.seed, self.chunk_size = channel_reduction, seed, chunk_size
@@ -160,8 +160,9 @@ class SensitivityN(AttributionMetric):
         flat_sets = sets.view(num_sizes * num_masks, -1)
         total = num_sizes * num_masks * batch
         perturbed = torch.empty(total, device=inputs.device)
-        for begin in range(0, total, self.chunk_size):
-            pair = torch.arange(begin, min(begin + self.chunk_size, total), device=inputs.device)
+        chunk_size = resolve_chunk_size(self.chunk_size, batch)
+        for begin in range(0, total, chunk_size):
+            pair = torch.arange(begin, min(begin + chunk_size, total), device=inputs.device)
             set_index, image = pair // batch, pair % batch
             removed = self._cells_to_pixels(flat_sets[set_index])
             logits = model(torch.where(removed, base[image], inputs[image]))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -123,15 +124,15 @@ def _unknown(name: str, candidates: list[str], family: str) -> BackboneError:
     return BackboneError(f"unknown {family} backbone {name!r}.{hint}")
 
 
-def _timm(name: str, num_classes: int, in_chans: int, pretrained: bool) -> nn.Module:
+def _timm(name: str, num_classes: int, in_chans: int, pretrained: bool, **kwargs: Any) -> nn.Module:
     import timm
 
     if name not in timm.list_models():
         raise _unknown(name, timm.list_models(), "timm")
-    return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans)
+    return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
 
 
-def _torchvision(name: str, num_classes: int, in_chans: int, pretrained: bool) -> nn.Module:
+def _torchvision(name: str, num_classes: int, in_chans: int, pretrained: bool, **kwargs: Any) -> nn.Module:
     import torchvision
 
     names = torchvision.models.list_models(module=torchvision.models)
@@ -141,10 +142,10 @@ def _torchvision(name: str, num_classes: int, in_chans: int, pretrained: bool) -
         raise BackboneError(f"torchvision/{name} takes 3 input channels, got in_chans={in_chans}")
     weights = "DEFAULT" if pretrained else None
     if pretrained:
-        model = torchvision.models.get_model(name, weights=weights)
+        model = torchvision.models.get_model(name, weights=weights, **kwargs)
         _replace_head(model, num_classes)
         return model
-    return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
 
 
 def _replace_head(model: nn.Module, num_classes: int) -> None:
@@ -165,22 +166,31 @@ def available_builtins() -> list[str]:
 
 
 def build_backbone(
-    name: str, num_classes: int = 10, in_chans: int = 3, pretrained: bool = False, weights: str | Path | None = None
+    name: str,
+    num_classes: int = 10,
+    in_chans: int = 3,
+    pretrained: bool = False,
+    weights: str | Path | None = None,
+    **kwargs: Any,
 ) -> nn.Module:
     """Build a classifier by name: ``resnet8``, ``cnn6``, ``digits_cnn``, ``timm/<name>``, ``torchvision/<name>``.
 
     ``weights`` is a local file (a plain ``state_dict`` or a Lightning checkpoint whose keys start with
-    ``net.``) loaded strictly after construction.
+    ``net.``) loaded strictly after construction. Further keyword arguments go to the constructor (e.g. ``widths``
+    of ``resnet8``, ``channels`` of ``cnn6``, ``drop_rate`` of a timm model).
     """
     family, _, model_name = name.partition("/")
     if model_name and family == "timm":
-        model = _timm(model_name, num_classes, in_chans, pretrained)
+        model = _timm(model_name, num_classes, in_chans, pretrained, **kwargs)
     elif model_name and family == "torchvision":
-        model = _torchvision(model_name, num_classes, in_chans, pretrained)
+        model = _torchvision(model_name, num_classes, in_chans, pretrained, **kwargs)
     elif name in BUILTINS:
         if pretrained:
             raise BackboneError(f"built-in backbone {name!r} has no pretrained weights; pass weights=<file> instead")
-        model = BUILTINS[name](num_classes=num_classes, in_chans=in_chans)
+        try:
+            model = BUILTINS[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
+        except TypeError as err:
+            raise BackboneError(f"backbone {name!r}: {err}") from None
     else:
         close = difflib.get_close_matches(name, available_builtins(), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""

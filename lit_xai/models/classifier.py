@@ -27,6 +27,7 @@ class ClassifierModule(L.LightningModule):
         in_chans: input channels; must match the DataModule's.
         pretrained: timm/torchvision pretrained weights (needs them in the local cache; nothing is downloaded here).
         weights: a local ``state_dict`` file or Lightning checkpoint to initialise the backbone from.
+        backbone_kwargs: further constructor arguments of the backbone (e.g. ``{channels: [...]}`` for ``cnn6``).
         optimizer: ``adam``, ``adamw`` or ``sgd``; ``lr``, ``weight_decay``, ``momentum`` (SGD) configure it.
         scheduler: ``none``, ``step`` (StepLR: ``step_size``, ``gamma``) or ``cosine`` (over ``max_epochs``).
     """
@@ -38,6 +39,7 @@ class ClassifierModule(L.LightningModule):
         in_chans: int = 1,
         pretrained: bool = False,
         weights: str | None = None,
+        backbone_kwargs: dict[str, Any] | None = None,
         optimizer: Literal["adam", "adamw", "sgd"] = "adam",
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -51,7 +53,7 @@ class ClassifierModule(L.LightningModule):
         self.save_hyperparameters()
         self.net = build_backbone(
             backbone, num_classes=num_classes, in_chans=in_chans, pretrained=pretrained,
-            weights=Path(weights) if weights else None,
+            weights=Path(weights) if weights else None, **(backbone_kwargs or {}),
         )
         top_k = min(5, num_classes)
         self.metrics = torch.nn.ModuleDict(
