@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from captum.attr import LayerGradientXActivation
+from captum.attr import LayerConductance, LayerGradientXActivation
 from torch import nn
 
 from lit_xai.attribution import AttributionError, build
 from lit_xai.attribution.pathway_grad import pathway_gradient
 from lit_xai.attribution.postprocess import morphological_opening
 from lit_xai.models.backbones import build_backbone
-from lit_xai.pathways import intgrad_contributions, mct_contributions, select_pathway
+from lit_xai.pathways import (
+    conductance_contributions,
+    input_path_conductance,
+    intgrad_contributions,
+    mct_contributions,
+    select_pathway,
+)
 
 torch.set_num_threads(1)
 
@@ -65,6 +71,73 @@ def test_intgrad_contributions_match_a_hand_written_layer_integral(mlp: TinyMLP)
             grads.append(g)
         expected = (h * torch.stack(grads).mean(0)).abs()
         torch.testing.assert_close(contrib.contributions[layer], expected)
+
+
+@pytest.mark.parametrize(
+    ("backbone", "size"),
+    [
+        ("resnet8", 16),
+        ("torchvision/resnet18", 16),
+        ("cnn6", 32),
+        pytest.param("timm/resnet18", 16, marks=pytest.mark.slow),
+        pytest.param("torchvision/vgg11", 32, marks=pytest.mark.slow),
+    ],
+)
+def test_shared_prefix_intgrad_equals_the_full_forward_per_alpha(backbone: str, size: int) -> None:
+    """Computing the layers before the scaled ReLU call once per image changes nothing (reused ReLU modules,
+    skip connections, max-pools); α values are split over passes (internal_batch_size < steps) and images too.
+    In float64, so that batch-size-dependent float32 rounding cannot flip a ReLU near zero."""
+    torch.manual_seed(0)
+    model = build_backbone(backbone, num_classes=4, in_chans=3).eval().double()
+    x = torch.randn(2, 3, size, size, dtype=torch.float64)
+    full = intgrad_contributions(model, x, None, "t", steps=3, share_prefix=False)
+    for batch_size in (2, 256):
+        shared = intgrad_contributions(model, x, None, "t", steps=3, internal_batch_size=batch_size)
+        assert len(shared.contributions) == len(full.contributions)
+        for got, expected in zip(shared.contributions, full.contributions, strict=True):
+            torch.testing.assert_close(got, expected)
+
+
+def test_conductance_matches_captum_layer_conductance(mlp: TinyMLP) -> None:
+    """Captum takes the gradient at the start of each α interval, we at the end: ours = −Captum(from x to 0)."""
+    x = torch.randn(3, 2, 4, 4)
+    target = torch.tensor([2, 0, 1])
+    signed = input_path_conductance(mlp, x, target, "t", steps=6, internal_batch_size=11)
+    for layer, module in ((0, mlp.act1), (1, mlp.act2)):
+        reversed_path = LayerConductance(mlp, module).attribute(
+            torch.zeros_like(x), baselines=x, target=target, n_steps=5, method="riemann_trapezoid"
+        )
+        torch.testing.assert_close(signed.contributions[layer], -reversed_path)
+    torch.testing.assert_close(signed.activations[0], torch.relu(mlp.fc1(x.flatten(1))))
+    torch.testing.assert_close(signed.logits, mlp(x))
+
+
+def test_conductance_is_complete_per_layer(mlp: TinyMLP) -> None:
+    """Σ_j c_j = y(x) − y(0) per layer: exactly for the last hidden layer (y is affine in it), in the limit of many
+    α steps for the first one."""
+    x = torch.randn(2, 2, 4, 4)
+    with torch.no_grad():
+        logits = mlp(x)
+        target = logits.argmax(1)
+        expected = (logits - mlp(torch.zeros_like(x))).gather(1, target[:, None])[:, 0]
+    coarse = input_path_conductance(mlp, x, None, "t", steps=3)
+    torch.testing.assert_close(coarse.target, target)
+    torch.testing.assert_close(coarse.contributions[1].sum(1), expected)
+    assert not torch.allclose(coarse.contributions[0].sum(1), expected, rtol=1e-3, atol=1e-4)
+    fine = input_path_conductance(mlp, x, None, "t", steps=2001)
+    torch.testing.assert_close(fine.contributions[0].sum(1), expected, rtol=1e-3, atol=1e-4)
+
+
+def test_conductance_contributions_ignore_neurons_dead_at_x(mlp: TinyMLP) -> None:
+    x = torch.randn(4, 2, 4, 4)
+    signed = input_path_conductance(mlp, x, None, "t", steps=4)
+    contrib = conductance_contributions(mlp, x, None, "t", steps=4)
+    dead = [a <= 0 for a in contrib.activations]
+    # with biases, a neuron dead at x can be active at α·x and get a nonzero conductance
+    assert any((c[d] != 0).any() for c, d in zip(signed.contributions, dead, strict=True))
+    for got, raw, d in zip(contrib.contributions, signed.contributions, dead, strict=True):
+        assert (got[d] == 0).all()
+        torch.testing.assert_close(got[~d], raw[~d].abs())
 
 
 def test_contribution_pathways_never_contain_dead_neurons() -> None:
@@ -132,7 +205,11 @@ def test_zero_replacement_is_the_masked_network_of_the_reference_code(mlp: TinyM
 
 @pytest.mark.parametrize(
     ("backbone", "name", "kwargs"),
-    [("resnet8", "neuron_intgrad", {"steps": 3}), ("torchvision/resnet18", "neuron_mct", {})],
+    [
+        ("resnet8", "neuron_intgrad", {"steps": 3}),
+        ("torchvision/resnet18", "neuron_mct", {}),
+        ("torchvision/resnet18", "neuron_conductance", {"steps": 3}),
+    ],
 )
 def test_batched_pathway_gradients_equal_single_images(backbone: str, name: str, kwargs: dict) -> None:
     torch.manual_seed(0)
@@ -163,7 +240,7 @@ def test_input_space_counterparts_are_the_baselines(mlp: TinyMLP) -> None:
 def test_model_unchanged_and_relu_free_models_rejected(mlp: TinyMLP) -> None:
     before = {k: v.clone() for k, v in mlp.state_dict().items()}
     x = torch.randn(2, 2, 4, 4)
-    for name in ("neuron_mct", "neuron_intgrad"):
+    for name in ("neuron_mct", "neuron_intgrad", "neuron_conductance"):
         build(name)(mlp, x)
     with pytest.raises(AttributionError, match="out of range"):
         build("neuron_intgrad")(mlp, x, 5)
@@ -175,6 +252,8 @@ def test_model_unchanged_and_relu_free_models_rejected(mlp: TinyMLP) -> None:
         build("neuron_mct")(gelu, x)
     with pytest.raises(ValueError, match="replacement"):
         build("neuron_mct", replacement="mean")
+    with pytest.raises(ValueError, match="α steps"):
+        build("neuron_conductance", steps=1)
 
 
 @pytest.mark.parametrize(
@@ -196,3 +275,4 @@ def test_whole_network_pathway_gives_the_plain_gradient(mlp: TinyMLP) -> None:
     gradient = build("gradient")(mlp, x)
     torch.testing.assert_close(build("neuron_mct", sparsity=0.0)(mlp, x), gradient)
     torch.testing.assert_close(build("neuron_intgrad", sparsity=0.0, steps=3)(mlp, x), gradient)
+    torch.testing.assert_close(build("neuron_conductance", sparsity=0.0, steps=3)(mlp, x), gradient)

@@ -7,6 +7,8 @@ The command (``python -m lit_xai pathways``) lives in :mod:`lit_xai.pathways.com
 from lit_xai.pathways.analysis import SELECTION_METHODS, PathwaySelection, PathwayStatistics, select_pathways
 from lit_xai.pathways.contributions import (
     NeuronContributions,
+    conductance_contributions,
+    input_path_conductance,
     intgrad_contributions,
     mct_contributions,
     neuron_contributions,
@@ -23,11 +25,13 @@ __all__ = [
     "NeuronGate",
     "PathwaySelection",
     "PathwayStatistics",
+    "conductance_contributions",
     "dead_neurons",
     "dead_share",
     "dead_share_per_layer",
     "flatten_neurons",
     "greedy_pruning_pathway",
+    "input_path_conductance",
     "intgrad_contributions",
     "jaccard",
     "jaccard_per_layer",
