@@ -90,6 +90,21 @@ def test_gaussian_smoothing_matches_scipy() -> None:
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-12)
 
 
+def test_mask_adam_equals_torch_adam() -> None:
+    from lit_xai.attribution.information.optimisation import MaskAdam
+
+    g = torch.Generator().manual_seed(0)
+    ours = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)
+    theirs = ours.clone().requires_grad_(True)
+    adam, reference = MaskAdam(ours, lr=1.0), torch.optim.Adam([theirs], lr=1.0, foreach=False)
+    for _ in range(6):
+        gradient = torch.randn(ours.shape, generator=g, dtype=torch.float64)
+        adam.step(gradient)
+        theirs.grad = gradient.clone()
+        reference.step()
+        torch.testing.assert_close(ours, theirs.detach(), rtol=1e-14, atol=1e-14)
+
+
 def test_welford_merge_on_split_data_equals_full_data() -> None:
     g = torch.Generator().manual_seed(0)
     data = torch.relu(torch.randn(37, 2, 3, 3, generator=g, dtype=torch.float64) + 0.3)
@@ -122,6 +137,43 @@ def test_all_gather_merge_single_process_group(tmp_path) -> None:
     torch.testing.assert_close(merged.mean, state.mean)
     torch.testing.assert_close(merged.m2, state.m2)
     assert float(merged.count) == 10
+
+
+def _ddp_statistics_worker(rank: int, world: int, store: str, data: torch.Tensor, cache_dir: str) -> None:
+    """One DDP rank: stream its own shard of ``data`` and save the merged statistics it ends up with."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=30))
+    try:
+        shard = data[rank::world]
+        batches = [{"image": shard[:5]}, {"image": shard[5:]}]
+        stats = estimate_feature_statistics(tiny(), "block", batches, max_samples=data.shape[0], cache_dir=cache_dir)
+        torch.save(stats.state_dict(), f"{cache_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_statistics_merge_across_two_ddp_processes(tmp_path) -> None:
+    import torch.multiprocessing as mp
+
+    data = torch.randn(24, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    args = (2, str(tmp_path / "store"), data, str(cache_dir))
+    mp.start_processes(_ddp_statistics_worker, args=args, nprocs=2, join=True, start_method="fork")  # no re-import
+    model = tiny().eval()
+    with torch.no_grad():
+        feats = model.block(model.stem(data))
+    for rank in range(2):  # every rank holds the statistics of all 24 samples, not of its own 12
+        stats = FeatureStatistics.from_state_dict(torch.load(cache_dir / f"rank{rank}.pt", weights_only=True))
+        assert stats.num_samples == 24
+        torch.testing.assert_close(stats.mean, feats.mean(0), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(stats.std, feats.std(0).clamp_min(0.01), atol=1e-6, rtol=1e-5)
+    assert len(list(cache_dir.glob("iba_stats-*.pt"))) == 1  # written once, by rank 0
 
 
 def test_statistics_cache_is_keyed_reused_and_atomic(tmp_path, monkeypatch) -> None:
@@ -162,6 +214,7 @@ def snapshot(model: nn.Module) -> dict:
         "flags": [(p.requires_grad, p.grad) for p in model.parameters()],
         "training": [m.training for m in model.modules()],
         "hooks": [len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules()],
+        "forwards": [m.__dict__.get("forward") for m in model.modules()],  # no patched forward may remain
     }
 
 
@@ -172,6 +225,7 @@ def assert_unchanged(model: nn.Module, before: dict) -> None:
     assert after["flags"] == before["flags"]
     assert after["training"] == before["training"]
     assert after["hooks"] == before["hooks"]
+    assert after["forwards"] == before["forwards"]
 
 
 @pytest.mark.parametrize("name", ["iba", "inverse_iba"])
@@ -232,6 +286,76 @@ def test_expanding_at_the_layer_equals_repeating_inputs() -> None:
     repeating.expand_at_layer = False
     torch.testing.assert_close(expanding(z), repeating(z))
     assert expanding.expand_at_layer
+
+
+class SharedReluNet(nn.Module):
+    """A ReLU module shared before and after the bottleneck (``conv2``), a functional op, and an in-place op on the
+    output of a module before the bottleneck (a replayed output must not be corrupted by it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 4, 3, 1, 1), nn.Conv2d(4, 4, 3, 2, 1)
+        self.conv3, self.relu, self.head = nn.Conv2d(4, 5, 3, 1, 1), nn.ReLU(), nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(x)
+        h += 0.5
+        h = self.conv2(torch.tanh(self.relu(h)))
+        return self.head(self.relu(self.conv3(h)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("case", ["resnet8", "shared_relu", "sequential"])
+def test_replayed_prefix_equals_full_forward(case: str) -> None:
+    from lit_xai.attribution.information.layer_hooks import BottleneckForward, completed_prefix
+    from lit_xai.models.backbones import build_backbone
+
+    torch.manual_seed(0)
+    if case == "resnet8":  # layer2 output: 128 channels at half the input size
+        model, layer, channels, size = build_backbone("resnet8", num_classes=4).double().eval(), "layer2", 128, 8
+    elif case == "shared_relu":
+        model, layer, channels, size = SharedReluNet().double().eval(), "conv2", 4, 4
+    else:  # digits_cnn: an nn.Sequential whose first five replayed children feed only the next replayed child
+        model, layer, channels, size = build_backbone("digits_cnn", num_classes=4, in_chans=3).double().eval(), \
+            "features.6", 32, 8
+    module = model.get_submodule(layer)
+    x = torch.randn(2, 3, 2 * size, 2 * size, dtype=torch.float64)
+    prefix = completed_prefix(model, module, x)
+    names = {id(m): name for name, m in model.named_modules()}
+    kept = [names[id(m)] for m, _ in prefix]
+    expected = {"resnet8": ["stem", "layer1"], "shared_relu": ["conv1"],
+                "sequential": [f"features.{i}" for i in range(6)]}
+    assert kept == expected[case]  # the shared relu and the parents of the bottleneck are not replayed
+    stored = [output.numel() > 0 for _, output in prefix]
+    assert stored == ([False] * 5 + [True] if case == "sequential" else [True] * len(prefix))
+    z = torch.randn(2 * 3, channels, size, size, dtype=torch.float64)
+    replaying = BottleneckForward(model, module, x, 3)
+    recomputing = BottleneckForward(model, module, x, 3, reuse_prefix=False)
+    reference = recomputing(z)
+    for _ in range(2):  # twice: the first call must not have changed the replayed outputs
+        torch.testing.assert_close(replaying(z), reference)
+    assert replaying.expand_at_layer and all("forward" not in m.__dict__ for m in model.modules())
+
+
+def test_prefix_layers_run_once_per_explanation_not_per_step() -> None:
+    model = tiny()
+    x = loader(1, 2)[0]["image"]
+    calls = {"n": 0}
+    handle = model.stem[0].register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    counts = {}
+    try:
+        for reuse in (True, False):
+            for steps in (2, 6):
+                method = IBA(layer="block", steps=steps, noise_draws=3, reuse_prefix=reuse).fit(model, loader())
+                calls["n"] = 0
+                method(model, x)
+                counts[reuse, steps] = calls["n"]
+    finally:
+        handle.remove()
+    assert counts[True, 2] == counts[True, 6]  # target, features and one probe: independent of the steps
+    assert counts[False, 6] - counts[False, 2] == 4  # the recomputing scheme runs the stem every step
+    r1 = IBA(layer="block", steps=3, noise_draws=3).fit(model, loader())(model, x)
+    r2 = IBA(layer="block", steps=3, noise_draws=3, reuse_prefix=False).fit(model, loader())(model, x)
+    torch.testing.assert_close(r1, r2)
 
 
 def test_optimisation_removes_information() -> None:

@@ -145,6 +145,8 @@ class FeatureBottleneckMethod(AttributionMethod):
         self._given_statistics = statistics
         #: run the layers before the bottleneck once per image and expand the noise draws there
         self.expand_at_layer = True
+        #: replay the (constant) outputs of the layers before the bottleneck instead of recomputing them every step
+        self.reuse_prefix = True
         self._fitted: dict[str, FeatureStatistics] = {}
         self._fitted_model: int | None = None
 
@@ -246,13 +248,14 @@ class FeatureBottleneckMethod(AttributionMethod):
         with torch.no_grad():
             features = layer_output(model, module, inputs)
         stats = self.statistics_for(model, layer, features)
-        kl = lambda lam, one_minus_lam: iba_kl(features, lam, one_minus_lam, stats.mean, stats.std)
+        standardised = (features - stats.mean) / stats.std  # r̂, constant during the optimisation
+        kl = lambda lam, one_minus_lam: iba_kl(standardised, lam, one_minus_lam)
         alpha = optimise_mask(
             features,
             stats.mean,
             stats.std,
             kl,
-            BottleneckForward(model, module, inputs, settings.noise_draws, self.expand_at_layer),
+            BottleneckForward(model, module, inputs, settings.noise_draws, self.expand_at_layer, self.reuse_prefix),
             task_loss,
             settings,
             active=stats.active,
@@ -279,6 +282,7 @@ class _SingleLayerBottleneck(FeatureBottleneckMethod):
         noise_draws: int = 10,
         smoothing_truncate: float = 3.0,
         expand_at_layer: bool = True,
+        reuse_prefix: bool = True,
         seed: int = 0,
         statistics: StatisticsLike = None,
         stats_samples: int = 5000,
@@ -290,6 +294,7 @@ class _SingleLayerBottleneck(FeatureBottleneckMethod):
         super().__init__(statistics, stats_samples, cache_dir, missing_statistics, min_std, active_threshold)
         self.layer = layer
         self.expand_at_layer = expand_at_layer
+        self.reuse_prefix = reuse_prefix
         self.settings = BottleneckSettings(
             beta, steps, lr, initial_alpha, sigma, noise_draws, smoothing_truncate, self.inverse, seed
         )
