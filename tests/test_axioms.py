@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lit_xai.axioms.decoder import BatchedDeepImagePrior
-from lit_xai.axioms.generation import DecoderConfig, GenerationConfig, SceneGenerator
+from lit_xai.axioms.generation import DecoderConfig, GenerationConfig, SceneGenerator, constant_cross_entropy
 from lit_xai.axioms.scenarios import PLACEMENT_UNIFORMS, paste, patch_masks, place_patches
 from lit_xai.axioms.store import SceneStore
 from lit_xai.storage import weights_fingerprint as model_fingerprint
@@ -132,9 +132,12 @@ def test_null_feature_scenes_keep_their_promise() -> None:
 @pytest.mark.parametrize("scenario", ["class_sensitivity_single", "class_sensitivity_double", "saturation"])
 def test_other_scenarios_keep_their_promise(scenario: str) -> None:
     model = PatchNet().eval()
-    cfg = tiny_config()
+    fixed = [(5, 1), (5, 7)]  # side by side, as configs/axioms_digits.yaml places the saturation patches
+    cfg = tiny_config(fixed_corners={"saturation": fixed})
     scenes = SceneGenerator(model, 4, cfg, seed=0).generate(scenario, list(range(4))).scenes
     assert len(scenes) >= 1
+    if scenario == "saturation":
+        assert torch.equal(scenes.corners, torch.tensor([fixed] * len(scenes)))
     thr = cfg.independence_threshold
     a = scenes.classes[:, 0]
     if scenario == "class_sensitivity_single":
@@ -148,6 +151,41 @@ def test_other_scenarios_keep_their_promise(scenario: str) -> None:
         assert bool((_changes(both[0], _logit(model, cfg, scenes.images((1,)), b)) < thr).all())
         assert bool((_changes(both[1], _logit(model, cfg, scenes.images((0,)), a)) < thr).all())
         assert bool((_softmax(model, cfg, scenes.images((1,)), b) >= cfg.drive_threshold).all())
+
+
+def test_scene_is_the_same_alone_or_in_a_batch() -> None:
+    """Scene 2 optimised with three others or on its own: same classes, positions, background and patches."""
+    model = PatchNet().eval()
+    cfg = tiny_config(iterations=14, min_iterations=12, drive_threshold=0.0, independence_threshold=1.0)
+    gen = SceneGenerator(model, 4, cfg, seed=0)
+    batch = gen.generate("null_feature", [0, 1, 2, 3]).scenes
+    alone = gen.generate("null_feature", [2]).scenes
+    assert len(batch) == 4 and len(alone) == 1
+    mine = batch.select(batch.scene_ids == 2)
+    assert torch.equal(mine.classes, alone.classes) and torch.equal(mine.corners, alone.corners)
+    assert torch.equal(mine.backgrounds, alone.backgrounds) and torch.equal(mine.iterations, alone.iterations)
+    torch.testing.assert_close(mine.patches, alone.patches, atol=1e-4, rtol=1e-4)
+    # and the other scenes differ from it (the comparison can fail)
+    assert not torch.allclose(batch.patches[1], batch.patches[2], atol=1e-3)
+
+
+def test_fixed_corners_are_checked() -> None:
+    model = PatchNet().eval()
+    for corners in ([(0, 0)], [(0, 0), (0, 11)], [(0, 0), (3, 3)]):  # too few, outside, overlapping
+        cfg = tiny_config(fixed_corners={"saturation": corners})
+        with pytest.raises(ValueError, match="fixed_corners"):
+            SceneGenerator(model, 4, cfg, seed=0).generate("saturation", [0])
+
+
+def test_constant_cross_entropy_is_smallest_at_the_target() -> None:
+    softmax = torch.tensor([0.2, 0.5, 0.9, 0.95, 0.99], dtype=torch.float64)
+    loss = constant_cross_entropy(softmax.log(), 0.95)
+    expected = -(0.95 * softmax.log() + 0.05 * torch.log(1 - softmax))  # hand-written binary cross-entropy
+    torch.testing.assert_close(loss, expected)
+    assert int(loss.argmin()) == 3
+    logits = torch.tensor([[0.3, 1.0, -0.5]], requires_grad=True)
+    constant_cross_entropy(logits.log_softmax(-1)[:, 1], 0.95).sum().backward()
+    assert float(logits.grad[0, 1]) < 0  # below the target: raise the class logit
 
 
 def test_verification_drops_scenes_that_break_the_property() -> None:

@@ -6,14 +6,19 @@ Reference configuration: 32 noise channels, depth 6 with 16…128 channels, 4-ch
 down, bilinear up, a final 3×3 stride-3 convolution + sigmoid mapping a 256² noise input to an 86² patch.
 
 Batching design: ``G`` decoders (one per patch of every scene) are held as stacked parameters
-(``[G, C_out, C_in, k, k]``) and run as *grouped* convolutions on a ``[1, G·C, H, W]`` activation, so one
-forward/backward serves all scenes. Members never mix: every convolution has ``groups=G``, normalisation
-is per channel (``F.instance_norm``, exactly what a BatchNorm in training mode computes on the reference's
-batch of one), and concatenations interleave per member. Because RMSprop is element-wise, one optimiser
-over the stacked parameters updates each member exactly as a separate optimiser would. We chose explicit
-grouped convolutions over ``torch.func.vmap`` + ``functional_call``: vmap's batching rule for a batched
-conv weight lowers to the same grouped convolution, but explicit groups keep plain ``nn.Parameter`` s that
-any optimiser, ``state_dict`` and device move understand, with no functorch restrictions on the norm layers.
+(``[G, C_out, C_in, k, k]``) and run on a ``[1, G·C, H, W]`` activation, so one forward/backward serves all
+scenes. Members never mix: a k×k convolution is a *grouped* convolution (``groups=G``), a 1×1 convolution a
+batched matrix product (``torch.baddbmm`` over ``[G, C, H·W]``), normalisation is per channel
+(``F.instance_norm``, exactly what a BatchNorm in training mode computes on the reference's batch of one), and
+concatenations interleave per member. Because RMSprop is element-wise, one optimiser over the stacked parameters
+updates each member exactly as a separate optimiser would.
+
+Speed on CPU (benchmarks/bench_axioms.py): PyTorch's backward of a grouped convolution on a contiguous (NCHW)
+input falls back to a slow per-group kernel; on a ``channels_last`` input the oneDNN kernel handles the groups
+(3× faster on the decoder's largest convolution), except for 1×1 kernels, which fall back again, hence the
+bmm for those. We chose explicit stacked parameters over ``torch.func.vmap`` + ``functional_call`` (vmap
+lowers a batched conv weight to the same grouped convolution on a contiguous input, and im2col + bmm was slower
+still): plain ``nn.Parameter`` s work with any optimiser, ``state_dict`` and device move.
 """
 
 from __future__ import annotations
@@ -134,15 +139,21 @@ class BatchedDeepImagePrior(nn.Module):
         params[f"{name}_norm_bias"] = nn.Parameter(torch.zeros(self.members, ch))
 
     def _conv(self, x: Tensor, params: nn.ParameterDict, name: str, zero_pad: bool = False, stride: int = 1) -> Tensor:
-        weight = params[f"{name}_weight"]
+        """Each member's convolution of its own channels: ``[1, G·C, H, W]`` → ``[1, G·C_out, H', W']``."""
+        weight, bias = params[f"{name}_weight"], params[f"{name}_bias"]
         kernel = weight.shape[-1]
+        if kernel == 1 and stride == 1:
+            height, width = x.shape[-2:]
+            columns = x.reshape(self.members, -1, height * width)
+            out = torch.baddbmm(bias.unsqueeze(-1), weight.flatten(2), columns)
+            return out.view(1, -1, height, width)
         pad = kernel // 2
         if pad and not zero_pad:
             x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
         return F.conv2d(
-            x,
+            x.contiguous(memory_format=torch.channels_last),
             weight.flatten(0, 1),
-            params[f"{name}_bias"].flatten(),
+            bias.flatten(),
             stride=stride,
             padding=pad if zero_pad else 0,
             groups=self.members,
@@ -156,7 +167,7 @@ class BatchedDeepImagePrior(nn.Module):
     def _member_cat(self, a: Tensor, b: Tensor) -> Tensor:
         """Concatenate channels per member: ``[1, G·Ca, H, W]`` + ``[1, G·Cb, H, W]`` → ``[1, G·(Ca+Cb), H, W]``."""
         g, (h, w) = self.members, a.shape[-2:]
-        return torch.cat([a.view(1, g, -1, h, w), b.view(1, g, -1, h, w)], dim=2).view(1, -1, h, w)
+        return torch.cat([a.reshape(1, g, -1, h, w), b.reshape(1, g, -1, h, w)], dim=2).view(1, -1, h, w)
 
     def _level(self, index: int, x: Tensor) -> Tensor:
         params = self.levels[index]

@@ -2,17 +2,19 @@
 
 ``S`` scenes are optimised at once: one :class:`BatchedDeepImagePrior` holds the decoders of all their
 patches, every iteration draws a fresh reference input ``X ~ N(0.5, 0.1)`` (clamped to [0, 1] pixel space,
-then normalised with the model's mean/std) and fresh random patch positions per scene, and all the
-scenario's compositions of all scenes go through the model in one batch.
+then normalised with the model's mean/std) and fresh random patch positions per scene (or the scenario's
+``fixed_corners``), and all the scenario's compositions of all scenes go through the model in one batch.
 
 Loss per scene (the authors' code fixes what the text leaves open): during warm-up each patch only
-maximises its class logit (``-w_warm·Φ``); afterwards ``-w_drive·FL(κ̂_drive, 1)·Φ + w_ind·FL(κ̂_ind, 0)·ΔΦ²``
-where ``κ_drive`` is the softmax of the patch's class, ``κ_ind = tanh(|ΔΦ| / min(|Φ_with|, |Φ_without|))``
+drives its class (``w_warm·L``); afterwards ``w_drive·FL(κ̂_drive, 1)·L + w_ind·FL(κ̂_ind, 0)·ΔΦ²`` where
+``L = -Φ`` (maximise the logit) or, for a constant-target drive (the null scenario's ``f_a``, both saturation
+patches), ``L = L_CE(σ, c)``, the cross-entropy of §3 between the class softmax ``σ`` and the constant ``c``
+(the authors' code used ``(σ - c)²`` for the null scenario; its gradient vanishes where σ is small);
+``κ_drive`` is the softmax of the patch's class, ``κ_ind = tanh(|ΔΦ| / min(|Φ_with|, |Φ_without|))``
 (App. 6.3 Eq. 12), ``κ̂`` their EMAs (Eq. 13, α=0.1, start 0.5) and ``FL(v, 1) = -(1-v)^γ log v``,
-``FL(v, 0) = -v^γ log(1-v)`` focal weights (γ=0.8). A constant-target drive (the null scenario's ``f_a``) uses
-``w_const·(softmax - c)²`` throughout. A scene stops (§4.4) once every drive's softmax ≥ ``drive_threshold``
-and every ``κ_ind < independence_threshold``; its patches, reference input and positions at that iteration
-are kept, re-checked at those fixed positions (verification) and dropped if a property fails.
+``FL(v, 0) = -v^γ log(1-v)`` focal weights (γ=0.8). A scene stops (§4.4) once every drive's softmax ≥
+``drive_threshold`` and every ``κ_ind < independence_threshold``; its patches, reference input and positions at
+that iteration are kept, re-checked at those fixed positions (verification) and dropped if a property fails.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from lit_xai.axioms.scenarios import (
     Composition,
     Scenario,
     compose,
+    patch_masks,
     place_patches,
 )
 
@@ -72,8 +75,11 @@ class GenerationConfig:
     warmup_weight: float = 5.0
     drive_weight: float = 10.0
     independence_weight: float = 5.0
-    constant_weight: float = 5.0
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    #: scenarios whose patches stay at fixed top-left corners (row, col) instead of random ones. The authors'
+    #: code does this for saturation ((5, 5) and (133, 133) at 224²): how two patches saturate the output
+    #: depends on where they sit, most of all on networks whose last units see only part of the image
+    fixed_corners: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
 
     @property
     def channels(self) -> int:
@@ -148,6 +154,13 @@ def focal_weight(value: Tensor, positive: bool, gamma: float, eps: float = 1e-6)
     return -((1 - p) ** gamma) * torch.log(p)
 
 
+def constant_cross_entropy(log_softmax: Tensor, target: float, eps: float = 1e-6) -> Tensor:
+    """``L_CE(Φ_t(X{f}), c)`` of §3: cross-entropy between the class softmax and a constant target ``c``,
+    ``-(c log σ + (1 - c) log(1 - σ))``, smallest at ``σ = c``."""
+    one_minus = torch.log1p(-log_softmax.exp().clamp(max=1 - eps))
+    return -(target * log_softmax + (1 - target) * one_minus)
+
+
 def relative_change(with_patch: Tensor, without_patch: Tensor, eps: float = 1e-12) -> Tensor:
     """``|Φ_with - Φ_without| / min(|Φ_with|, |Φ_without|)``; ``tanh`` of it is App. 6.3's κ."""
     return (with_patch - without_patch).abs() / torch.minimum(with_patch.abs(), without_patch.abs()).clamp_min(eps)
@@ -176,24 +189,37 @@ class SceneGenerator:
         return param.device if param is not None else torch.device("cpu")
 
     def _logits(self, scenario: Scenario, background: Tensor, patches: Tensor, corners: Tensor) -> Tensor:
-        """Logits ``[S, K, classes]`` of every composition of every scene, in one model batch."""
-        images = torch.stack([compose(background, patches, corners, c) for c in scenario.compositions], 1)
-        flat = self.config.normalize(images.flatten(0, 1))
-        return self.model(flat).view(images.shape[0], images.shape[1], -1)
+        """Logits ``[S, K, classes]`` of every composition of every scene. Compositions without a trainable patch
+        (e.g. the bare reference input) go through the model in a batch of their own without autograd, so the
+        backward pass skips them; the others go in one batch."""
+        parts = {}
+        for differentiable in (True, False):
+            chosen = [k for k, c in enumerate(scenario.compositions) if bool(c.trainable) == differentiable]
+            if not chosen:
+                continue
+            with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
+                images = torch.stack([compose(background, patches, corners, scenario.compositions[k]) for k in chosen])
+                logits = self.model(self.config.normalize(images.flatten(0, 1)))
+            parts.update(zip(chosen, logits.view(len(chosen), background.shape[0], -1)))
+        return torch.stack([parts[k] for k in range(len(scenario.compositions))], 1)
 
     @staticmethod
     def _terms(scenario: Scenario, logits: Tensor, classes: Tensor) -> dict[str, Tensor]:
         """Drive logits/softmaxes and independence (with, without) logits, each ``[S, n_terms]``."""
-        softmax = logits.softmax(-1)
+        log_softmax = logits.log_softmax(-1)
         drive_cls = torch.stack([classes[:, d.slot] for d in scenario.drives], 1)
         drive_img = [d.image for d in scenario.drives]
         drive_logit = logits[:, drive_img].gather(2, drive_cls[..., None]).squeeze(2)
-        drive_softmax = softmax[:, drive_img].gather(2, drive_cls[..., None]).squeeze(2)
+        drive_log_softmax = log_softmax[:, drive_img].gather(2, drive_cls[..., None]).squeeze(2)
         ind_cls = torch.stack([classes[:, i.slot] for i in scenario.independences], 1)[..., None]
         with_logit = logits[:, [i.image_with for i in scenario.independences]].gather(2, ind_cls).squeeze(2)
         without_logit = logits[:, [i.image_without for i in scenario.independences]].gather(2, ind_cls).squeeze(2)
         return {
-            "drive_logit": drive_logit, "drive_softmax": drive_softmax, "with": with_logit, "without": without_logit
+            "drive_logit": drive_logit,
+            "drive_log_softmax": drive_log_softmax,
+            "drive_softmax": drive_log_softmax.exp(),
+            "with": with_logit,
+            "without": without_logit,
         }
 
     def _draw(self, generators: Sequence[torch.Generator], scenario: Scenario) -> tuple[Tensor, Tensor]:
@@ -204,7 +230,24 @@ class SceneGenerator:
         background = (background * cfg.background_std + cfg.background_mean).clamp_(0, 1)
         uniforms = torch.stack([torch.rand(PLACEMENT_UNIFORMS, generator=g) for g in generators])
         corners = place_patches(uniforms, cfg.image_size, cfg.patch_size, scenario.num_patches)
+        if scenario.name in cfg.fixed_corners:
+            corners = self._fixed_corners(scenario).expand_as(corners)
         return background, corners
+
+    def _fixed_corners(self, scenario: Scenario) -> Tensor:
+        """The configured fixed corners ``[1, P, 2]`` of ``scenario``, checked to fit without overlapping."""
+        cfg = self.config
+        corners = torch.as_tensor(cfg.fixed_corners[scenario.name], dtype=torch.long).view(1, -1, 2)
+        span = cfg.image_size - cfg.patch_size
+        masks = patch_masks(corners.clamp(0, span), cfg.image_size, cfg.patch_size)
+        if corners.shape[1] != scenario.num_patches or int(corners.min()) < 0 or int(corners.max()) > span:
+            raise ValueError(
+                f"fixed_corners[{scenario.name!r}] must give {scenario.num_patches} (row, col) corners in "
+                f"[0, {span}], got {cfg.fixed_corners[scenario.name]}"
+            )
+        if bool(masks.sum(1).gt(1).any()):
+            raise ValueError(f"fixed_corners[{scenario.name!r}] = {cfg.fixed_corners[scenario.name]} overlap")
+        return corners
 
     def generate(self, scenario_name: str, scene_ids: Sequence[int], progress: bool = False) -> GenerationResult:
         """Optimise the scenes ``scene_ids`` together; return the verified ones."""
@@ -278,22 +321,27 @@ class SceneGenerator:
                         ind_ema[active_dev] = cfg.ema_alpha * kappa + (1 - cfg.ema_alpha) * ind_ema[active_dev]
                 if bool(success.all()):
                     continue
-                const_loss = cfg.constant_weight * (terms["drive_softmax"] - cfg.constant_softmax) ** 2
-                if warm:
-                    drive_loss = -cfg.warmup_weight * terms["drive_logit"]
-                    ind_loss = torch.zeros_like(terms["with"])
-                else:
-                    w_drive = focal_weight(drive_ema[active_dev], True, cfg.focal_gamma)
-                    w_ind = focal_weight(ind_ema[active_dev], False, cfg.focal_gamma)
-                    drive_loss = -cfg.drive_weight * w_drive * terms["drive_logit"]
-                    ind_loss = cfg.independence_weight * w_ind * (terms["with"] - terms["without"].detach()) ** 2
-                per_scene = torch.where(constant, const_loss, drive_loss).sum(1) + ind_loss.sum(1)
+                per_scene = self._loss(terms, constant, drive_ema[active_dev], ind_ema[active_dev], warm)
                 optimizer.zero_grad(set_to_none=False)
                 (per_scene * (~success).to(per_scene.dtype)).sum().backward()
                 optimizer.step()
             converged = found.select(done)
             verified = self.verify(converged)
         return GenerationResult(verified, attempted=n, converged=int(done.sum()), seconds=time.perf_counter() - start)
+
+    def _loss(self, terms: dict[str, Tensor], constant: Tensor, drive_ema: Tensor, ind_ema: Tensor,
+              warm: bool) -> Tensor:
+        """Per-scene loss ``[S]`` (see the module docstring)."""
+        cfg = self.config
+        const_loss = constant_cross_entropy(terms["drive_log_softmax"], cfg.constant_softmax)
+        if warm:
+            drive_loss = torch.where(constant, const_loss, -terms["drive_logit"]) * cfg.warmup_weight
+            return drive_loss.sum(1)
+        w_drive = focal_weight(drive_ema, True, cfg.focal_gamma)
+        w_ind = focal_weight(ind_ema, False, cfg.focal_gamma)
+        drive_loss = cfg.drive_weight * w_drive * torch.where(constant, const_loss, -terms["drive_logit"])
+        ind_loss = cfg.independence_weight * w_ind * (terms["with"] - terms["without"].detach()) ** 2
+        return drive_loss.sum(1) + ind_loss.sum(1)
 
     @torch.no_grad()
     def measure(self, scenes: SceneBatch) -> tuple[Tensor, Tensor]:

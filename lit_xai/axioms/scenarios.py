@@ -119,7 +119,9 @@ SCENARIOS: dict[str, Scenario] = {
     ),
     "class_sensitivity_double": _double_like("class_sensitivity_double", (0, 1), (1, 0), num_slots=2, constant=False),
     # Eq. 6-7 as the text states them: each feature alone reaches a constant output (softmax c), so both together
-    # can give the same output; maximising both (the authors' code) rarely meets the stopping criteria
+    # can give the same output; maximising both (the authors' code) rarely meets the stopping criteria. On a
+    # network whose last units see only part of the image the two patches must also sit where the same units see
+    # both (GenerationConfig.fixed_corners; the authors' code fixes the saturation positions too)
     "saturation": _double_like("saturation", (0, 0), (0, 0), num_slots=1, constant=True),
 }
 
