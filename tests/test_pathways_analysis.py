@@ -39,6 +39,17 @@ def images() -> torch.Tensor:
     return torch.randn(3, 1, 16, 16)
 
 
+def test_kth_smallest_equals_kthvalue_on_both_sides_and_with_ties() -> None:
+    from lit_xai.pathways.selection import kth_smallest
+
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randint(0, 7, (3, 50), generator=generator).float()  # many ties
+    for k in (1, 2, 25, 26, 49, 50):
+        torch.testing.assert_close(kth_smallest(values, k), values.kthvalue(k, dim=1).values)
+    with pytest.raises(ValueError, match="k must lie"):
+        kth_smallest(values, 0)
+
+
 def test_measures_on_a_hand_made_case() -> None:
     first = [torch.tensor([[True, True, False, False]]), torch.tensor([[True, False]])]
     second = [torch.tensor([[True, False, True, False]]), torch.tensor([[True, True]])]
