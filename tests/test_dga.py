@@ -9,7 +9,7 @@ from scipy.stats import rankdata
 from torch import nn
 
 from lit_xai.attribution import AttributionError, build
-from lit_xai.attribution.dga import extreme_positive_contributor_mask, rank_fractions, weak_contributor_mask
+from lit_xai.attribution.dga import extreme_positive_contributor_mask, rank_fraction_at_most, weak_contributor_mask
 from lit_xai.models.backbones import build_backbone
 
 torch.set_num_threads(1)
@@ -66,10 +66,13 @@ def reference_dga(model: nn.Module, x: torch.Tensor, target: int, steps: int, q:
     return (total / (steps + 1)).reshape(x.shape)
 
 
-def test_rank_fractions_match_scipy_max_ranks() -> None:
+def test_rank_fraction_threshold_matches_scipy_max_ranks_with_ties() -> None:
     values = torch.tensor([[3.0, 1.0, 3.0, 2.0, 0.5, 3.0], [0.0, 0.0, 1.0, -1.0, 5.0, 2.0]])
-    expected = np.stack([rankdata(v, method="max") / v.size for v in values.numpy()])
-    np.testing.assert_allclose(rank_fractions(values).numpy(), expected)
+    ties = torch.randint(0, 5, (3, 40), generator=torch.Generator().manual_seed(0)).float()
+    for batch in (values, ties):
+        ranks = np.stack([rankdata(v, method="max") / v.size for v in batch.numpy()])
+        for fraction in (0.0, 0.1, 1 / 3, 0.5, 0.9, 0.999, 1.0):
+            np.testing.assert_array_equal(rank_fraction_at_most(batch, fraction).numpy(), ranks <= fraction)
 
 
 def test_masks_remove_the_weak_and_the_extreme_positive_features() -> None:

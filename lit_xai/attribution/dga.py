@@ -22,6 +22,7 @@ from lit_xai.attribution.activations import ReLUInterceptor, require_relus
 from lit_xai.attribution.base import AttributionMethod, input_gradient
 from lit_xai.attribution.fullgrad import bias_gradient_terms
 from lit_xai.attribution.registry import register
+from lit_xai.pathways.selection import kth_smallest
 
 LOCAL_ATTRIBUTIONS = ("uniform_fullgrad", "input_x_gradient")
 
@@ -42,22 +43,28 @@ def input_x_gradient(model: nn.Module, inputs: Tensor, target: Tensor | None) ->
     return inputs * grad, target
 
 
-def rank_fractions(values: Tensor) -> Tensor:
-    """Per sample, ``|{k : v_k ≤ v_j}| / dim`` for every element j (ties share the largest rank), ``[B, ...]``."""
+def rank_fraction_at_most(values: Tensor, fraction: float) -> Tensor:
+    """Per sample, whether ``|{k : v_k ≤ v_j}| / dim ≤ fraction`` for every element j (ties share the largest
+    rank), ``[B, ...]`` bool. A threshold, not a full ranking: with ``m`` the largest count allowed, exactly the
+    elements below the ``(m+1)``-th smallest value qualify — one ``topk`` per sample instead of a sort."""
     flat = values.flatten(1)
-    ordered = flat.sort(dim=1).values
-    counts = torch.searchsorted(ordered, flat.contiguous(), right=True)
-    return (counts.to(values.dtype) / flat.shape[1]).view_as(values)
+    dim = flat.shape[1]
+    counts = torch.arange(dim + 1, device=flat.device).to(flat.dtype)
+    allowed = int(((counts / dim) <= fraction).sum()) - 1  # the largest count c with c / dim ≤ fraction
+    if allowed >= dim:
+        return torch.ones_like(values, dtype=torch.bool)
+    threshold = kth_smallest(flat, allowed + 1)
+    return (flat < threshold[:, None]).view_as(values)
 
 
 def weak_contributor_mask(local: Tensor, step: int, steps: int) -> Tensor:
     """M^WC (Eq. 6-7): 0 where the rank fraction of ``|φ|`` is ≤ n/N, else 1."""
-    return (rank_fractions(local.abs()) > step / steps).to(local.dtype)
+    return (~rank_fraction_at_most(local.abs(), step / steps)).to(local.dtype)
 
 
 def extreme_positive_contributor_mask(local: Tensor, quantile: float) -> Tensor:
     """M^EPC (Eq. 9-10): 1 where the rank fraction of the signed ``φ`` is ≤ q, else 0."""
-    return (rank_fractions(local) <= quantile).to(local.dtype)
+    return rank_fraction_at_most(local, quantile).to(local.dtype)
 
 
 @register("uniform_fullgrad")
