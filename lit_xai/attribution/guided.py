@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from lit_xai.attribution.activations import ReLUInterceptor, require_relus
 from lit_xai.attribution.base import AttributionError, AttributionMethod, target_scores
 from lit_xai.attribution.registry import register
+from lit_xai.pathways.selection import kth_smallest
 
 GradientRule = Callable[[Tensor, Tensor], Tensor]
 
@@ -59,10 +60,10 @@ class GuidedBackprop(AttributionMethod):
 
 
 def percentile_per_sample(values: Tensor, q: float) -> Tensor:
-    """The nearest-rank ``q``-th percentile of each sample's values (``kthvalue``: no size limit), shape ``[B]``."""
+    """The nearest-rank ``q``-th percentile of each sample's values (no size limit), shape ``[B]``."""
     flat = values.flatten(1)
     k = int(round(q / 100.0 * (flat.shape[1] - 1))) + 1
-    return flat.kthvalue(k, dim=1).values
+    return kth_smallest(flat, k)
 
 
 @register("rectgrad")

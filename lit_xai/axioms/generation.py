@@ -222,16 +222,19 @@ class SceneGenerator:
             "without": without_logit,
         }
 
-    def _draw(self, generators: Sequence[torch.Generator], scenario: Scenario) -> tuple[Tensor, Tensor]:
-        """Fresh reference inputs ``[S, C, H, W]`` and patch corners ``[S, P, 2]`` from each scene's generator."""
+    def _draw(
+        self, generators: Sequence[torch.Generator], scenario: Scenario, fixed: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """Fresh reference inputs ``[S, C, H, W]`` and patch corners ``[S, P, 2]`` from each scene's generator
+        (``fixed`` ``[1, P, 2]`` replaces the corners; the placement draw still advances each generator)."""
         cfg = self.config
         shape = (cfg.channels, cfg.image_size, cfg.image_size)
         background = torch.stack([torch.randn(shape, generator=g) for g in generators])
         background = (background * cfg.background_std + cfg.background_mean).clamp_(0, 1)
         uniforms = torch.stack([torch.rand(PLACEMENT_UNIFORMS, generator=g) for g in generators])
         corners = place_patches(uniforms, cfg.image_size, cfg.patch_size, scenario.num_patches)
-        if scenario.name in cfg.fixed_corners:
-            corners = self._fixed_corners(scenario).expand_as(corners)
+        if fixed is not None:
+            corners = fixed.expand_as(corners)
         return background, corners
 
     def _fixed_corners(self, scenario: Scenario) -> Tensor:
@@ -276,6 +279,7 @@ class SceneGenerator:
         drive_ema = torch.full((n, len(scenario.drives)), cfg.ema_start, device=device)
         ind_ema = torch.full((n, len(scenario.independences)), cfg.ema_start, device=device)
         constant = torch.tensor([d.constant for d in scenario.drives], device=device)
+        fixed = self._fixed_corners(scenario) if scenario.name in cfg.fixed_corners else None  # checked once
 
         c, s = cfg.channels, cfg.image_size
         found = SceneBatch(
@@ -296,7 +300,7 @@ class SceneGenerator:
                 active = (~done).nonzero().squeeze(1)
                 if active.numel() == 0:
                     break
-                background, corners = self._draw([draw_gens[i] for i in active.tolist()], scenario)
+                background, corners = self._draw([draw_gens[i] for i in active.tolist()], scenario, fixed)
                 background, corners = background.to(device), corners.to(device)
                 active_dev = active.to(device)
                 patches = decoder().view(n, p, c, cfg.patch_size, cfg.patch_size)[active_dev]
