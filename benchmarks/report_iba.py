@@ -150,6 +150,8 @@ def main() -> None:
     parser.add_argument("--ckpt", default=None, help="best checkpoint of the config's fit run")
     parser.add_argument("--images", type=int, default=32, help="explained test images (InputIBA is the cost)")
     parser.add_argument("--layer", default="features.6", help="IBA / Inverse IBA / InputIBA layer (16×16)")
+    parser.add_argument("--sweep-layers", nargs="+", default=list(SWEEP_LAYERS),
+                        help="IBA layer sweep (default: digits_cnn's ReLU outputs; resnet8: layer1 layer2 layer3)")
     parser.add_argument("--gan-epochs", type=int, default=20)
     parser.add_argument("--two-object-images", type=int, default=32)
     parser.add_argument("--cache", default=".cache/report_iba")
@@ -205,7 +207,7 @@ def main() -> None:
             print(f"  {name:<9} − {reference:<21} {cells}")
 
     print("\nIBA layer sweep (same images, same defaults): Deletion ↓ / Del. 2×2 ↓ / Insertion ↑ / EHR ↑")
-    for layer in SWEEP_LAYERS:
+    for layer in args.sweep_layers:
         r = score_maps(model, x, y, boxes, build("iba", layer=layer).fit(model, loader)(model, x, y))
         print(f"  {layer:<12} {float(r['deletion'].mean()):.3f} / {float(r['deletion_tiles'].mean()):.3f} / "
               f"{float(r['insertion'].mean()):.3f} / {r['ehr']:.3f}", flush=True)

@@ -3,10 +3,13 @@
     .venv/bin/python benchmarks/report_pathways.py [--dataset digits] [--epochs 6] [--images 96] [--sanity_images 16]
     .venv/bin/python benchmarks/report_pathways.py --dataset synthetic --weights /tmp/synthetic_best.ckpt \
         --sections lerf
+    .venv/bin/python benchmarks/report_pathways.py --dataset synthetic --backbone resnet8 --weights <ckpt of
+        configs/synthetic_resnet8_fit.yaml> --sections lerf
 
-1. Trains ``digits_cnn`` on scikit-learn digits upsampled to 32×32 (``--dataset digits``) or on the synthetic
-   shape scenes of ``configs/synthetic_fit.yaml`` (``--dataset synthetic``: 4 classes, RGB) with a plain PyTorch
-   loop (Adam), or loads ``--weights`` (a state dict or a Lightning checkpoint such as the one that config saves).
+1. Trains ``--backbone`` (default ``digits_cnn``; ``resnet8`` is the paper's CIFAR net) on scikit-learn digits
+   upsampled to 32×32 (``--dataset digits``) or on the synthetic shape scenes of ``configs/synthetic_fit.yaml``
+   (``--dataset synthetic``: 4 classes, RGB) with a plain PyTorch loop (Adam), or loads ``--weights`` (a state
+   dict or a Lightning checkpoint such as the one that config saves).
 2. LeRF (seed 001 Fig. 7, seed 000 Fig. 4): remove the least relevant 1…10% of pixels (to 0 = the dataset mean in
    normalised space, the paper's protocol; ``--lerf_baseline blur`` / ``mean`` for a check), record the absolute
    fractional change ``|p − p₀| / p₀`` of the explained class's softmax;
@@ -55,16 +58,16 @@ SECTIONS = ("lerf", "sanity", "pathways")
 SANITY_METHODS = ("gradient", "guided_backprop", "input_mct", "neuron_mct", "neuron_intgrad", "prune_grad")
 
 
-def build_data(dataset: str, seed: int) -> tuple[ClassificationDataModule, torch.nn.Module]:
-    """The datamodule and the untrained ``digits_cnn`` for ``dataset`` (synthetic: as configs/synthetic_fit.yaml)."""
+def build_data(dataset: str, backbone: str, seed: int) -> tuple[ClassificationDataModule, torch.nn.Module]:
+    """The datamodule and the untrained ``backbone`` for ``dataset`` (synthetic: as configs/synthetic_fit.yaml)."""
     if dataset == "digits":
         datamodule = DigitsDataModule(batch_size=64, image_size=32, seed=seed)
-        model = build_backbone("digits_cnn", num_classes=10, in_chans=1)
+        model = build_backbone(backbone, num_classes=10, in_chans=1)
     else:
         datamodule = SyntheticShapesDataModule(
             num_train=2400, num_val=500, num_test=501, image_size=32, num_classes=4, batch_size=64, seed=seed
         )
-        model = build_backbone("digits_cnn", num_classes=4, in_chans=3)
+        model = build_backbone(backbone, num_classes=4, in_chans=3)
     datamodule.setup()
     return datamodule, model
 
@@ -96,6 +99,7 @@ def first_images(datamodule: ClassificationDataModule, count: int) -> torch.Tens
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=("digits", "synthetic"), default="digits")
+    parser.add_argument("--backbone", default="digits_cnn", help="built-in backbone (resnet8: the paper's CIFAR net)")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--replacement", choices=("constant", "zero"), default="constant",
                         help="off-pathway neurons of the pathway methods in LeRF")
@@ -114,16 +118,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    datamodule, model = build_data(args.dataset, args.seed)
+    datamodule, model = build_data(args.dataset, args.backbone, args.seed)
     if args.weights and os.path.exists(args.weights):
         load_weights(model, args.weights)
         accuracy = train(model, datamodule, 0, args.lr)
-        print(f"digits_cnn ({args.dataset}) loaded from {args.weights}: val accuracy {accuracy:.3f}", flush=True)
+        print(f"{args.backbone} ({args.dataset}) loaded from {args.weights}: val accuracy {accuracy:.3f}", flush=True)
     else:
         start = time.time()
         accuracy = train(model, datamodule, args.epochs, args.lr)
         seconds = time.time() - start
-        print(f"digits_cnn ({args.dataset}) trained {args.epochs} epochs in {seconds:.0f}s: "
+        print(f"{args.backbone} ({args.dataset}) trained {args.epochs} epochs in {seconds:.0f}s: "
               f"val accuracy {accuracy:.3f}", flush=True)
         if args.weights:
             torch.save(model.state_dict(), args.weights)

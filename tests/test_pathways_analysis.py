@@ -40,7 +40,7 @@ def images() -> torch.Tensor:
 
 
 def test_kth_smallest_equals_kthvalue_on_both_sides_and_with_ties() -> None:
-    from lit_xai.pathways.selection import kth_smallest
+    from lit_xai.attribution.order_statistics import kth_smallest
 
     generator = torch.Generator().manual_seed(0)
     values = torch.randint(0, 7, (3, 50), generator=generator).float()  # many ties

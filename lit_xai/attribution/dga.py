@@ -21,8 +21,8 @@ from torch import Tensor, nn
 from lit_xai.attribution.activations import ReLUInterceptor, require_relus
 from lit_xai.attribution.base import AttributionMethod, input_gradient
 from lit_xai.attribution.fullgrad import bias_gradient_terms
+from lit_xai.attribution.order_statistics import kth_smallest
 from lit_xai.attribution.registry import register
-from lit_xai.pathways.selection import kth_smallest
 
 LOCAL_ATTRIBUTIONS = ("uniform_fullgrad", "input_x_gradient")
 

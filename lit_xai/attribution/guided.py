@@ -16,8 +16,8 @@ from torch import Tensor, nn
 
 from lit_xai.attribution.activations import ReLUInterceptor, require_relus
 from lit_xai.attribution.base import AttributionError, AttributionMethod, target_scores
+from lit_xai.attribution.order_statistics import kth_smallest
 from lit_xai.attribution.registry import register
-from lit_xai.pathways.selection import kth_smallest
 
 GradientRule = Callable[[Tensor, Tensor], Tensor]
 

@@ -18,23 +18,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from lit_xai.attribution.order_statistics import kth_smallest
 from lit_xai.pathways.neurons import NeuronTensors, expand_per_sample, flatten_neurons, unflatten_neurons
 
 
 def check_sparsity(sparsity: float) -> None:
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity κ must lie in [0, 1) (the fraction of neurons removed), got {sparsity}")
-
-
-def kth_smallest(values: Tensor, k: int) -> Tensor:
-    """Row-wise ``k``-th smallest (1-based) of ``values`` ``[B, N]``, as ``kthvalue`` but by ``topk`` on the shorter
-    side (the ``N − k + 1`` largest when κ > ½): ~1.7× faster than ``kthvalue`` on CPU at ResNet-8 sizes."""
-    count = values.shape[1]
-    if not 1 <= k <= count:
-        raise ValueError(f"k must lie in [1, {count}], got {k}")
-    if k <= count - k + 1:
-        return values.topk(k, dim=1, largest=False, sorted=False).values.amax(1)
-    return values.topk(count - k + 1, dim=1, largest=True, sorted=False).values.amin(1)
 
 
 def sparsity_thresholds(scores: Sequence[Tensor], sparsity: float) -> Tensor:
