@@ -105,6 +105,43 @@ def test_mask_adam_equals_torch_adam() -> None:
         torch.testing.assert_close(ours, theirs.detach(), rtol=1e-14, atol=1e-14)
 
 
+@pytest.mark.parametrize("inverse", [False, True])
+def test_optimise_mask_equals_the_textbook_loop(inverse: bool) -> None:
+    """optimise_mask (fused lerp composition, active mask folded in, lean Adam) against a plain loop written from
+    the equations: Z = λ·S + (1−λ)·ε (Inverse IBA: (1−λ)·S + λ·ε) zeroed at inactive positions, loss
+    task + β·mean KL (Inverse: β·mean KL − task), torch.optim.Adam on α."""
+    from lit_xai.attribution.information.bottleneck import mask_pair
+    from lit_xai.attribution.information.optimisation import BottleneckSettings, optimise_mask
+
+    g = torch.Generator().manual_seed(3)
+    signal = torch.randn(3, 2, 5, 5, generator=g, dtype=torch.float64)
+    mean, std = torch.randn(2, 5, 5, generator=g, dtype=torch.float64), torch.rand(2, 5, 5, generator=g) + 0.5
+    active = (torch.rand(2, 5, 5, generator=g) > 0.2).double()
+    head = torch.randn(2 * 5 * 5, generator=g, dtype=torch.float64)
+    settings = BottleneckSettings(beta=0.7, steps=4, lr=0.3, sigma=1.0, noise_draws=3, inverse=inverse, seed=5)
+    forward = lambda z: torch.tanh(z.flatten(1) @ head)  # noqa: E731
+    task = lambda out: -out  # noqa: E731
+    kl = lambda lam, one_minus_lam: iba_kl((signal - mean) / std, lam, one_minus_lam)  # noqa: E731
+    ours = optimise_mask(signal, mean, std.double(), kl, forward, task, settings, active)
+
+    alpha = torch.full_like(signal, settings.initial_alpha).requires_grad_(True)
+    adam = torch.optim.Adam([alpha], lr=settings.lr, foreach=False)
+    noise_generator = torch.Generator().manual_seed(settings.seed)
+    smoothing = GaussianSmoothing(settings.sigma, settings.smoothing_truncate)
+    for _ in range(settings.steps):
+        lam, one_minus_lam = mask_pair(alpha, smoothing)
+        epsilon = mean + std.double() * torch.randn((3, 2, 5, 5), generator=noise_generator, dtype=torch.float64)
+        keep, drop = (one_minus_lam, lam) if inverse else (lam, one_minus_lam)
+        z = (keep[:, None] * signal[:, None] + drop[:, None] * epsilon[None]) * active
+        task_term = task(forward(z.flatten(0, 1))).view(3, 3).mean(1)
+        info = (kl(lam, one_minus_lam) * active).flatten(1).mean(1)
+        loss = settings.beta * info - task_term if inverse else task_term + settings.beta * info
+        adam.zero_grad()
+        loss.sum().backward()
+        adam.step()
+    torch.testing.assert_close(ours, alpha.detach(), rtol=1e-10, atol=1e-10)
+
+
 def test_welford_merge_on_split_data_equals_full_data() -> None:
     g = torch.Generator().manual_seed(0)
     data = torch.relu(torch.randn(37, 2, 3, 3, generator=g, dtype=torch.float64) + 0.3)

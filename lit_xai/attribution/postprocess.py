@@ -11,11 +11,11 @@ import math
 from collections.abc import Callable
 from functools import reduce
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from lit_xai.attribution.base import AttributionError
+from lit_xai.gaussian import gaussian_kernel1d
 
 Step = Callable[[Tensor], Tensor]
 
@@ -72,20 +72,12 @@ def normalize(maps: Tensor, how: str = "max_abs", eps: float = 1e-12) -> Tensor:
     raise AttributionError(f"unknown normalisation {how!r}; choose one of {', '.join(NORMALIZATIONS)}")
 
 
-def gaussian_kernel1d(sigma: float, truncate: float = 3.0, device: torch.device | None = None) -> Tensor:
-    """A normalised 1-D Gaussian of radius ``ceil(truncate·σ)``."""
-    if sigma <= 0:
-        raise AttributionError(f"Gaussian sigma must be positive, got {sigma}")
-    radius = max(1, math.ceil(truncate * sigma))
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    return kernel / kernel.sum()
-
-
 def gaussian_smooth(maps: Tensor, sigma: float = 1.0, truncate: float = 3.0) -> Tensor:
     """Separable Gaussian blur of every channel with reflect padding (also used for blurred IG baselines)."""
     _check_maps(maps)
-    kernel = gaussian_kernel1d(sigma, truncate, maps.device).to(maps.dtype)
+    if sigma <= 0:
+        raise AttributionError(f"Gaussian sigma must be positive, got {sigma}")
+    kernel = gaussian_kernel1d(sigma, max(1, math.ceil(truncate * sigma)), maps.device).to(maps.dtype)
     radius = kernel.numel() // 2
     channels = maps.shape[1]
     out = maps

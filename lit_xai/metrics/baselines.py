@@ -6,18 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lit_xai.gaussian import gaussian_kernel1d
+
 BASELINES = ("zero", "mean", "blur")
-
-
-def gaussian_kernel1d(kernel_size: int, sigma: float, device: torch.device | None = None) -> Tensor:
-    """Normalised 1-D Gaussian of odd length ``kernel_size``."""
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be a positive odd number, got {kernel_size}")
-    if sigma <= 0:
-        raise ValueError(f"sigma must be positive, got {sigma}")
-    x = torch.arange(kernel_size, dtype=torch.float32, device=device) - kernel_size // 2
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    return kernel / kernel.sum()
 
 
 def gaussian_blur(images: Tensor, kernel_size: int = 29, sigma: float = 15.0) -> Tensor:
@@ -25,7 +16,9 @@ def gaussian_blur(images: Tensor, kernel_size: int = 29, sigma: float = 15.0) ->
 
     Petsiuk et al.'s insertion canvas uses kernel 29, σ 15.
     """
-    kernel = gaussian_kernel1d(kernel_size, sigma, images.device).to(images.dtype)
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd number, got {kernel_size}")
+    kernel = gaussian_kernel1d(sigma, kernel_size // 2, images.device).to(images.dtype)
     channels, pad = images.shape[1], kernel_size // 2
     out = F.pad(images, (pad, pad, pad, pad), mode="replicate")
     out = F.conv2d(out, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)

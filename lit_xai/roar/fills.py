@@ -10,11 +10,14 @@ dataset indices ``[B]`` to replacement values broadcastable to ``[B, C, H, W]``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from lit_xai.gaussian import gaussian_kernel1d
 
 Fill = Callable[[Tensor, Tensor], Tensor]
 
@@ -42,10 +45,8 @@ class BlurFill:
     def __init__(self, sigma: float = 2.0, truncate: float = 3.0) -> None:
         if sigma <= 0:
             raise ValueError(f"blur sigma must be positive, got {sigma}")
-        radius = max(1, int(torch.tensor(truncate * sigma).ceil()))
-        offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
-        kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-        self.kernel, self.radius = kernel / kernel.sum(), radius
+        self.radius = max(1, math.ceil(truncate * sigma))
+        self.kernel = gaussian_kernel1d(sigma, self.radius)
 
     def __call__(self, images: Tensor, indices: Tensor) -> Tensor:
         c = images.shape[1]

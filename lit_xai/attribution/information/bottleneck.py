@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lit_xai.gaussian import gaussian_kernel1d
+
 
 class GaussianSmoothing:
     """Per-channel spatial Gaussian blur of a mask ``[..., h, w]`` (IBA smooths λ with σ = 1).
@@ -31,18 +33,13 @@ class GaussianSmoothing:
         self.radius = int(math.ceil(truncate * sigma)) if sigma > 0 else 0
         self._matrices: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
 
-    def kernel_1d(self, device: torch.device, dtype: torch.dtype) -> Tensor:
-        offsets = torch.arange(-self.radius, self.radius + 1, device=device, dtype=dtype)
-        kernel = torch.exp(-0.5 * (offsets / self.sigma) ** 2)
-        return kernel / kernel.sum()
-
     def matrix(self, size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
         """``[size, size]`` operator of the replicate-padded 1-D blur: ``out[i] = Σ_j M[i, j]·x[j]`` (cached)."""
         key = (size, device, dtype)
         if key not in self._matrices:
             offsets = torch.arange(-self.radius, self.radius + 1, device=device)
             source = (torch.arange(size, device=device)[:, None] + offsets[None]).clamp(0, size - 1)
-            kernel = self.kernel_1d(device, dtype).expand(size, -1)
+            kernel = gaussian_kernel1d(self.sigma, self.radius, device, dtype).expand(size, -1)
             self._matrices[key] = torch.zeros(size, size, device=device, dtype=dtype).scatter_add_(1, source, kernel)
         return self._matrices[key]
 

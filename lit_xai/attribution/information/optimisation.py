@@ -92,16 +92,17 @@ def optimise_mask(
     alpha = torch.full_like(signal, settings.initial_alpha).requires_grad_(True)
     optimizer = MaskAdam(alpha, settings.lr)
     generator = torch.Generator(device=signal.device).manual_seed(settings.seed)
-    source = signal.detach()[:, None]
+    source = signal.detach()[:, None] if active is None else (signal.detach() * active)[:, None]
     for _ in range(settings.steps):
         lam, one_minus_lam = mask_pair(alpha, smoothing)
         standard = torch.randn((draws, *signal.shape[1:]), generator=generator, device=signal.device,
                                dtype=signal.dtype)
         noise = (noise_mean + noise_std * standard)[None]
-        keep, drop = (one_minus_lam, lam) if settings.inverse else (lam, one_minus_lam)
-        z = keep[:, None] * source + drop[:, None] * noise
         if active is not None:
-            z = z * active
+            noise = noise * active
+        # Z = keep·S + (1−keep)·ε as one lerp: one [B, draws, …] tensor instead of three temporaries (the
+        # inactive positions are zeroed on the small ends). Same maths; on CPU it is no faster (A/B 1.00–1.03×).
+        z = torch.lerp(noise, source, (one_minus_lam if settings.inverse else lam)[:, None])
         task = task_loss(forward(z.flatten(0, 1))).view(batch, draws).mean(1)
         info = kl(lam, one_minus_lam)
         if active is not None:
