@@ -13,7 +13,8 @@
    - Deletion (Petsiuk; reference.md §4): most relevant pixels first, 10 per step, to 0 in normalised space (the
      dataset mean); AUC of the target softmax, lower = better. Ties are broken by pixel index; the table reports
      the share of tied pixel scores per method, so a coarse map's handicap is visible.
-   - Deletion, blur: the same with removed pixels taken from a blurred copy (kernel 29, σ 15).
+   - Deletion, blur: the same with removed pixels taken from a blurred copy (kernel 29, σ 15); Deletion, black:
+     removed pixels set to black (0 before normalisation), the dissertation's App. D.3 protocol.
    - Deletion, 2×2 tiles: maps average-pooled over 2×2 tiles (one IBA cell at a 16×16 layer) and removed tile by
      tile, as in the IBA paper's degradation test (8×8 tiles at 224²); 4 pixels = 1 tile per step.
    - Insertion (blurred canvas, 10 pixels per step), higher = better; EHR against the box, higher = better.
@@ -86,13 +87,16 @@ def tiles(maps: Tensor, size: tuple[int, int], tile: int) -> Tensor:
     return F.interpolate(F.avg_pool2d(scores, tile), scale_factor=tile, mode="nearest")
 
 
-def curve_aucs(model: nn.Module, x: Tensor, y: Tensor, maps: Tensor, mode: str, baseline: str, per_step: int) -> Tensor:
-    """Per-image AUC of the target softmax while switching pixels in MoRF order (``remove``: x → baseline;
-    ``insert``: blurred canvas → x), ``per_step`` pixels per step, over the full fraction [0, 1]."""
+def curve_aucs(
+    model: nn.Module, x: Tensor, y: Tensor, maps: Tensor, mode: str, baseline: str | Tensor, per_step: int
+) -> Tensor:
+    """Per-image AUC of the target softmax while switching pixels in MoRF order (``remove``: x → baseline, a kind
+    of ``baseline_images`` or a fill image; ``insert``: blurred canvas → x), ``per_step`` pixels per step, over the
+    full fraction [0, 1]."""
     size = (x.shape[-2], x.shape[-1])
     ranks = pixel_ranks(pixel_scores(maps, size, "abs_sum"), "morf")
     counts = step_counts(size[0] * size[1], per_step, None, 1.0)
-    base = baseline_images(x, baseline)
+    base = baseline.expand_as(x) if isinstance(baseline, Tensor) else baseline_images(x, baseline)
     start, end = (x, base) if mode == "remove" else (base, x)
     with torch.no_grad():
         curves = target_outputs(model, start, end, ranks, counts, y, chunk_size=512)
@@ -105,13 +109,16 @@ def tie_share(maps: Tensor, size: tuple[int, int]) -> float:
     return float(sum(1 - torch.unique(row).numel() / row.numel() for row in scores) / scores.shape[0])
 
 
-def score_maps(model: nn.Module, x: Tensor, y: Tensor, boxes: Tensor, maps: Tensor) -> dict[str, Tensor | float]:
+def score_maps(
+    model: nn.Module, x: Tensor, y: Tensor, boxes: Tensor, maps: Tensor, black: Tensor
+) -> dict[str, Tensor | float]:
     size = (x.shape[-2], x.shape[-1])
     ehr = EffectiveHeatRatio()
     ehr.update(model, x, y, maps, boxes=boxes)
     return {
         "deletion": curve_aucs(model, x, y, maps, "remove", "zero", 10),
         "deletion_blur": curve_aucs(model, x, y, maps, "remove", "blur", 10),
+        "deletion_black": curve_aucs(model, x, y, maps, "remove", black, 10),
         "deletion_tiles": curve_aucs(model, x, y, tiles(maps, size, 2), "remove", "zero", 4),
         "insertion": curve_aucs(model, x, y, maps, "insert", "blur", 10),
         "ehr": float(ehr.compute()["score"]),
@@ -173,6 +180,7 @@ def main() -> None:
           f"{float(chance):.3f} (chance {1 / datamodule.num_classes:.2f})")
     chosen = correct.nonzero().squeeze(1)[: args.images]
     x, y, boxes = x_all[chosen], test.labels[chosen], test.boxes[chosen]
+    black = datamodule.normalize(torch.zeros_like(test.images[:1]))  # the dissertation's Deletion fill (App. D.3)
     loader = [{"image": datamodule.normalize(train.images[i : i + 400])} for i in range(0, train.images.shape[0], 400)]
 
     max_abs = lambda maps: reduce_channels(maps, "max_abs")
@@ -185,7 +193,7 @@ def main() -> None:
                      lambda maps: maps),
     }
     print(f"\n{x.shape[0]} correctly classified test images, target = label; layer {args.layer!r}")
-    header = ["Deletion ↓", "Del. blur ↓", "Del. 2×2 ↓", "Insertion ↑", "EHR ↑", "ties", "s/image"]
+    header = ["Deletion ↓", "Del. blur ↓", "Del. black ↓", "Del. 2×2 ↓", "Insertion ↑", "EHR ↑", "ties", "s/image"]
     print(f"{'method':<22}{'map':<14}" + "".join(f"{h:>13}" for h in header))
     results, maps_by_method = {}, {}
     for name, (method, post) in methods.items():
@@ -193,9 +201,9 @@ def main() -> None:
         maps = post(method(model, x, y))
         seconds = (time.perf_counter() - t0) / x.shape[0]
         maps_by_method[name] = maps
-        r = results[name] = score_maps(model, x, y, boxes, maps)
+        r = results[name] = score_maps(model, x, y, boxes, maps, black)
         values = [float(r[k].mean()) if isinstance(r[k], Tensor) else r[k] for k in
-                  ("deletion", "deletion_blur", "deletion_tiles", "insertion", "ehr", "ties")]
+                  ("deletion", "deletion_blur", "deletion_black", "deletion_tiles", "insertion", "ehr", "ties")]
         print(f"{name:<22}{str(tuple(maps.shape[1:])):<14}" + "".join(f"{v:13.3f}" for v in values)
               + f"{seconds:13.2f}", flush=True)
 
@@ -203,12 +211,12 @@ def main() -> None:
     for name in ("IBA", "InputIBA"):
         for reference in ("Gradient (max-abs)", "Integrated Gradients"):
             cells = "   ".join(f"{k}: {mean_se(results[name][k] - results[reference][k])}"
-                               for k in ("deletion", "deletion_blur", "deletion_tiles"))
+                               for k in ("deletion", "deletion_blur", "deletion_black", "deletion_tiles"))
             print(f"  {name:<9} − {reference:<21} {cells}")
 
     print("\nIBA layer sweep (same images, same defaults): Deletion ↓ / Del. 2×2 ↓ / Insertion ↑ / EHR ↑")
     for layer in args.sweep_layers:
-        r = score_maps(model, x, y, boxes, build("iba", layer=layer).fit(model, loader)(model, x, y))
+        r = score_maps(model, x, y, boxes, build("iba", layer=layer).fit(model, loader)(model, x, y), black)
         print(f"  {layer:<12} {float(r['deletion'].mean()):.3f} / {float(r['deletion_tiles'].mean()):.3f} / "
               f"{float(r['insertion'].mean()):.3f} / {r['ehr']:.3f}", flush=True)
 

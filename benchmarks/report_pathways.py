@@ -197,7 +197,8 @@ def main() -> None:
             metric.update(model, sanity_images, target[: args.sanity_images], maps, method=explainer)
             value = metric.compute()
             curve = value["curve/spearman_abs"]
-            results["sanity_spearman_abs"][name] = {"final": float(curve[-1]), "mean": float(value["score"])}
+            results["sanity_spearman_abs"][name] = {"final": float(curve[-1]), "mean": float(value["score"]),
+                                                    "curve": [float(v) for v in curve]}
             print(f"| {name} | {float(curve[-1]):.3f} | {float(value['score']):.3f} |", flush=True)
 
     if "pathways" in args.sections:
