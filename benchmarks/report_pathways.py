@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/report_pathways.py [--dataset digits] [--epochs 6] [--images 96] [--sanity_images 16]
     .venv/bin/python benchmarks/report_pathways.py --dataset synthetic --weights /tmp/synthetic_best.ckpt \
         --sections lerf
-    .venv/bin/python benchmarks/report_pathways.py --dataset synthetic --backbone resnet8 --weights <ckpt of
-        configs/synthetic_resnet8_fit.yaml> --sections lerf
+    .venv/bin/python benchmarks/report_pathways.py --dataset synthetic --backbone resnet8 --weights <best ckpt of
+        configs/synthetic_fit.yaml + configs/synthetic_resnet8.yaml>
 
 1. Trains ``--backbone`` (default ``digits_cnn``; ``resnet8`` is the paper's CIFAR net) on scikit-learn digits
    upsampled to 32×32 (``--dataset digits``) or on the synthetic shape scenes of ``configs/synthetic_fit.yaml``

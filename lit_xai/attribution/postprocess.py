@@ -77,8 +77,8 @@ def gaussian_smooth(maps: Tensor, sigma: float = 1.0, truncate: float = 3.0) -> 
     _check_maps(maps)
     if sigma <= 0:
         raise AttributionError(f"Gaussian sigma must be positive, got {sigma}")
-    kernel = gaussian_kernel1d(sigma, max(1, math.ceil(truncate * sigma)), maps.device).to(maps.dtype)
-    radius = kernel.numel() // 2
+    radius = max(1, math.ceil(truncate * sigma))
+    kernel = gaussian_kernel1d(sigma, radius, maps.device).to(maps.dtype)
     channels = maps.shape[1]
     out = maps
     for dim in (2, 3):  # rows, then columns
