@@ -2,11 +2,13 @@
 
     .venv/bin/python benchmarks/report_iba.py --ckpt runs/<...>/checkpoints/best-*.ckpt   # ~25 min on one busy core
     .venv/bin/python benchmarks/report_iba.py --images 8 --gan-epochs 2                   # quick smoke run
+    .venv/bin/python benchmarks/report_iba.py --config configs/synthetic_fit.yaml configs/synthetic_resnet8.yaml \
+        --ckpt <its best checkpoint> --layer layer2 --sweep-layers layer1 layer2 layer3   # ResNet-8
 
 1. The model: ``digits_cnn`` as trained by ``python -m lit_xai fit --config configs/synthetic_fit.yaml`` — pass its
    best checkpoint with ``--ckpt``; without one the same recipe (the config's model and data arguments, its epochs)
    is trained here with a Lightning Trainer and cached under ``--cache``. The scenes come from the config's
-   ``SyntheticShapesDataModule`` arguments.
+   ``SyntheticShapesDataModule`` arguments (several ``--config`` files are merged in order, as the CLI does).
 2. Explains the first ``--images`` correctly classified test images (target = label) with Gradient (max-abs over
    channels, as in ``configs/synthetic_eval.yaml``), Integrated Gradients, IBA, Inverse IBA and InputIBA (paper
    defaults; IBA layers at ``--layer``) and scores them per image:
@@ -21,13 +23,15 @@
    Then paired per-image differences (mean ± standard error) of IBA / InputIBA against Gradient and IG, and an
    IBA layer sweep (every ReLU output of digits_cnn) so the choice of layer is visible, not hidden.
 3. Two class-objects of the same class per image: the share of each map's mass inside each object's mask, for IBA
-   and Inverse IBA (Inverse IBA should put mass on both objects where IBA may keep only one sufficient object).
+   and Inverse IBA at each ``--two-object-betas`` × ``--two-object-steps`` setting (Inverse IBA should put mass on
+   both objects where IBA may keep only one sufficient object; a larger β or more steps let IBA keep less).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -38,6 +42,7 @@ import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 
+from configs import load_configs
 from lit_xai.attribution import build
 from lit_xai.attribution.postprocess import reduce_channels
 from lit_xai.data import SyntheticShapesDataModule
@@ -48,12 +53,8 @@ from lit_xai.metrics.localisation import EffectiveHeatRatio
 from lit_xai.metrics.perturbation import pixel_ranks, step_counts, target_outputs
 from lit_xai.models.classifier import ClassifierModule
 
+SECTIONS = ("scores", "sweep", "two_objects")
 SWEEP_LAYERS = ("features.2", "features.6", "features.10")  # the ReLU outputs of digits_cnn: 32², 16², 8²
-
-
-def load_config(path: str) -> dict:
-    with open(path) as handle:
-        return yaml.safe_load(handle)
 
 
 def trained_model(args: argparse.Namespace, config: dict, datamodule: SyntheticShapesDataModule) -> nn.Module:
@@ -153,7 +154,8 @@ def mean_se(values: Tensor) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/synthetic_fit.yaml")
+    parser.add_argument("--config", nargs="+", default=["configs/synthetic_fit.yaml"],
+                        help="the fit config(s), merged in order (e.g. synthetic_fit.yaml synthetic_resnet8.yaml)")
     parser.add_argument("--ckpt", default=None, help="best checkpoint of the config's fit run")
     parser.add_argument("--images", type=int, default=32, help="explained test images (InputIBA is the cost)")
     parser.add_argument("--layer", default="features.6", help="IBA / Inverse IBA / InputIBA layer (16×16)")
@@ -163,13 +165,19 @@ def main() -> None:
                         help="include InputIBA (the slow part: ~40 s/image for digits_cnn on one CPU thread)")
     parser.add_argument("--gan-epochs", type=int, default=20)
     parser.add_argument("--two-object-images", type=int, default=32)
+    parser.add_argument("--two-object-betas", type=float, nargs="+", default=[10.0],
+                        help="β values for IBA and Inverse IBA in the two-object test (10 = the paper's default)")
+    parser.add_argument("--two-object-steps", type=int, nargs="+", default=[10],
+                        help="optimisation steps in the two-object test (10 = the paper's default)")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+                        help="scores: Deletion/Insertion/EHR table; sweep: IBA layer sweep; two_objects: section 3")
     parser.add_argument("--cache", default=".cache/report_iba")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
 
-    config = load_config(args.config)
+    config = load_configs(args.config)
     datamodule = SyntheticShapesDataModule(**config["data"]["init_args"])
     model = trained_model(args, config, datamodule)
     test, train = datamodule.scenes("test"), datamodule.scenes("train")
@@ -185,62 +193,67 @@ def main() -> None:
     black = datamodule.normalize(torch.zeros_like(test.images[:1]))  # the dissertation's Deletion fill (App. D.3)
     loader = [{"image": datamodule.normalize(train.images[i : i + 400])} for i in range(0, train.images.shape[0], 400)]
 
-    max_abs = lambda maps: reduce_channels(maps, "max_abs")
-    methods: dict[str, tuple[object, Callable[[Tensor], Tensor]]] = {
-        "Gradient (max-abs)": (build("gradient"), max_abs),
-        "Integrated Gradients": (build("integrated_gradients"), lambda maps: maps),
-        "IBA": (build("iba", layer=args.layer).fit(model, loader), lambda maps: maps),
-        "Inverse IBA": (build("inverse_iba", layer=args.layer).fit(model, loader), lambda maps: maps),
-    }
-    if args.input_iba:
-        methods["InputIBA"] = (build("input_iba", layer=args.layer, gan_epochs=args.gan_epochs).fit(model, loader),
-                               lambda maps: maps)
-    print(f"\n{x.shape[0]} correctly classified test images, target = label; layer {args.layer!r}")
-    header = ["Deletion ↓", "Del. blur ↓", "Del. black ↓", "Del. 2×2 ↓", "Insertion ↑", "EHR ↑", "ties", "s/image"]
-    print(f"{'method':<22}{'map':<14}" + "".join(f"{h:>13}" for h in header))
-    results, maps_by_method = {}, {}
-    for name, (method, post) in methods.items():
-        t0 = time.perf_counter()
-        maps = post(method(model, x, y))
-        seconds = (time.perf_counter() - t0) / x.shape[0]
-        maps_by_method[name] = maps
-        r = results[name] = score_maps(model, x, y, boxes, maps, black)
-        values = [float(r[k].mean()) if isinstance(r[k], Tensor) else r[k] for k in
-                  ("deletion", "deletion_blur", "deletion_black", "deletion_tiles", "insertion", "ehr", "ties")]
-        print(f"{name:<22}{str(tuple(maps.shape[1:])):<14}" + "".join(f"{v:13.3f}" for v in values)
-              + f"{seconds:13.2f}", flush=True)
+    if "scores" in args.sections:
+        max_abs = lambda maps: reduce_channels(maps, "max_abs")
+        methods: dict[str, tuple[object, Callable[[Tensor], Tensor]]] = {
+            "Gradient (max-abs)": (build("gradient"), max_abs),
+            "Integrated Gradients": (build("integrated_gradients"), lambda maps: maps),
+            "IBA": (build("iba", layer=args.layer).fit(model, loader), lambda maps: maps),
+            "Inverse IBA": (build("inverse_iba", layer=args.layer).fit(model, loader), lambda maps: maps),
+        }
+        if args.input_iba:
+            methods["InputIBA"] = (build("input_iba", layer=args.layer, gan_epochs=args.gan_epochs).fit(model, loader),
+                                   lambda maps: maps)
+        print(f"\n{x.shape[0]} correctly classified test images, target = label; layer {args.layer!r}")
+        header = ["Deletion ↓", "Del. blur ↓", "Del. black ↓", "Del. 2×2 ↓", "Insertion ↑", "EHR ↑", "ties", "s/image"]
+        print(f"{'method':<22}{'map':<14}" + "".join(f"{h:>13}" for h in header))
+        results, maps_by_method = {}, {}
+        for name, (method, post) in methods.items():
+            t0 = time.perf_counter()
+            maps = post(method(model, x, y))
+            seconds = (time.perf_counter() - t0) / x.shape[0]
+            maps_by_method[name] = maps
+            r = results[name] = score_maps(model, x, y, boxes, maps, black)
+            values = [float(r[k].mean()) if isinstance(r[k], Tensor) else r[k] for k in
+                      ("deletion", "deletion_blur", "deletion_black", "deletion_tiles", "insertion", "ehr", "ties")]
+            print(f"{name:<22}{str(tuple(maps.shape[1:])):<14}" + "".join(f"{v:13.3f}" for v in values)
+                  + f"{seconds:13.2f}", flush=True)
 
-    print("\npaired per-image differences (method − reference), mean ± SE; negative = better on Deletion")
-    for name in [m for m in ("IBA", "InputIBA") if m in methods]:
-        for reference in ("Gradient (max-abs)", "Integrated Gradients"):
-            cells = "   ".join(f"{k}: {mean_se(results[name][k] - results[reference][k])}"
-                               for k in ("deletion", "deletion_blur", "deletion_black", "deletion_tiles"))
-            print(f"  {name:<9} − {reference:<21} {cells}")
+        print("\npaired per-image differences (method − reference), mean ± SE; negative = better on Deletion")
+        for name in [m for m in ("IBA", "InputIBA") if m in methods]:
+            for reference in ("Gradient (max-abs)", "Integrated Gradients"):
+                cells = "   ".join(f"{k}: {mean_se(results[name][k] - results[reference][k])}"
+                                   for k in ("deletion", "deletion_blur", "deletion_black", "deletion_tiles"))
+                print(f"  {name:<9} − {reference:<21} {cells}")
 
-    print("\nIBA layer sweep (same images, same defaults): Deletion ↓ / Del. 2×2 ↓ / Insertion ↑ / EHR ↑")
-    for layer in args.sweep_layers:
-        r = score_maps(model, x, y, boxes, build("iba", layer=layer).fit(model, loader)(model, x, y), black)
-        print(f"  {layer:<12} {float(r['deletion'].mean()):.3f} / {float(r['deletion_tiles'].mean()):.3f} / "
-              f"{float(r['insertion'].mean()):.3f} / {r['ehr']:.3f}", flush=True)
+    if "sweep" in args.sections:
+        print("\nIBA layer sweep (same images, same defaults): Deletion ↓ / Del. 2×2 ↓ / Insertion ↑ / EHR ↑")
+        for layer in args.sweep_layers:
+            r = score_maps(model, x, y, boxes, build("iba", layer=layer).fit(model, loader)(model, x, y), black)
+            print(f"  {layer:<12} {float(r['deletion'].mean()):.3f} / {float(r['deletion_tiles'].mean()):.3f} / "
+                  f"{float(r['insertion'].mean()):.3f} / {r['ehr']:.3f}", flush=True)
 
-    pool = datamodule.scenes("val")
-    images, mask_a, mask_b, labels = two_object_scenes(pool, args.two_object_images)
-    x2 = datamodule.normalize(images)
-    with torch.no_grad():
-        keep = model(x2).argmax(1) == labels
-    x2, mask_a, mask_b, labels = x2[keep], mask_a[keep].float(), mask_b[keep].float(), labels[keep]
-    print(f"\ntwo class-objects of the same class per image ({int(keep.sum())} correctly classified val scenes): "
-          "share of the map's mass (bilinear to 32², ≥ 0) inside each object's mask")
-    print(f"{'method':<14}{'stronger obj.':>15}{'weaker obj.':>13}{'weaker/(both)':>15}{'both ≥ 25% of both':>21}")
-    for name in ("IBA", "Inverse IBA"):
-        maps = methods[name][0](model, x2, labels)
-        mass = pixel_scores(maps, (32, 32), "abs_sum").view_as(mask_a)
-        total = mass.sum((1, 2, 3)).clamp_min(1e-12)
-        share_a, share_b = (mass * mask_a).sum((1, 2, 3)) / total, (mass * mask_b).sum((1, 2, 3)) / total
-        stronger, weaker = torch.maximum(share_a, share_b), torch.minimum(share_a, share_b)
-        balance = weaker / (share_a + share_b).clamp_min(1e-12)
-        print(f"{name:<14}{float(stronger.mean()):15.3f}{float(weaker.mean()):13.3f}{float(balance.mean()):15.3f}"
-              f"{float((balance >= 0.25).float().mean()):21.3f}")
+    if "two_objects" in args.sections:
+        pool = datamodule.scenes("val")
+        images, mask_a, mask_b, labels = two_object_scenes(pool, args.two_object_images)
+        x2 = datamodule.normalize(images)
+        with torch.no_grad():
+            keep = model(x2).argmax(1) == labels
+        x2, mask_a, mask_b, labels = x2[keep], mask_a[keep].float(), mask_b[keep].float(), labels[keep]
+        print(f"\ntwo class-objects of the same class per image ({int(keep.sum())} correctly classified val scenes): "
+              "share of the map's mass (bilinear to 32², ≥ 0) inside each object's mask")
+        print(f"{'method':<28}{'stronger obj.':>15}{'weaker obj.':>13}{'weaker/(both)':>15}{'both ≥ 25% of both':>21}")
+        settings = itertools.product(args.two_object_betas, args.two_object_steps, ("iba", "inverse_iba"))
+        for beta, steps, name in settings:
+            maps = build(name, layer=args.layer, beta=beta, steps=steps).fit(model, loader)(model, x2, labels)
+            mass = pixel_scores(maps, (32, 32), "abs_sum").view_as(mask_a)
+            total = mass.sum((1, 2, 3)).clamp_min(1e-12)
+            share_a, share_b = (mass * mask_a).sum((1, 2, 3)) / total, (mass * mask_b).sum((1, 2, 3)) / total
+            stronger, weaker = torch.maximum(share_a, share_b), torch.minimum(share_a, share_b)
+            balance = weaker / (share_a + share_b).clamp_min(1e-12)
+            label = f"{'IBA' if name == 'iba' else 'Inverse IBA'}, β={beta:g}, {steps} st."
+            print(f"{label:<28}{float(stronger.mean()):15.3f}{float(weaker.mean()):13.3f}{float(balance.mean()):15.3f}"
+                  f"{float((balance >= 0.25).float().mean()):21.3f}")
     print(f"\ntotal time {time.perf_counter() - start:.0f} s")
 
 

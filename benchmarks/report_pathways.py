@@ -5,11 +5,13 @@
         --sections lerf
     .venv/bin/python benchmarks/report_pathways.py --dataset synthetic --backbone resnet8 --weights <best ckpt of
         configs/synthetic_fit.yaml + configs/synthetic_resnet8.yaml>
+    .venv/bin/python benchmarks/report_pathways.py --dataset synthetic --backbone resnet8 --weights <best ckpt> \
+        --config configs/synthetic_fit.yaml configs/synthetic_hard_resnet8.yaml     # the harder scenes
 
 1. Trains ``--backbone`` (default ``digits_cnn``; ``resnet8`` is the paper's CIFAR net) on scikit-learn digits
-   upsampled to 32×32 (``--dataset digits``) or on the synthetic shape scenes of ``configs/synthetic_fit.yaml``
-   (``--dataset synthetic``: 4 classes, RGB) with a plain PyTorch loop (Adam), or loads ``--weights`` (a state
-   dict or a Lightning checkpoint such as the one that config saves).
+   upsampled to 32×32 (``--dataset digits``) or on the synthetic shape scenes of ``--config`` (``--dataset
+   synthetic``; default ``configs/synthetic_fit.yaml``: 4 classes, RGB) with a plain PyTorch loop (Adam), or loads
+   ``--weights`` (a state dict or a Lightning checkpoint such as the one that config saves).
 2. LeRF (seed 001 Fig. 7, seed 000 Fig. 4): remove the least relevant 1…10% of pixels (to 0 = the dataset mean in
    normalised space, the paper's protocol; ``--lerf_baseline blur`` / ``mean`` for a check), record the absolute
    fractional change ``|p − p₀| / p₀`` of the explained class's softmax;
@@ -41,6 +43,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from configs import load_configs
 from lit_xai.attribution import build
 from lit_xai.attribution.pruning import calibrate_sparsity
 from lit_xai.data import DigitsDataModule, SyntheticShapesDataModule
@@ -58,16 +61,17 @@ SECTIONS = ("lerf", "sanity", "pathways")
 SANITY_METHODS = ("gradient", "guided_backprop", "input_mct", "neuron_mct", "neuron_intgrad", "prune_grad")
 
 
-def build_data(dataset: str, backbone: str, seed: int) -> tuple[ClassificationDataModule, torch.nn.Module]:
-    """The datamodule and the untrained ``backbone`` for ``dataset`` (synthetic: as configs/synthetic_fit.yaml)."""
+def build_data(
+    dataset: str, backbone: str, seed: int, configs: list[str]
+) -> tuple[ClassificationDataModule, torch.nn.Module]:
+    """The datamodule and the untrained ``backbone`` for ``dataset`` (synthetic: the scenes of the fit ``configs``)."""
     if dataset == "digits":
         datamodule = DigitsDataModule(batch_size=64, image_size=32, seed=seed)
         model = build_backbone(backbone, num_classes=10, in_chans=1)
     else:
-        datamodule = SyntheticShapesDataModule(
-            num_train=2400, num_val=500, num_test=501, image_size=32, num_classes=4, batch_size=64, seed=seed
-        )
-        model = build_backbone(backbone, num_classes=4, in_chans=3)
+        scene_args = {**load_configs(configs)["data"]["init_args"], "batch_size": 64, "seed": seed}
+        datamodule = SyntheticShapesDataModule(**scene_args)
+        model = build_backbone(backbone, num_classes=datamodule.num_classes, in_chans=3)
     datamodule.setup()
     return datamodule, model
 
@@ -99,6 +103,8 @@ def first_images(datamodule: ClassificationDataModule, count: int) -> torch.Tens
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=("digits", "synthetic"), default="digits")
+    parser.add_argument("--config", nargs="+", default=["configs/synthetic_fit.yaml"],
+                        help="--dataset synthetic: the fit config(s) whose scenes to use, merged in order")
     parser.add_argument("--backbone", default="digits_cnn", help="built-in backbone (resnet8: the paper's CIFAR net)")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--replacement", choices=("constant", "zero"), default="constant",
@@ -118,7 +124,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    datamodule, model = build_data(args.dataset, args.backbone, args.seed)
+    datamodule, model = build_data(args.dataset, args.backbone, args.seed, args.config)
     if args.weights and os.path.exists(args.weights):
         load_weights(model, args.weights)
         accuracy = train(model, datamodule, 0, args.lr)

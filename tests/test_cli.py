@@ -186,3 +186,21 @@ def test_bad_configuration_is_one_clear_line(in_tmp, capsys, args, message):
     assert "Traceback" not in err
     error_lines = [line for line in err.splitlines() if line.startswith("lit_xai: error:")]
     assert len(error_lines) == 1 and re.search(message, error_lines[0]), err[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("overlay", "expected"),
+    [
+        ("synthetic_resnet8.yaml", ["backbone: resnet8", "num_classes: 4", "max_epochs: 20"]),
+        ("synthetic_hard_resnet8.yaml", ["backbone: resnet8", "num_classes: 5", "num_distractors: 4"]),
+    ],
+)
+def test_synthetic_overlays_merge_onto_the_base_config(in_tmp, capsys, overlay, expected):
+    base, extra = REPO / "configs/synthetic_fit.yaml", REPO / "configs" / overlay
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(base), "--config", str(extra), "--print_config"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for line in expected:
+        assert line in out, f"{line!r} missing from the merged config of {overlay}"
+    assert "lit_xai.callbacks.AttributionEvaluation" in out  # the base config's callbacks survive the overlay
