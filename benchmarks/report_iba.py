@@ -243,6 +243,7 @@ def main() -> None:
         print(f"\ntwo class-objects of the same class per image ({int(keep.sum())} correctly classified val scenes): "
               "share of the map's mass (bilinear to 32², ≥ 0) inside each object's mask")
         print(f"{'method':<28}{'stronger obj.':>15}{'weaker obj.':>13}{'weaker/(both)':>15}{'both ≥ 25% of both':>21}")
+        balances: dict[str, Tensor] = {}
         settings = itertools.product(args.two_object_betas, args.two_object_steps, ("iba", "inverse_iba"))
         for beta, steps, name in settings:
             maps = build(name, layer=args.layer, beta=beta, steps=steps).fit(model, loader)(model, x2, labels)
@@ -254,6 +255,9 @@ def main() -> None:
             label = f"{'IBA' if name == 'iba' else 'Inverse IBA'}, β={beta:g}, {steps} st."
             print(f"{label:<28}{float(stronger.mean()):15.3f}{float(weaker.mean()):13.3f}{float(balance.mean()):15.3f}"
                   f"{float((balance >= 0.25).float().mean()):21.3f}")
+            balances[name] = balance
+            if name == "inverse_iba":
+                print(f"{'':<4}paired weaker/(both), Inverse IBA − IBA: {mean_se(balance - balances['iba'])}")
     print(f"\ntotal time {time.perf_counter() - start:.0f} s")
 
 

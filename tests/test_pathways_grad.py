@@ -276,3 +276,30 @@ def test_whole_network_pathway_gives_the_plain_gradient(mlp: TinyMLP) -> None:
     torch.testing.assert_close(build("neuron_mct", sparsity=0.0)(mlp, x), gradient)
     torch.testing.assert_close(build("neuron_intgrad", sparsity=0.0, steps=3)(mlp, x), gradient)
     torch.testing.assert_close(build("neuron_conductance", sparsity=0.0, steps=3)(mlp, x), gradient)
+
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_conductance_is_eq4_exactly_when_the_network_is_positively_homogeneous(bias: bool) -> None:
+    """Without biases a ReLU net is positively homogeneous, a(α·x) = α·a(x), so the input path α·x scales every layer
+    as Eq. 4 scales it alone: conductance and NeuronIntGrad integrate the same gradients and differ only by their
+    Riemann grids (S points with α = 0 vs the S − 1 right ends: O(1/S)). With the default biases they differ by far
+    more — which is why `neuron_conductance` is not Eq. 4 on real networks."""
+    torch.manual_seed(1)
+    model = TinyMLP()
+    if not bias:
+        for linear in (model.fc1, model.fc2, model.fc3):
+            linear.bias.data.zero_()
+    model = model.double().eval()
+    x = torch.randn(3, 2, 4, 4, dtype=torch.float64)
+    steps = 501
+    conductance = conductance_contributions(model, x, None, "t", steps=steps, internal_batch_size=4000)
+    intgrad = intgrad_contributions(model, x, None, "t", steps=steps, internal_batch_size=4000)
+    gaps = [
+        float((got - expected).abs().max() / expected.abs().max())
+        for got, expected in zip(conductance.contributions, intgrad.contributions, strict=True)
+    ]
+    if bias:
+        assert max(gaps) > 0.1, gaps
+    else:
+        assert max(gaps) <= 1.5 / steps, gaps
