@@ -193,16 +193,21 @@ def main() -> None:
     black = datamodule.normalize(torch.zeros_like(test.images[:1]))  # the dissertation's Deletion fill (App. D.3)
     loader = [{"image": datamodule.normalize(train.images[i : i + 400])} for i in range(0, train.images.shape[0], 400)]
 
+    def bottleneck(name: str, **kwargs: object) -> object:
+        """An IBA-family method with its feature statistics; they are estimated once per layer and read back from
+        ``--cache`` by every later build (the method's own cache, keyed by weights, layer and sample count)."""
+        return build(name, cache_dir=Path(args.cache) / "statistics", **kwargs).fit(model, loader)
+
     if "scores" in args.sections:
         max_abs = lambda maps: reduce_channels(maps, "max_abs")
         methods: dict[str, tuple[object, Callable[[Tensor], Tensor]]] = {
             "Gradient (max-abs)": (build("gradient"), max_abs),
             "Integrated Gradients": (build("integrated_gradients"), lambda maps: maps),
-            "IBA": (build("iba", layer=args.layer).fit(model, loader), lambda maps: maps),
-            "Inverse IBA": (build("inverse_iba", layer=args.layer).fit(model, loader), lambda maps: maps),
+            "IBA": (bottleneck("iba", layer=args.layer), lambda maps: maps),
+            "Inverse IBA": (bottleneck("inverse_iba", layer=args.layer), lambda maps: maps),
         }
         if args.input_iba:
-            methods["InputIBA"] = (build("input_iba", layer=args.layer, gan_epochs=args.gan_epochs).fit(model, loader),
+            methods["InputIBA"] = (bottleneck("input_iba", layer=args.layer, gan_epochs=args.gan_epochs),
                                    lambda maps: maps)
         print(f"\n{x.shape[0]} correctly classified test images, target = label; layer {args.layer!r}")
         header = ["Deletion ↓", "Del. blur ↓", "Del. black ↓", "Del. 2×2 ↓", "Insertion ↑", "EHR ↑", "ties", "s/image"]
@@ -229,7 +234,7 @@ def main() -> None:
     if "sweep" in args.sections:
         print("\nIBA layer sweep (same images, same defaults): Deletion ↓ / Del. 2×2 ↓ / Insertion ↑ / EHR ↑")
         for layer in args.sweep_layers:
-            r = score_maps(model, x, y, boxes, build("iba", layer=layer).fit(model, loader)(model, x, y), black)
+            r = score_maps(model, x, y, boxes, bottleneck("iba", layer=layer)(model, x, y), black)
             print(f"  {layer:<12} {float(r['deletion'].mean()):.3f} / {float(r['deletion_tiles'].mean()):.3f} / "
                   f"{float(r['insertion'].mean()):.3f} / {r['ehr']:.3f}", flush=True)
 
@@ -246,7 +251,7 @@ def main() -> None:
         balances: dict[str, Tensor] = {}
         settings = itertools.product(args.two_object_betas, args.two_object_steps, ("iba", "inverse_iba"))
         for beta, steps, name in settings:
-            maps = build(name, layer=args.layer, beta=beta, steps=steps).fit(model, loader)(model, x2, labels)
+            maps = bottleneck(name, layer=args.layer, beta=beta, steps=steps)(model, x2, labels)
             mass = pixel_scores(maps, (32, 32), "abs_sum").view_as(mask_a)
             total = mass.sum((1, 2, 3)).clamp_min(1e-12)
             share_a, share_b = (mass * mask_a).sum((1, 2, 3)) / total, (mass * mask_b).sum((1, 2, 3)) / total

@@ -18,3 +18,11 @@ def test_kernel_is_the_normalised_sampled_gaussian() -> None:
 def test_bad_arguments_are_named(sigma: float, radius: int, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         gaussian_kernel1d(sigma, radius)
+
+
+def test_truncated_radius_reaches_truncate_sigmas_and_at_least_one_tap() -> None:
+    from lit_xai.gaussian import truncated_radius
+
+    assert truncated_radius(2.0, 3.0) == 6
+    assert truncated_radius(1.1, 3.0) == 4  # ⌈3.3⌉
+    assert truncated_radius(0.1, 3.0) == 1

@@ -278,7 +278,6 @@ def test_whole_network_pathway_gives_the_plain_gradient(mlp: TinyMLP) -> None:
     torch.testing.assert_close(build("neuron_conductance", sparsity=0.0, steps=3)(mlp, x), gradient)
 
 
-
 @pytest.mark.parametrize("bias", [False, True])
 def test_conductance_is_eq4_exactly_when_the_network_is_positively_homogeneous(bias: bool) -> None:
     """Without biases a ReLU net is positively homogeneous, a(α·x) = α·a(x), so the input path α·x scales every layer

@@ -7,7 +7,6 @@ Compose them with :func:`pipeline`, e.g.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from functools import reduce
 
@@ -15,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lit_xai.attribution.base import AttributionError
-from lit_xai.gaussian import gaussian_kernel1d
+from lit_xai.gaussian import gaussian_kernel1d, truncated_radius
 
 Step = Callable[[Tensor], Tensor]
 
@@ -77,7 +76,7 @@ def gaussian_smooth(maps: Tensor, sigma: float = 1.0, truncate: float = 3.0) -> 
     _check_maps(maps)
     if sigma <= 0:
         raise AttributionError(f"Gaussian sigma must be positive, got {sigma}")
-    radius = max(1, math.ceil(truncate * sigma))
+    radius = truncated_radius(sigma, truncate)
     kernel = gaussian_kernel1d(sigma, radius, maps.device).to(maps.dtype)
     channels = maps.shape[1]
     out = maps

@@ -10,14 +10,13 @@ dataset indices ``[B]`` to replacement values broadcastable to ``[B, C, H, W]``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lit_xai.gaussian import gaussian_kernel1d
+from lit_xai.gaussian import gaussian_kernel1d, truncated_radius
 
 Fill = Callable[[Tensor, Tensor], Tensor]
 
@@ -45,7 +44,7 @@ class BlurFill:
     def __init__(self, sigma: float = 2.0, truncate: float = 3.0) -> None:
         if sigma <= 0:
             raise ValueError(f"blur sigma must be positive, got {sigma}")
-        self.radius = max(1, math.ceil(truncate * sigma))
+        self.radius = truncated_radius(sigma, truncate)
         self.kernel = gaussian_kernel1d(sigma, self.radius)
 
     def __call__(self, images: Tensor, indices: Tensor) -> Tensor:
