@@ -22,6 +22,11 @@
    - Insertion (blurred canvas, 10 pixels per step), higher = better; EHR against the box, higher = better.
    Then paired per-image differences (mean ± standard error) of IBA / InputIBA against Gradient and IG, and an
    IBA layer sweep (every ReLU output of digits_cnn) so the choice of layer is visible, not hidden.
+   The maps are cached per chunk of ``--chunk`` images under ``--cache``/maps (keyed by the weights, the method and
+   its arguments, and the chunk's test-set indices; written atomically), so a crashed run resumes where it stopped.
+   The key does not cover lit_xai's code: delete ``--cache``/maps after changing a method.
+   ``--shard i/n`` only computes chunks ``c`` with ``c % n == i`` and exits: run the n shards in parallel (one
+   thread each), then once without ``--shard`` to score everything from the cache.
 3. Two class-objects of the same class per image: the share of each map's mass inside each object's mask, for IBA
    and Inverse IBA at each ``--two-object-betas`` × ``--two-object-steps`` setting (Inverse IBA should put mass on
    both objects where IBA may keep only one sufficient object; a larger β or more steps let IBA keep less).
@@ -32,6 +37,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import itertools
+import json
 import math
 import time
 from collections.abc import Callable
@@ -52,6 +58,7 @@ from lit_xai.metrics.baselines import baseline_images
 from lit_xai.metrics.localisation import EffectiveHeatRatio
 from lit_xai.metrics.perturbation import pixel_ranks, step_counts, target_outputs
 from lit_xai.models.classifier import ClassifierModule
+from lit_xai.storage import atomic_torch_save, weights_fingerprint
 
 SECTIONS = ("scores", "sweep", "two_objects")
 SWEEP_LAYERS = ("features.2", "features.6", "features.10")  # the ReLU outputs of digits_cnn: 32², 16², 8²
@@ -148,6 +155,40 @@ def two_object_scenes(scenes: Scenes, count: int) -> tuple[Tensor, Tensor, Tenso
     return torch.stack(images), torch.stack(masks_a), torch.stack(masks_b), torch.stack(labels)
 
 
+class ChunkedMaps:
+    """Maps of one method computed chunk by chunk and cached on disk (see the module docstring, ``--shard``)."""
+
+    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, indices: Tensor, cache: Path, chunk: int,
+                 shard: tuple[int, int]) -> None:
+        self.model, self.x, self.y, self.indices, self.shard = model, x, y, indices, shard
+        self.chunk = chunk if chunk > 0 else max(1, x.shape[0])
+        self.cache, self.fingerprint = cache, weights_fingerprint(model)
+
+    def __call__(self, key: dict, make_method: Callable[[], Callable[[nn.Module, Tensor, Tensor], Tensor]],
+                 post: Callable[[Tensor], Tensor]) -> tuple[Tensor, float] | None:
+        """All maps and the mean seconds per image (method construction and fitting not timed), or ``None`` if
+        chunks of other shards are still missing. ``make_method`` is called only if a chunk must be computed."""
+        maps, seconds, complete, method = [], 0.0, True, None
+        for number, start in enumerate(range(0, self.x.shape[0], self.chunk)):
+            part = slice(start, start + self.chunk)
+            name = json.dumps([self.fingerprint, key, self.indices[part].tolist()], sort_keys=True)
+            path = self.cache / f"{hashlib.sha256(name.encode()).hexdigest()[:24]}.pt"
+            if path.is_file():
+                entry = torch.load(path, weights_only=True)
+            elif number % self.shard[1] != self.shard[0]:
+                complete = False
+                continue
+            else:
+                method = method or make_method()
+                t0 = time.perf_counter()
+                entry = {"maps": post(method(self.model, self.x[part], self.y[part])).detach(),
+                         "seconds": time.perf_counter() - t0}
+                atomic_torch_save(entry, path)
+            maps.append(entry["maps"])
+            seconds += entry["seconds"]
+        return (torch.cat(maps), seconds / self.x.shape[0]) if complete else None
+
+
 def mean_se(values: Tensor) -> str:
     return f"{float(values.mean()):+.3f} ± {float(values.std() / math.sqrt(values.numel())):.3f}"
 
@@ -172,8 +213,15 @@ def main() -> None:
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
                         help="scores: Deletion/Insertion/EHR table; sweep: IBA layer sweep; two_objects: section 3")
     parser.add_argument("--cache", default=".cache/report_iba")
+    parser.add_argument("--chunk", type=int, default=0,
+                        help="images per cached chunk of maps (0: all images in one batch, as timed before)")
+    parser.add_argument("--shard", default="0/1",
+                        help="i/n: compute the scores section's chunks c with c %% n == i, then exit")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription)")
     args = parser.parse_args()
+    shard = tuple(int(v) for v in args.shard.split("/"))
+    if len(shard) != 2 or not 0 <= shard[0] < shard[1]:
+        parser.error(f"--shard must be i/n with 0 ≤ i < n, got {args.shard!r}")
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
 
@@ -200,24 +248,30 @@ def main() -> None:
 
     if "scores" in args.sections:
         max_abs = lambda maps: reduce_channels(maps, "max_abs")
-        methods: dict[str, tuple[object, Callable[[Tensor], Tensor]]] = {
-            "Gradient (max-abs)": (build("gradient"), max_abs),
-            "Integrated Gradients": (build("integrated_gradients"), lambda maps: maps),
-            "IBA": (bottleneck("iba", layer=args.layer), lambda maps: maps),
-            "Inverse IBA": (bottleneck("inverse_iba", layer=args.layer), lambda maps: maps),
+        identity = lambda maps: maps
+        specs: dict[str, tuple[str, dict, Callable[[Tensor], Tensor]]] = {
+            "Gradient (max-abs)": ("gradient", {}, max_abs),
+            "Integrated Gradients": ("integrated_gradients", {}, identity),
+            "IBA": ("iba", {"layer": args.layer}, identity),
+            "Inverse IBA": ("inverse_iba", {"layer": args.layer}, identity),
         }
         if args.input_iba:
-            methods["InputIBA"] = (bottleneck("input_iba", layer=args.layer, gan_epochs=args.gan_epochs),
-                                   lambda maps: maps)
+            specs["InputIBA"] = ("input_iba", {"layer": args.layer, "gan_epochs": args.gan_epochs}, identity)
+        chunked = ChunkedMaps(model, x, y, chosen, Path(args.cache) / "maps", args.chunk, shard)
+        computed = {}
+        for name, (kind, kwargs, post) in specs.items():
+            make = (lambda kind=kind, kwargs=kwargs: bottleneck(kind, **kwargs)) if kind.endswith("iba") else (
+                lambda kind=kind: build(kind))
+            computed[name] = chunked({"method": kind, **kwargs, "post": name}, make, post)
+        if shard != (0, 1):
+            done = [name for name, value in computed.items() if value is not None]
+            print(f"shard {args.shard}: chunks computed and cached; complete methods: {done or 'none yet'}")
+            return
         print(f"\n{x.shape[0]} correctly classified test images, target = label; layer {args.layer!r}")
         header = ["Deletion ↓", "Del. blur ↓", "Del. black ↓", "Del. 2×2 ↓", "Insertion ↑", "EHR ↑", "ties", "s/image"]
         print(f"{'method':<22}{'map':<14}" + "".join(f"{h:>13}" for h in header))
-        results, maps_by_method = {}, {}
-        for name, (method, post) in methods.items():
-            t0 = time.perf_counter()
-            maps = post(method(model, x, y))
-            seconds = (time.perf_counter() - t0) / x.shape[0]
-            maps_by_method[name] = maps
+        results = {}
+        for name, (maps, seconds) in computed.items():
             r = results[name] = score_maps(model, x, y, boxes, maps, black)
             values = [float(r[k].mean()) if isinstance(r[k], Tensor) else r[k] for k in
                       ("deletion", "deletion_blur", "deletion_black", "deletion_tiles", "insertion", "ehr", "ties")]
@@ -225,7 +279,7 @@ def main() -> None:
                   + f"{seconds:13.2f}", flush=True)
 
         print("\npaired per-image differences (method − reference), mean ± SE; negative = better on Deletion")
-        for name in [m for m in ("IBA", "InputIBA") if m in methods]:
+        for name in [m for m in ("IBA", "InputIBA") if m in computed]:
             for reference in ("Gradient (max-abs)", "Integrated Gradients"):
                 cells = "   ".join(f"{k}: {mean_se(results[name][k] - results[reference][k])}"
                                    for k in ("deletion", "deletion_blur", "deletion_black", "deletion_tiles"))
