@@ -15,7 +15,8 @@
 2. LeRF (seed 001 Fig. 7, seed 000 Fig. 4): remove the least relevant 1…10% of pixels (to 0 = the dataset mean in
    normalised space, the paper's protocol; ``--lerf_baseline blur`` / ``mean`` for a check), record the absolute
    fractional change ``|p − p₀| / p₀`` of the explained class's softmax;
-   AUC over the removed fraction, divided by 0.1 (= the mean over the schedule; lower = better). Pixels are ranked
+   AUC over the removed fraction, divided by 0.1 (= the mean over the schedule; lower = better;
+   ``--lerf_max_fraction`` / ``--lerf_steps`` change the schedule). Pixels are ranked
    by ``|map|`` summed over channels; exact ties (sparse pathway maps are 0 on most pixels) are broken by a seeded
    random order, not by pixel index (which would remove the top rows, the background of a digit, first). The
    pathway and pruning methods are evaluated at several sparsities κ, including the κ calibrated to a 15% mean
@@ -24,7 +25,9 @@
    channels), which ranks the pixels that are already closest to the removal value first; the share of pixels
    with a map of exactly 0 is printed too (above 10%, the LeRF schedule only sees the seeded tie-breaking), and,
    as a diagnostic (not a method of the paper), the LeRF of ``x ⊙ map``: the step from Gradient to InputMCT
-   applied to every map, which compares the maps with that input weighting factored out.
+   applied to every map, which compares the maps with that input weighting factored out. Then the paired
+   per-image differences NeuronMCT(*) − InputMCT and NeuronIntGrad(*) − InputIntGrad (mean ± standard error, and
+   the share of images where the neuron method is better) at every κ.
 3. Cascading parameter randomisation (seed 001 Fig. 6, seed 000 Fig. 3): Spearman rank correlation of the absolute
    maps before/after randomising the layers from the last to the first (PathwayGrad code's protocol: every
    parameter ~ N(0, 0.1)); lower = the map depends on the weights = passes.
@@ -48,7 +51,9 @@ from lit_xai.attribution import build
 from lit_xai.attribution.pruning import calibrate_sparsity
 from lit_xai.data import DigitsDataModule, SyntheticShapesDataModule
 from lit_xai.data.base import ClassificationDataModule
-from lit_xai.metrics.perturbation import PixelPerturbation
+from lit_xai.metrics.base import pixel_scores, trapezoid_auc
+from lit_xai.metrics.baselines import baseline_images
+from lit_xai.metrics.perturbation import PixelPerturbation, pixel_ranks, step_counts, target_outputs
 from lit_xai.metrics.randomisation import ParameterRandomisation
 from lit_xai.models.backbones import build_backbone, load_weights
 from lit_xai.pathways import PathwayStatistics, select_pathways
@@ -110,6 +115,9 @@ def main() -> None:
     parser.add_argument("--replacement", choices=("constant", "zero"), default="constant",
                         help="off-pathway neurons of the pathway methods in LeRF")
     parser.add_argument("--lerf_baseline", choices=("zero", "mean", "blur"), default="zero")
+    parser.add_argument("--lerf_max_fraction", type=float, default=0.1,
+                        help="share of pixels removed at the last LeRF step (seeds 000/001: 0.1)")
+    parser.add_argument("--lerf_steps", type=int, default=10, help="LeRF steps up to --lerf_max_fraction")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--images", type=int, default=96, help="validation images for LeRF")
@@ -150,15 +158,29 @@ def main() -> None:
         target = model(images).argmax(1)
     tie_noise = torch.rand(images.shape[0], 1, *images.shape[-2:], generator=torch.Generator().manual_seed(args.seed))
 
-    def lerf(maps: torch.Tensor) -> float:
+    def lerf(maps: torch.Tensor) -> torch.Tensor:
+        """Per-image LeRF score (AUC over [0, max fraction] / max fraction, i.e. the mean |Δp|/p₀ over the
+        schedule); its mean is checked against the library metric :class:`PixelPerturbation`."""
         scores = maps.abs().sum(1, keepdim=True)
         scores = scores + 1e-6 * scores.flatten(1).amax(1).clamp_min(1e-30).view(-1, 1, 1, 1) * tie_noise
+        size = tuple(images.shape[-2:])
+        counts = step_counts(size[0] * size[1], None, args.lerf_steps, args.lerf_max_fraction)
+        ranks = pixel_ranks(pixel_scores(scores, size, "sum"), "lerf")
+        with torch.no_grad():
+            curves = target_outputs(model, images, baseline_images(images, args.lerf_baseline), ranks, counts,
+                                    target, None)
+        curves = (curves - curves[:, :1]).abs() / curves[:, :1].clamp_min(1e-12)
+        num_pixels = size[0] * size[1]
+        per_image = trapezoid_auc(curves, counts.float() / num_pixels) / args.lerf_max_fraction
         metric = PixelPerturbation(
-            order="lerf", baseline=args.lerf_baseline, output="fractional_change", num_steps=10, max_fraction=0.1,
-            channel_reduction="sum",
+            order="lerf", baseline=args.lerf_baseline, output="fractional_change", num_steps=args.lerf_steps,
+            max_fraction=args.lerf_max_fraction, channel_reduction="sum",
         )
         metric.update(model, images, target, scores)
-        return float(metric.compute()["score"]) / 0.1  # AUC over [0, 0.1] → mean |Δp|/p₀ over the schedule
+        reference = float(metric.compute()["score"]) / args.lerf_max_fraction
+        if abs(float(per_image.mean()) - reference) > 1e-5 * max(1.0, abs(reference)):
+            raise RuntimeError(f"per-image LeRF mean {float(per_image.mean())} != PixelPerturbation {reference}")
+        return per_image
 
     def zero_share(maps: torch.Tensor) -> float:
         """Share of pixels whose map is exactly 0: once it exceeds the 10% removed, LeRF only sees tie-breaking."""
@@ -171,10 +193,12 @@ def main() -> None:
         return torch.cat([explainer(model, chunk, t) for chunk, t in zip(images.split(32), target.split(32))])
 
     if "lerf" in args.sections:
-        results["zero_map_pixels"], results["lerf_auc_input_weighted"] = {}, {}
-        print(f"\n| method | κ | LeRF (1–10% removed to {args.lerf_baseline}, mean |Δp|/p₀, ↓), "
+        results["zero_map_pixels"], results["lerf_auc_input_weighted"], results["lerf_paired"] = {}, {}, {}
+        percent = f"{100 * args.lerf_max_fraction:g}%"
+        print(f"\n| method | κ | LeRF (up to {percent} removed to {args.lerf_baseline}, mean |Δp|/p₀, ↓), "
               f"{args.replacement} replacement | pixels with map = 0 | LeRF of x ⊙ map (diagnostic) |"
               "\n|---|---|---|---|---|", flush=True)
+        per_image: dict[str, torch.Tensor] = {}
         for sparsity in [None, *sparsities]:
             for name in BASELINES if sparsity is None else SPARSE_METHODS:
                 kwargs: dict = {} if sparsity is None else {"sparsity": sparsity}
@@ -182,11 +206,25 @@ def main() -> None:
                     kwargs["replacement"] = args.replacement
                 key = name if sparsity is None else f"{name}@{sparsity}"
                 maps = maps_of(name, **kwargs)
-                auc, zeros, weighted = lerf(maps), zero_share(maps), lerf(images * maps)
+                per_image[key] = lerf(maps)
+                auc, zeros, weighted = float(per_image[key].mean()), zero_share(maps), float(lerf(images * maps).mean())
                 results["lerf_auc"][key], results["zero_map_pixels"][key] = auc, zeros
                 results["lerf_auc_input_weighted"][key] = weighted
                 print(f"| {name} | {'–' if sparsity is None else sparsity} | {auc:.4f} | {100 * zeros:.1f}% "
                       f"| {weighted:.4f} |", flush=True)
+        print("\n| paired per-image LeRF difference (↓ = the neuron method is better) | κ | mean ± SE | "
+              "images where it is better |\n|---|---|---|---|")
+        pairs = (("neuron_mct", "input_mct"), ("neuron_intgrad", "input_intgrad"),
+                 ("neuron_mct_star", "input_mct"), ("neuron_intgrad_star", "input_intgrad"))
+        for sparsity in sparsities:
+            for neuron, counterpart in pairs:
+                difference = per_image[f"{neuron}@{sparsity}"] - per_image[counterpart]
+                mean, se = float(difference.mean()), float(difference.std() / difference.numel() ** 0.5)
+                better = float((difference < 0).float().mean())
+                results["lerf_paired"][f"{neuron}@{sparsity}-{counterpart}"] = {"mean": mean, "se": se,
+                                                                               "better_share": better}
+                print(f"| {neuron} − {counterpart} | {sparsity} | {mean:+.4f} ± {se:.4f} | {100 * better:.0f}% |",
+                      flush=True)
 
     def method(name: str):  # noqa: ANN202
         kwargs = {"sparsity": args.sanity_sparsity} if name.startswith(("neuron_", "prune_")) else {}
