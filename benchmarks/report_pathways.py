@@ -148,7 +148,7 @@ def main() -> None:
     model.eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     calibration = calibrate_sparsity(model, datamodule.val_dataloader(), 0.15, max_batches=2)
-    sparsities = [round(calibration.sparsity, 3), *args.sparsities]
+    sparsities = list(dict.fromkeys([round(calibration.sparsity, 3), *args.sparsities]))  # calibrated first, no repeats
     print(f"κ calibrated to a 15% mean output change: {calibration.sparsity:.3f}", flush=True)
     results: dict = {"dataset": args.dataset, "val_accuracy": accuracy, "calibrated_sparsity": calibration.sparsity,
                      "replacement": args.replacement, "lerf_baseline": args.lerf_baseline, "lerf_auc": {},
