@@ -26,8 +26,8 @@
    with a map of exactly 0 is printed too (above 10%, the LeRF schedule only sees the seeded tie-breaking), and,
    as a diagnostic (not a method of the paper), the LeRF of ``x ⊙ map``: the step from Gradient to InputMCT
    applied to every map, which compares the maps with that input weighting factored out. Then the paired
-   per-image differences NeuronMCT(*) − InputMCT and NeuronIntGrad(*) − InputIntGrad (mean ± standard error, and
-   the share of images where the neuron method is better) at every κ.
+   per-image differences (``PixelPerturbation.image_scores``) NeuronMCT(*) − InputMCT and NeuronIntGrad(*) −
+   InputIntGrad (mean ± standard error, and the share of images where the neuron method is better) at every κ.
 3. Cascading parameter randomisation (seed 001 Fig. 6, seed 000 Fig. 3): Spearman rank correlation of the absolute
    maps before/after randomising the layers from the last to the first (PathwayGrad code's protocol: every
    parameter ~ N(0, 0.1)); lower = the map depends on the weights = passes.
@@ -51,9 +51,7 @@ from lit_xai.attribution import build
 from lit_xai.attribution.pruning import calibrate_sparsity
 from lit_xai.data import DigitsDataModule, SyntheticShapesDataModule
 from lit_xai.data.base import ClassificationDataModule
-from lit_xai.metrics.base import pixel_scores, trapezoid_auc
-from lit_xai.metrics.baselines import baseline_images
-from lit_xai.metrics.perturbation import PixelPerturbation, pixel_ranks, step_counts, target_outputs
+from lit_xai.metrics.perturbation import PixelPerturbation
 from lit_xai.metrics.randomisation import ParameterRandomisation
 from lit_xai.models.backbones import build_backbone, load_weights
 from lit_xai.pathways import PathwayStatistics, select_pathways
@@ -158,29 +156,16 @@ def main() -> None:
         target = model(images).argmax(1)
     tie_noise = torch.rand(images.shape[0], 1, *images.shape[-2:], generator=torch.Generator().manual_seed(args.seed))
 
+    lerf_metric = PixelPerturbation(
+        order="lerf", baseline=args.lerf_baseline, output="fractional_change", num_steps=args.lerf_steps,
+        max_fraction=args.lerf_max_fraction, channel_reduction="sum",
+    )
+
     def lerf(maps: torch.Tensor) -> torch.Tensor:
-        """Per-image LeRF score (AUC over [0, max fraction] / max fraction, i.e. the mean |Δp|/p₀ over the
-        schedule); its mean is checked against the library metric :class:`PixelPerturbation`."""
+        """Per-image LeRF score: AUC over [0, max fraction] / max fraction, i.e. the mean |Δp|/p₀ over the schedule."""
         scores = maps.abs().sum(1, keepdim=True)
         scores = scores + 1e-6 * scores.flatten(1).amax(1).clamp_min(1e-30).view(-1, 1, 1, 1) * tie_noise
-        size = tuple(images.shape[-2:])
-        counts = step_counts(size[0] * size[1], None, args.lerf_steps, args.lerf_max_fraction)
-        ranks = pixel_ranks(pixel_scores(scores, size, "sum"), "lerf")
-        with torch.no_grad():
-            curves = target_outputs(model, images, baseline_images(images, args.lerf_baseline), ranks, counts,
-                                    target, None)
-        curves = (curves - curves[:, :1]).abs() / curves[:, :1].clamp_min(1e-12)
-        num_pixels = size[0] * size[1]
-        per_image = trapezoid_auc(curves, counts.float() / num_pixels) / args.lerf_max_fraction
-        metric = PixelPerturbation(
-            order="lerf", baseline=args.lerf_baseline, output="fractional_change", num_steps=args.lerf_steps,
-            max_fraction=args.lerf_max_fraction, channel_reduction="sum",
-        )
-        metric.update(model, images, target, scores)
-        reference = float(metric.compute()["score"]) / args.lerf_max_fraction
-        if abs(float(per_image.mean()) - reference) > 1e-5 * max(1.0, abs(reference)):
-            raise RuntimeError(f"per-image LeRF mean {float(per_image.mean())} != PixelPerturbation {reference}")
-        return per_image
+        return lerf_metric.image_scores(model, images, target, scores) / args.lerf_max_fraction
 
     def zero_share(maps: torch.Tensor) -> float:
         """Share of pixels whose map is exactly 0: once it exceeds the 10% removed, LeRF only sees tie-breaking."""

@@ -177,3 +177,18 @@ def test_pixel_flipping_matches_quantus() -> None:
     )(model=model, x_batch=inputs.numpy(), y_batch=target.numpy(), a_batch=maps.numpy(), device="cpu", softmax=True)
     expected = np.asarray(reference).mean(0)
     np.testing.assert_allclose(ours.compute()["curve/probability"][1:].numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_image_scores_are_the_per_image_areas_whose_mean_is_the_score() -> None:
+    model, inputs, target, maps = _case()
+    inputs, target = inputs.expand(2, -1, -1, -1), target.expand(2)
+    maps = torch.cat([maps, -maps])  # the second image ranks its pixels in the reverse order
+    metric = PixelPerturbation("morf", output="logit", pixels_per_step=1)
+    scores = metric.image_scores(model, inputs, target, maps)
+    assert metric.count == 0  # no state touched
+    # hand trapezoids: MoRF curve 10, 6, 3, 1, 0 and the reversed order 10, 9, 7, 4, 0
+    torch.testing.assert_close(scores, torch.tensor([0.25 * (16 + 9 + 4 + 1) / 2, 0.25 * (19 + 16 + 11 + 4) / 2]))
+    metric.update(model, inputs, target, maps)
+    torch.testing.assert_close(metric.compute()["score"], scores.mean())
+    with pytest.raises(ValueError, match="target must have shape"):
+        metric.image_scores(model, inputs, target[:1], maps)

@@ -74,6 +74,16 @@ def trapezoid_auc(y: Tensor, x: Tensor) -> Tensor:
     return torch.trapezoid(y, x.to(y), dim=-1)
 
 
+def check_batch(inputs: Tensor, target: Tensor, maps: Tensor) -> None:
+    """A ``ValueError`` naming the argument unless inputs ``[B, C, H, W]``, target ``[B]``, maps ``[B, C, h, w]``."""
+    if inputs.dim() != 4:
+        raise ValueError(f"inputs must have shape [B, C, H, W], got {tuple(inputs.shape)}")
+    if maps.dim() != 4 or maps.shape[0] != inputs.shape[0]:
+        raise ValueError(f"maps must have shape [B, C, h, w] with B={inputs.shape[0]}, got {tuple(maps.shape)}")
+    if target.dim() != 1 or target.shape[0] != inputs.shape[0]:
+        raise ValueError(f"target must have shape [{inputs.shape[0]}], got {tuple(target.shape)}")
+
+
 class AttributionMetric(Metric):
     """Base class of lit_xai metrics: uniform :meth:`update` signature, dict result, curve plot."""
 
@@ -99,14 +109,7 @@ class AttributionMetric(Metric):
         missing = sorted(name for name in self.requires if extras[name] is None)
         if missing:
             raise ValueError(f"{type(self).__name__}.update needs {', '.join(missing)} (see AttributionMetric)")
-        if inputs.dim() != 4:
-            raise ValueError(f"inputs must have shape [B, C, H, W], got {tuple(inputs.shape)}")
-        if maps.dim() != 4 or maps.shape[0] != inputs.shape[0]:
-            raise ValueError(
-                f"maps must have shape [B, C, h, w] with B={inputs.shape[0]}, got {tuple(maps.shape)}"
-            )
-        if target.dim() != 1 or target.shape[0] != inputs.shape[0]:
-            raise ValueError(f"target must have shape [{inputs.shape[0]}], got {tuple(target.shape)}")
+        check_batch(inputs, target, maps)
         with torch.no_grad():
             self._update(model, inputs, target.long(), maps.detach(), **extras)
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lit_xai.metrics.base import AttributionMetric, pixel_scores, resolve_chunk_size, trapezoid_auc
+from lit_xai.metrics.base import AttributionMetric, check_batch, pixel_scores, resolve_chunk_size, trapezoid_auc
 from lit_xai.metrics.baselines import baseline_images
 
 ORDERS = ("morf", "lerf")
@@ -176,7 +176,8 @@ class PerturbationCurve(AttributionMetric):
                 raise ValueError(f"image size changed to {tuple(image_size)} within one evaluation")
             self.curve_sum = torch.zeros(self._counts.numel(), device=self.count.device)
 
-    def _update(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor, **extras: Any) -> None:
+    def image_curves(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-image curves ``[B, K]`` of the recorded output and the clean target probability ``[B]``."""
         height, width = inputs.shape[-2:]
         self.prepare(model, (height, width))
         assert self._counts is not None
@@ -192,6 +193,18 @@ class PerturbationCurve(AttributionMetric):
             clean = model(inputs).float().softmax(1).gather(1, target[:, None]).squeeze(1)
         if self.output == "fractional_change":
             curves = (curves - clean[:, None]).abs() / clean[:, None].clamp_min(1e-12)
+        return curves, clean
+
+    def image_scores(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor) -> Tensor:
+        """Area under each image's curve ``[B]``, for paired per-image comparisons of methods; the metric's score
+        is their mean over the images that pass ``min_probability``. Leaves the metric's state unchanged."""
+        check_batch(inputs, target, maps)
+        with torch.no_grad():
+            curves, _ = self.image_curves(model, inputs, target.long(), maps.detach())
+        return trapezoid_auc(curves, self.curve_axis())
+
+    def _update(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor, **extras: Any) -> None:
+        curves, clean = self.image_curves(model, inputs, target, maps)
         keep = clean >= self.min_probability if self.min_probability > 0 else torch.ones_like(clean, dtype=torch.bool)
         self.curve_sum += curves[keep].sum(0)
         self.count += keep.sum()
