@@ -5,9 +5,11 @@ Importing this package registers every method family; ``available()`` lists them
 
 from lit_xai.attribution import (  # noqa: F401  (importing registers the methods)
     cam,
+    deeplift,
     dga,
     extremal,
     fullgrad,
+    gradient_shap,
     gradients,
     guided,
     information,

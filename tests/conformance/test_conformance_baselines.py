@@ -1,0 +1,101 @@
+"""Peer conformance of the seeds' remaining baselines (issue 15) on nets lit_xai does not ship.
+
+Captum's DeepLift hooks ``nn.ReLU`` *modules*: it cannot follow one in-place module called three times per block,
+nor functional ``F.relu``. For those nets Captum runs on an equivalent net with one separate, non-in-place ReLU
+module per call carrying the same weights (max pooling stays functional, so both sides keep its gradient).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from captum.attr import DeepLift as CaptumDeepLift
+from captum.attr import DeepLiftShap as CaptumDeepLiftShap
+from captum.attr import GradientShap as CaptumGradientShap
+from torch import nn
+
+from lit_xai.attribution import build
+
+
+def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.corrcoef(torch.stack([a.flatten().double(), b.flatten().double()]))[0, 1])
+
+
+class SeparateReLUs(nn.Module):
+    """The foreign net's forward with one fresh ``nn.ReLU()`` per call (what Captum's module hooks need)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.relus = nn.ModuleList(nn.ReLU() for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, r = self.net, self.relus
+        if type(n).__name__ == "ReusedInplaceReLUNet":
+            x = r[0](n.bn(n.stem(x)))
+            out = r[1](n.bn1(n.conv1(x)))
+            out = r[2](n.bn2(n.conv2(out)) + x)
+            return n.head(out.mean((2, 3)))
+        assert type(n).__name__ == "FunctionalReLUNet"
+        x = F.max_pool2d(r[0](n.conv1(x)), 2)
+        x = F.adaptive_max_pool2d(r[1](n.conv2(x)), 4)
+        return n.fc(x.flatten(1))
+
+
+TARGET = torch.tensor([0, 1, 2, 3, 4, 0])
+
+
+def test_deeplift_matches_captum(foreign_net, images):
+    """Tolerance: correlation ≥ 0.9999 and max abs difference ≤ 1e-5 · max |map| (float32 round-off)."""
+    baseline = 0.3 * torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    ours = build("deeplift", baseline=baseline)(foreign_net, images, TARGET)
+    theirs = CaptumDeepLift(SeparateReLUs(foreign_net).eval()).attribute(images, baseline.expand_as(images), TARGET)
+    assert foreign_net(images).shape == (6, 5)
+    assert correlation(ours, theirs) >= 0.9999
+    assert (ours - theirs).abs().max() <= 1e-5 * theirs.abs().max()
+
+
+def test_deeplift_differs_from_input_x_gradient(reused_relu_net, images):
+    """Guard: the Rescale multipliers are not the plain gradient (the test above could otherwise pass trivially)."""
+    ours = build("deeplift")(reused_relu_net, images, TARGET)
+    ixg = build("input_x_gradient")(reused_relu_net, images, TARGET)
+    assert correlation(ours, ixg) < 0.99
+
+
+def test_deepshap_matches_captum(foreign_net, images):
+    """Tolerance as for DeepLIFT; 4 background images, every one paired with every input."""
+    background = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    ours = build("deepshap", background=background, max_batch=5)(foreign_net, images, TARGET)
+    theirs = CaptumDeepLiftShap(SeparateReLUs(foreign_net).eval()).attribute(images, background, TARGET)
+    assert correlation(ours, theirs) >= 0.9999
+    assert (ours - theirs).abs().max() <= 1e-5 * theirs.abs().max()
+
+
+def test_gradient_shap_matches_captum_on_the_same_samples(foreign_net, images, monkeypatch):
+    """Captum draws its references (``np.random.choice``), positions (``np.random.uniform``) and noise
+    (``torch.normal``) from global generators, image-major; we feed it our seeded draws, permuted to its layout.
+    Tolerance: correlation ≥ 0.9999, max abs difference ≤ 1e-5 · max |map|."""
+    background = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    method = build("gradient_shap", background=background, n_samples=3, stdevs=0.2, seed=7, max_batch=7)
+    ours = method(foreign_net, images, TARGET)
+    index, alpha, noise = method.draw(images, 4)
+    n, batch = index.shape
+    image_major = noise.rows(0, n * batch).view(n, batch, 3, 16, 16).transpose(0, 1).reshape(n * batch, 3, 16, 16)
+    monkeypatch.setattr(np.random, "choice", lambda size, count: index.T.flatten().numpy())
+    monkeypatch.setattr(np.random, "uniform", lambda low, high, count: alpha.T.flatten().double().numpy())
+    monkeypatch.setattr(torch, "normal", lambda mean, std: image_major)
+    theirs = CaptumGradientShap(foreign_net).attribute(images, background, n_samples=3, stdevs=0.2, target=TARGET)
+    assert correlation(ours, theirs) >= 0.9999
+    assert (ours - theirs).abs().max() <= 1e-5 * theirs.abs().max()
+
+
+def test_gradient_shap_is_complete_in_expectation(reused_relu_net, images):
+    """E[Σ φ] = f(x) − E f(x̄). Tolerance: 0.05 absolute + 5% relative (the Monte-Carlo error of 1024 samples)."""
+    background = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    maps = build("gradient_shap", background=background, n_samples=1024, max_batch=1024)(
+        reused_relu_net, images[:2], TARGET[:2]
+    )
+    with torch.no_grad():
+        gap = reused_relu_net(images[:2])[[0, 1], TARGET[:2]] - reused_relu_net(background)[:, TARGET[:2]].mean(0)
+    torch.testing.assert_close(maps.sum((1, 2, 3)), gap, rtol=0.05, atol=0.05)
