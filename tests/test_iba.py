@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy import integrate
 from torch import nn
 
@@ -18,6 +19,7 @@ from lit_xai.attribution.information.statistics import (
     WelfordState,
     all_gather_merge,
     cache_path,
+    data_fingerprint,
     estimate_feature_statistics,
 )
 
@@ -81,13 +83,35 @@ def test_prior_kl_matches_numerical_integration(x: float, mu: float, sigma: floa
         iba_kl(t(x), t(lam), t(1 - lam), t(mu), t(sigma)).item(), rel=1e-12)
 
 
-def test_gaussian_smoothing_matches_scipy() -> None:
+@pytest.mark.parametrize("shape", [(9, 7), (2, 3), (1, 4)])
+@pytest.mark.parametrize("padding,truncate,scipy_mode", [("reflect", 2.0, "mirror"), ("replicate", 3.0, "nearest")])
+def test_gaussian_smoothing_matches_scipy(shape: tuple[int, int], padding: str, truncate: float,
+                                          scipy_mode: str) -> None:
+    """scipy's ``mirror`` is ``nn.ReflectionPad2d`` (folded again on maps narrower than the radius, where
+    ReflectionPad2d raises); ``nearest`` is the edge-replicating rule. Exact to float64 rounding."""
     from scipy.ndimage import gaussian_filter
 
-    mask = torch.rand(2, 3, 9, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    got = GaussianSmoothing(1.0, truncate=3.0)(mask)
-    expected = gaussian_filter(mask.numpy(), sigma=(0, 0, 1.0, 1.0), mode="nearest", truncate=3.0)
-    np.testing.assert_allclose(got.numpy(), expected, atol=1e-12)
+    mask = torch.rand(2, 3, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for sigma in (0.6, 1.0, 1.6):  # radii 1, 2, 3 at truncate 2 (no .5 tie, where scipy rounds half up)
+        got = GaussianSmoothing(sigma, truncate=truncate, padding=padding)(mask)
+        expected = gaussian_filter(mask.numpy(), sigma=(0, 0, sigma, sigma), mode=scipy_mode, truncate=truncate)
+        np.testing.assert_allclose(got.numpy(), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("sigma", [0.6, 1.0, 1.5])
+def test_default_smoothing_is_schulz_et_al_spatial_gaussian_kernel(sigma: float) -> None:
+    """The reference's ``SpatialGaussianKernel`` written from its description: a (2·round(2σ)+1)² 2-D Gaussian
+    normalised to sum 1, ``nn.ReflectionPad2d`` then a depthwise convolution. Before this fix lit_xai blurred with
+    radius ⌈3σ⌉ and replicate padding (7×7 at σ = 1): up to 0.2 apart on a random mask."""
+    mask = torch.rand(2, 3, 9, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    size = int(round(2 * sigma)) * 2 + 1
+    grid = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    kernel = torch.exp(-(grid[:, None] ** 2 + grid[None] ** 2) / (2 * sigma**2))
+    kernel = (kernel / kernel.sum()).expand(3, 1, size, size)
+    expected = F.conv2d(nn.ReflectionPad2d((size - 1) // 2)(mask), kernel, groups=3)
+    torch.testing.assert_close(GaussianSmoothing(sigma)(mask), expected, rtol=1e-12, atol=1e-12)
+    old_rule = GaussianSmoothing(sigma, truncate=3.0, padding="replicate")(mask)
+    assert float((old_rule - expected).abs().max()) > 1e-3
 
 
 def test_mask_adam_equals_torch_adam() -> None:
@@ -108,8 +132,12 @@ def test_mask_adam_equals_torch_adam() -> None:
 @pytest.mark.parametrize("inverse", [False, True])
 def test_optimise_mask_equals_the_textbook_loop(inverse: bool) -> None:
     """optimise_mask (fused lerp composition, active mask folded in, lean Adam) against a plain loop written from
-    the equations: Z = λ·S + (1−λ)·ε (Inverse IBA: (1−λ)·S + λ·ε) zeroed at inactive positions, loss
-    task + β·mean KL (Inverse: β·mean KL − task), torch.optim.Adam on α."""
+    the equations and Schulz et al.'s ``heatmap`` loop: Z = λ·S + (1−λ)·ε (Inverse IBA: (1−λ)·S + λ·ε) zeroed at
+    inactive positions, loss task + β·mean KL (Inverse: β·mean KL − task), torch.optim.Adam on α, ``steps``
+    forward/backward/update rounds. ``map_from="last_forward"`` (default) returns the α of the last forward (the
+    reference's ``buffer_capacity``), ``"final_update"`` the α after the last update."""
+    from dataclasses import replace
+
     from lit_xai.attribution.information.bottleneck import mask_pair
     from lit_xai.attribution.information.optimisation import BottleneckSettings, optimise_mask
 
@@ -122,13 +150,16 @@ def test_optimise_mask_equals_the_textbook_loop(inverse: bool) -> None:
     forward = lambda z: torch.tanh(z.flatten(1) @ head)  # noqa: E731
     task = lambda out: -out  # noqa: E731
     kl = lambda lam, one_minus_lam: iba_kl((signal - mean) / std, lam, one_minus_lam)  # noqa: E731
-    ours = optimise_mask(signal, mean, std.double(), kl, forward, task, settings, active)
+    last_forward = optimise_mask(signal, mean, std.double(), kl, forward, task, settings, active)
+    final_update = optimise_mask(signal, mean, std.double(), kl, forward, task,
+                                 replace(settings, map_from="final_update"), active)
 
     alpha = torch.full_like(signal, settings.initial_alpha).requires_grad_(True)
     adam = torch.optim.Adam([alpha], lr=settings.lr, foreach=False)
     noise_generator = torch.Generator().manual_seed(settings.seed)
-    smoothing = GaussianSmoothing(settings.sigma, settings.smoothing_truncate)
+    smoothing = GaussianSmoothing(settings.sigma, settings.smoothing_truncate, settings.smoothing_padding)
     for _ in range(settings.steps):
+        forward_alpha = alpha.detach().clone()
         lam, one_minus_lam = mask_pair(alpha, smoothing)
         epsilon = mean + std.double() * torch.randn((3, 2, 5, 5), generator=noise_generator, dtype=torch.float64)
         keep, drop = (one_minus_lam, lam) if inverse else (lam, one_minus_lam)
@@ -139,7 +170,8 @@ def test_optimise_mask_equals_the_textbook_loop(inverse: bool) -> None:
         adam.zero_grad()
         loss.sum().backward()
         adam.step()
-    torch.testing.assert_close(ours, alpha.detach(), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(last_forward, forward_alpha, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(final_update, alpha.detach(), rtol=1e-10, atol=1e-10)
 
 
 def test_welford_merge_on_split_data_equals_full_data() -> None:
@@ -218,7 +250,8 @@ def test_statistics_cache_is_keyed_reused_and_atomic(tmp_path, monkeypatch) -> N
     stats = estimate_feature_statistics(model, "block", loader(), max_samples=20, cache_dir=tmp_path)
     assert stats.num_samples == 20
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == [cache_path(tmp_path, model, "block", 20).name]  # no temp file left behind
+    data_key = data_fingerprint(loader()[0]["image"])
+    assert files == [cache_path(tmp_path, model, "block", 20, data_key).name]  # no temp file left behind
 
     from lit_xai.attribution.information import statistics as module
 
@@ -226,13 +259,27 @@ def test_statistics_cache_is_keyed_reused_and_atomic(tmp_path, monkeypatch) -> N
         raise AssertionError("statistics recomputed despite the cache")
 
     monkeypatch.setattr(module, "welford_over_loader", fail)
-    again = estimate_feature_statistics(model, "block", loader(), max_samples=20, cache_dir=tmp_path)
+    again = estimate_feature_statistics(model, "block", iter(loader()), max_samples=20, cache_dir=tmp_path)
     torch.testing.assert_close(again.mean, stats.mean)
     torch.testing.assert_close(again.std, stats.std)
-    other_count = cache_path(tmp_path, model, "block", 21)
+    # other data (another first batch) or other weights never reuse the file
+    monkeypatch.undo()
+    other_data = [{"image": batch["image"] + 1.0} for batch in loader()]
+    shifted = estimate_feature_statistics(model, "block", other_data, max_samples=20, cache_dir=tmp_path)
+    assert len(list(tmp_path.iterdir())) == 2
+    assert not torch.allclose(shifted.mean, stats.mean)
     with torch.no_grad():
         model.head.bias.add_(1.0)
-    assert cache_path(tmp_path, model, "block", 20) != files[0] != other_count.name
+    assert cache_path(tmp_path, model, "block", 20, data_key).name not in files
+
+
+def test_statistics_of_a_one_shot_iterator_keep_its_first_batch(tmp_path) -> None:
+    """Fingerprinting peeks at the first batch; a generator must still contribute it to the estimate."""
+    model = tiny().eval()
+    listed = estimate_feature_statistics(model, "block", loader(), max_samples=20)
+    streamed = estimate_feature_statistics(model, "block", (b for b in loader()), max_samples=20, cache_dir=tmp_path)
+    assert streamed.num_samples == 20
+    torch.testing.assert_close(streamed.mean, listed.mean)
 
 
 def test_statistics_match_direct_computation() -> None:
@@ -430,12 +477,112 @@ def test_setup_uses_datamodule_and_cache(tmp_path) -> None:
 
 def test_default_layer_and_multilayer_intersection() -> None:
     model = tiny()
-    method = build("multilayer_iba", steps=2, noise_draws=2, threshold_quantile=0.5).fit(model, loader())
-    result = method.explain(model, loader(1, 2)[0]["image"])
+    method = build("multilayer_iba", steps=2, noise_draws=2).fit(model, loader())
+    x = loader(1, 2)[0]["image"]
+    result = method.explain(model, x)
     assert list(result.layers) == ["block", "stem"]
-    assert result.capacity.shape == (2, 1, 8, 8)
+    assert result.capacity.shape == result.mask.shape == (2, 1, 16, 16)  # the authors' maps: input resolution
     assert result.mask.dtype == torch.bool
-    # the intersection keeps at most the top half of the finest map and nothing outside it
-    assert bool((result.mask.flatten(1).float().mean(1) <= 0.5 + 1e-6).all())
+    # the coarser layer ("block") thresholded at 1.344 × its RMS; the finest ("stem") weights the intersection
+    block = capacity_per_input_pixel(result.layers["block"].capacity, (16, 16))
+    stem = capacity_per_input_pixel(result.layers["stem"].capacity, (16, 16))
+    rms = block.pow(2).mean((1, 2, 3), keepdim=True).sqrt()
+    assert torch.equal(result.mask, block >= 1.344 * rms)
     assert bool((result.capacity[~result.mask] == 0).all())
-    torch.testing.assert_close(result.capacity[result.mask], result.layers["stem"].capacity[result.mask])
+    torch.testing.assert_close(result.capacity[result.mask], stem[result.mask])
+    finest = build("multilayer_iba", steps=2, noise_draws=2, resolution="finest").fit(model, loader()).explain(model, x)
+    assert finest.capacity.shape == (2, 1, 8, 8)
+    literal = build("multilayer_iba", steps=2, noise_draws=2, weight_by_finest=False).fit(model, loader())
+    eq5 = literal.explain(model, x)  # Eq. 5 literally: binary intersection of every thresholded layer
+    stem_rms = stem.pow(2).mean((1, 2, 3), keepdim=True).sqrt()
+    assert torch.equal(eq5.mask, (block >= 1.344 * rms) & (stem >= 1.344 * stem_rms))
+    assert torch.equal(eq5.capacity, eq5.mask.float())
+
+
+def _fake_layer(capacity: torch.Tensor) -> object:
+    from lit_xai.attribution.information import BottleneckResult
+
+    stats = FeatureStatistics(torch.zeros(1), torch.ones(1), torch.ones(1, dtype=torch.bool), 1)
+    return BottleneckResult(capacity, capacity.sum((1, 2, 3)), capacity, torch.zeros(1), capacity, stats)
+
+
+def test_multilayer_threshold_drops_a_layer_whose_capacity_is_half_zero(monkeypatch) -> None:
+    """Issue 19 item 8: the old rule (per-image median, ``>=``) put the threshold at 0 when half of a layer's
+    capacity is exactly 0, so that layer's mask kept every pixel and the intersection did nothing (the output was
+    the finest map everywhere). The authors' rule never keeps a zero pixel."""
+    g = torch.Generator().manual_seed(0)
+    coarse = torch.ones(1, 1, 8, 8)
+    coarse[..., :5] = 0.0  # 5 of 8 columns carry exactly no information, the rest 1 bit per position
+    fine = torch.rand(1, 1, 16, 16, generator=g) + 0.5
+    fakes = {"coarse": _fake_layer(coarse), "fine": _fake_layer(fine)}
+    method = build("multilayer_iba", layers=["coarse", "fine"], resolution="finest")
+    monkeypatch.setattr(method, "_resolve_class_target", lambda model, inputs, target: torch.zeros(1, dtype=torch.long))
+    monkeypatch.setattr(method, "_bottleneck_at", lambda model, layer, *args: fakes[layer])
+    result = method.explain(nn.Identity(), torch.zeros(1, 3, 16, 16))
+    upsampled = capacity_per_input_pixel(coarse, (16, 16))
+    assert bool((upsampled[..., :9] == 0).all())  # bilinear: 9 of 16 columns see only zeros, so the median is 0
+    assert float(torch.quantile(upsampled.flatten(), 0.5)) == 0.0  # the old threshold: every pixel passed ≥ 0
+    assert bool((result.capacity[..., :9] == 0).all()) and not bool(result.mask[..., :9].any())
+    assert bool(result.mask[..., 11:].all())  # the informative part (1 > 1.344 · RMS = 0.80) is kept
+    torch.testing.assert_close(result.capacity[..., 11:], fine[..., 11:])
+
+
+class TokenNet(nn.Module):
+    """A patch embedding, a token-wise Linear ([B, N, C], like a ViT block) and a linear head ([B, K])."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 6, 4, 4)
+        self.tokens = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.tokens(self.embed(x).flatten(2).transpose(1, 2)).mean(1))
+
+
+@pytest.mark.parametrize("name", ["iba", "inverse_iba", "regression_iba", "input_iba"])
+@pytest.mark.parametrize("layer,what", [("tokens", "token sequence"), ("head", "vector per image")])
+def test_non_spatial_layer_is_a_clear_error(name: str, layer: str, what: str) -> None:
+    """Issue 19 item 13: a Linear or token layer raised a raw IndexError; now an AttributionError naming the
+    method, the layer, the shape and the reason, and the model is left as found."""
+    model = TokenNet()
+    before = snapshot(model)
+    stats = FeatureStatistics(torch.zeros(4, 6), torch.ones(4, 6), torch.ones(4, 6, dtype=torch.bool), 10)
+    method = build(name, layer=layer, statistics=stats)
+    with pytest.raises(AttributionError, match=rf"{name}: layer '{layer}' outputs a {what} .* not a spatial map"):
+        method(model, torch.randn(2, 3, 8, 8), torch.tensor([0, 1]))
+    with pytest.raises(AttributionError, match=rf"layer '{layer}' outputs a {what}"):
+        build(name, layer=layer).fit(model, [torch.randn(4, 3, 8, 8)])
+    assert_unchanged(model, before)
+
+
+def test_defaults_are_the_reference_values() -> None:
+    """Every IBA-family default, pinned to its source (see docs/information.md and the protocol card)."""
+    from lit_xai.attribution.information import InputIBA, InverseIBA, MultiLayerIBA, RegressionIBA
+    from lit_xai.attribution.information.input_iba import GANSettings
+    from lit_xai.attribution.information.optimisation import BottleneckSettings
+
+    # Schulz et al., per_sample_bottleneck.py / IBA/pytorch.py: beta=10, optimization_steps=10, Adam lr=1,
+    # initial_alpha=5, sigma=1 (5×5 reflect-padded kernel), batch_size=10 noise draws, heatmap of the last forward
+    reference = BottleneckSettings(beta=10.0, steps=10, lr=1.0, initial_alpha=5.0, sigma=1.0, noise_draws=10,
+                                   smoothing_truncate=2.0, inverse=False, seed=0, smoothing_padding="reflect",
+                                   map_from="last_forward")
+    assert BottleneckSettings() == reference
+    for method in (IBA(), MultiLayerIBA(), RegressionIBA()):
+        assert method.settings == reference
+        # WelfordEstimator: std clamped at min_std=0.01; active_neurons(threshold=0.01): active in > 1% of samples
+        assert (method.min_std, method.active_threshold) == (0.01, 0.01)
+    assert InverseIBA().settings.inverse and RegressionIBA(inverse=True).settings.inverse
+    assert GaussianSmoothing(1.0).radius == 2 and GaussianSmoothing(1.0).padding == "reflect"
+    assert reference.updates == 9  # the reference's heatmap is read after 9 of its 10 Adam updates
+    # CheXplain-IBA filtered_mask: hm / ‖hm‖₂ ≥ 0.006 on 224² maps = hm ≥ 0.006·224 × RMS
+    multi = MultiLayerIBA()
+    assert multi.threshold == pytest.approx(0.006 * 224) and multi.weight_by_finest and multi.resolution == "input"
+    # InputIBA (dissertation ch. 6 §4.1 / App. D): feature IBA β=10, 10 steps; input IBA β=20, 60 steps, Adam lr 1;
+    # WGAN: 20 epochs, 200 target samples, batch 32, RMSprop 5e-5, clip 0.01, generator every 5 critic steps
+    input_iba = InputIBA()
+    assert input_iba.feature_settings == reference
+    assert (input_iba.input_settings.beta, input_iba.input_settings.steps, input_iba.input_settings.lr) == (20, 60, 1)
+    assert input_iba.gan_settings == GANSettings(epochs=20, target_samples=200, batch_size=32, critic_lr=5e-5,
+                                                 weight_clip=0.01, critic_steps=5, mask_lr=0.003, noise_mean_lr=0.1,
+                                                 noise_std_lr=0.05, critic_hidden=(512, 256), negative_slope=0.2)

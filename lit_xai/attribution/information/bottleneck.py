@@ -15,30 +15,55 @@ from torch import Tensor
 
 from lit_xai.gaussian import gaussian_kernel1d
 
+#: border rules of :class:`GaussianSmoothing`
+SMOOTHING_PADDINGS = ("reflect", "replicate")
+
+
+def border_index(index: Tensor, size: int, padding: str) -> Tensor:
+    """Where a tap at ``index`` (possibly outside ``[0, size)``) reads from under the border rule ``padding``.
+
+    ``"reflect"`` mirrors without repeating the edge (``d c b | a b c d | c b a``: ``torch.nn.ReflectionPad2d``,
+    scipy's ``"mirror"``), folded again as often as needed, so taps further out than the map is wide are defined
+    too; ``"replicate"`` repeats the edge value.
+    """
+    if padding == "replicate" or size == 1:
+        return index.clamp(0, size - 1)
+    period = 2 * (size - 1)
+    folded = index.remainder(period)
+    return torch.where(folded >= size, period - folded, folded)
+
 
 class GaussianSmoothing:
     """Per-channel spatial Gaussian blur of a mask ``[..., h, w]`` (IBA smooths λ with σ = 1).
 
-    The kernel is truncated at ``truncate``·σ and normalised to sum 1; borders are replicate-padded so any
-    map size works (reflection needs the map to be larger than the kernel radius). The separable blur is
-    applied as two small matrix products, ``S_h · mask · S_wᵀ``, with the padding folded into the matrices:
-    one batched matmul per axis instead of a single-channel convolution per (image, channel) — the blur ran
-    slower than the network after the bottleneck before (benchmarks/bench_iba.py).
+    Defaults follow Schulz et al.'s IBA code (``per_sample_bottleneck.py`` / ``IBA/pytorch.py``,
+    ``SpatialGaussianKernel``): kernel radius ``int(round(truncate·σ))`` with ``truncate = 2`` (their
+    ``kernel_size = int(round(2 * sigma)) * 2 + 1``, 5×5 at σ = 1), the kernel normalised to sum 1 (their 2-D
+    kernel is the outer product of this 1-D one) and reflection padding (``nn.ReflectionPad2d``). Where the radius
+    reaches past a small map, where ``ReflectionPad2d`` would raise, the reflection is folded again (see
+    :func:`border_index`). ``padding="replicate", truncate=3`` is lit_xai's earlier rule (7×7, edge repeated).
+    The separable blur is applied as two small matrix products, ``S_h · mask · S_wᵀ``, with the padding folded
+    into the matrices: one batched matmul per axis instead of a single-channel convolution per (image, channel).
     """
 
-    def __init__(self, sigma: float, truncate: float = 3.0) -> None:
+    def __init__(self, sigma: float, truncate: float = 2.0, padding: str = "reflect") -> None:
         if sigma < 0:
             raise ValueError(f"smoothing sigma must be ≥ 0, got {sigma}")
+        if truncate < 0:
+            raise ValueError(f"smoothing truncate must be ≥ 0, got {truncate}")
+        if padding not in SMOOTHING_PADDINGS:
+            raise ValueError(f"smoothing padding must be one of {SMOOTHING_PADDINGS}, got {padding!r}")
         self.sigma = float(sigma)
-        self.radius = int(math.ceil(truncate * sigma)) if sigma > 0 else 0
+        self.padding = padding
+        self.radius = int(round(truncate * sigma)) if sigma > 0 else 0  # Python's round, as the reference
         self._matrices: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
 
     def matrix(self, size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-        """``[size, size]`` operator of the replicate-padded 1-D blur: ``out[i] = Σ_j M[i, j]·x[j]`` (cached)."""
+        """``[size, size]`` operator of the padded 1-D blur: ``out[i] = Σ_j M[i, j]·x[j]`` (cached)."""
         key = (size, device, dtype)
         if key not in self._matrices:
             offsets = torch.arange(-self.radius, self.radius + 1, device=device)
-            source = (torch.arange(size, device=device)[:, None] + offsets[None]).clamp(0, size - 1)
+            source = border_index(torch.arange(size, device=device)[:, None] + offsets[None], size, self.padding)
             kernel = gaussian_kernel1d(self.sigma, self.radius, device, dtype).expand(size, -1)
             self._matrices[key] = torch.zeros(size, size, device=device, dtype=dtype).scatter_add_(1, source, kernel)
         return self._matrices[key]

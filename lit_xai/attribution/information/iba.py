@@ -33,7 +33,7 @@ from lit_xai.attribution.base import (
     check_target_range,
     preserved_model_state,
 )
-from lit_xai.attribution.information.bottleneck import capacity_bits, iba_kl
+from lit_xai.attribution.information.bottleneck import capacity_bits, capacity_per_input_pixel, iba_kl
 from lit_xai.attribution.information.layer_hooks import (
     BottleneckForward,
     layer_output,
@@ -162,6 +162,19 @@ class FeatureBottleneckMethod(AttributionMethod):
         """The hooked layer names: the configured ones, else found by a probe forward of ``inputs``."""
         return self.configured_layers() or default_layers(model, inputs, self.auto_layer_count)
 
+    def _check_spatial(self, layer: str, shape: Sequence[int]) -> None:
+        """Refuse a layer whose output is not a spatial map ``[C, h, w]`` per image: the bottleneck smooths its mask
+        over (h, w) and the map is a capacity per position. A Linear layer ``[B, C]`` has no positions; a token layer
+        ``[B, N, C]`` (ViT) would yield a map over tokens, not pixels."""
+        if len(shape) == 3:
+            return
+        kind = {1: "a vector per image (e.g. a Linear layer)", 2: "a token sequence [B, N, C] (e.g. a ViT block)"}
+        raise AttributionError(
+            f"{self.name or type(self).__name__}: layer {layer!r} outputs {kind.get(len(shape), 'a tensor')} of shape "
+            f"{tuple(shape)} per image, not a spatial map [C, h, w]; the information bottleneck needs a convolutional "
+            "feature map (choose a conv stage or block, or omit layer= to pick the deepest spatial one)"
+        )
+
     # -- statistics ---------------------------------------------------------------------------------------
     def fit(self, model: nn.Module, loader: Iterable[Any]) -> FeatureBottleneckMethod:
         """Estimate (or load from ``cache_dir``) the feature statistics of every hooked layer from ``loader``.
@@ -181,6 +194,8 @@ class FeatureBottleneckMethod(AttributionMethod):
             )
             for layer in layers
         }
+        for layer, stats in self._fitted.items():
+            self._check_spatial(layer, stats.mean.shape)
         self._fitted_model = id(model)
         return self
 
@@ -247,6 +262,7 @@ class FeatureBottleneckMethod(AttributionMethod):
         module = resolve_layer(model, layer)
         with torch.no_grad():
             features = layer_output(model, module, inputs)
+        self._check_spatial(layer, features.shape[1:])
         stats = self.statistics_for(model, layer, features)
         standardised = (features - stats.mean) / stats.std  # r̂, constant during the optimisation
         kl = lambda lam, one_minus_lam: iba_kl(standardised, lam, one_minus_lam)
@@ -280,7 +296,9 @@ class _SingleLayerBottleneck(FeatureBottleneckMethod):
         initial_alpha: float = 5.0,
         sigma: float = 1.0,
         noise_draws: int = 10,
-        smoothing_truncate: float = 3.0,
+        smoothing_truncate: float = 2.0,
+        smoothing_padding: str = "reflect",
+        map_from: str = "last_forward",
         expand_at_layer: bool = True,
         reuse_prefix: bool = True,
         seed: int = 0,
@@ -296,7 +314,8 @@ class _SingleLayerBottleneck(FeatureBottleneckMethod):
         self.expand_at_layer = expand_at_layer
         self.reuse_prefix = reuse_prefix
         self.settings = BottleneckSettings(
-            beta, steps, lr, initial_alpha, sigma, noise_draws, smoothing_truncate, self.inverse, seed
+            beta, steps, lr, initial_alpha, sigma, noise_draws, smoothing_truncate, self.inverse, seed,
+            smoothing_padding, map_from,
         )
 
     def configured_layers(self) -> list[str] | None:
@@ -333,8 +352,8 @@ class InverseIBA(_SingleLayerBottleneck):
 class MultiLayerResult:
     """Multi-layer IBA: the combined map, the binary intersection and the per-layer results."""
 
-    capacity: Tensor  # [B, 1, h, w] at the finest layer's resolution
-    mask: Tensor  # [B, 1, h, w] intersection of the thresholded maps
+    capacity: Tensor  # [B, 1, H, W] (input resolution) or [B, 1, h, w] (finest layer), see ``resolution``
+    mask: Tensor  # [B, 1, H, W] intersection of the thresholded maps
     layers: dict[str, BottleneckResult]
 
     @property
@@ -342,21 +361,42 @@ class MultiLayerResult:
         return self.capacity
 
 
+#: where Multi-layer IBA combines the layers' maps
+MULTILAYER_RESOLUTIONS = ("input", "finest")
+
+
+def rms_threshold(maps: Tensor, threshold: float) -> Tensor:
+    """The thresholding T of Multi-layer IBA: ``map ≥ threshold · RMS(map)`` per image, ``[B, 1, H, W]`` → bool.
+
+    The authors' code divides each map by its L2 norm over the image and keeps values ≥ 0.006 at 224² input
+    (CheXplain-IBA ``evaluation/gen_attribution_map.py``, ``filtered_mask``); ``map / ‖map‖₂ ≥ t`` is
+    ``map / RMS(map) ≥ t·√(H·W)``, so ``threshold`` = 0.006·224 = 1.344 reproduces their rule at any size. A map
+    that is zero everywhere keeps nothing, and with ``threshold > 0`` a zero pixel is never kept.
+    """
+    rms = maps.pow(2).mean((1, 2, 3), keepdim=True).sqrt()
+    return (rms > 0) & (maps >= threshold * rms)
+
+
 @register("multilayer_iba")
 class MultiLayerIBA(FeatureBottleneckMethod):
     """Multi-layer IBA (dissertation ch. 8 §2.3, Eq. 5): T(IBA_L1) ∩ … ∩ T(IBA_Ln).
 
-    Each layer's capacity map is upsampled (bilinear) to the finest layer's resolution and thresholded per
-    image at its ``threshold_quantile``; the output is the intersection times the finest layer's capacity
-    (``weight_by_finest=True``, so the map still ranks pixels) or the binary intersection.
-    ``layers=None`` takes the deepest module at each of the ``auto_layers`` deepest resolutions.
+    As in the authors' code (CheXplain-IBA ``filtered_mask``): every layer's IBA map is taken to the input
+    resolution as bits per pixel (``resolution="input"``, their ``_current_heatmap``; ``"finest"`` combines at the
+    finest layer's resolution instead), each coarser layer is thresholded with :func:`rms_threshold`
+    (``threshold`` 1.344 = their 0.006 on the L2-normalised 224² map), and the finest layer's map, not thresholded,
+    is multiplied by the intersection (``weight_by_finest=True``), so the result still ranks pixels.
+    ``weight_by_finest=False`` returns Eq. 5 literally: the binary intersection of every layer's thresholded map,
+    the finest included. ``layers=None`` takes the deepest module at each of the ``auto_layers`` deepest
+    resolutions (the authors insert bottlenecks after DenseNet-121's dense blocks 1, 2 and 3).
     """
 
     def __init__(
         self,
         layers: Sequence[str] | None = None,
-        threshold_quantile: float = 0.5,
+        threshold: float = 1.344,
         weight_by_finest: bool = True,
+        resolution: str = "input",
         auto_layers: int = 2,
         beta: float = 10.0,
         steps: int = 10,
@@ -364,7 +404,9 @@ class MultiLayerIBA(FeatureBottleneckMethod):
         initial_alpha: float = 5.0,
         sigma: float = 1.0,
         noise_draws: int = 10,
-        smoothing_truncate: float = 3.0,
+        smoothing_truncate: float = 2.0,
+        smoothing_padding: str = "reflect",
+        map_from: str = "last_forward",
         seed: int = 0,
         statistics: StatisticsLike = None,
         stats_samples: int = 5000,
@@ -374,14 +416,17 @@ class MultiLayerIBA(FeatureBottleneckMethod):
         active_threshold: float = 0.01,
     ) -> None:
         super().__init__(statistics, stats_samples, cache_dir, missing_statistics, min_std, active_threshold)
-        if not 0.0 <= threshold_quantile < 1.0:
-            raise ValueError(f"threshold_quantile must be in [0, 1), got {threshold_quantile}")
+        if not threshold > 0:
+            raise ValueError(f"threshold must be > 0 (a multiple of the map's RMS), got {threshold}")
+        if resolution not in MULTILAYER_RESOLUTIONS:
+            raise ValueError(f"resolution must be one of {MULTILAYER_RESOLUTIONS}, got {resolution!r}")
         self.layers = list(layers) if layers is not None else None
-        self.threshold_quantile = threshold_quantile
+        self.threshold = threshold
         self.weight_by_finest = weight_by_finest
+        self.resolution = resolution
         self.auto_layer_count = auto_layers
         self.settings = BottleneckSettings(beta, steps, lr, initial_alpha, sigma, noise_draws, smoothing_truncate,
-                                           False, seed)
+                                           False, seed, smoothing_padding, map_from)
 
     def configured_layers(self) -> list[str] | None:
         return self.layers
@@ -393,12 +438,13 @@ class MultiLayerIBA(FeatureBottleneckMethod):
             layer: self._bottleneck_at(model, layer, inputs, target, loss, self.settings)
             for layer in self.layers_for(model, inputs)
         }
-        finest = max(results.values(), key=lambda r: r.capacity.shape[-2] * r.capacity.shape[-1]).capacity
-        size = tuple(finest.shape[-2:])
+        finest_layer = max(results, key=lambda name: results[name].capacity[0, 0].numel())
+        size = tuple(inputs.shape[-2:] if self.resolution == "input" else results[finest_layer].capacity.shape[-2:])
+        maps = {name: capacity_per_input_pixel(result.capacity, size) for name, result in results.items()}
+        finest = maps[finest_layer]
         mask = torch.ones_like(finest, dtype=torch.bool)
-        for result in results.values():
-            resized = F.interpolate(result.capacity, size=size, mode="bilinear", align_corners=False)
-            threshold = torch.quantile(resized.flatten(1), self.threshold_quantile, dim=1)
-            mask &= resized >= threshold.view(-1, 1, 1, 1)
+        for name, resized in maps.items():
+            if name != finest_layer or not self.weight_by_finest:
+                mask &= rms_threshold(resized, self.threshold)
         combined = mask.to(finest.dtype) * finest if self.weight_by_finest else mask.to(finest.dtype)
         return MultiLayerResult(combined, mask, results)

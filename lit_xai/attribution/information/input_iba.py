@@ -257,7 +257,7 @@ class InputIBA(FeatureBottleneckMethod):
         self.layer = layer
         self.map_kind = map_kind
         self.feature_settings = BottleneckSettings(feature_beta, feature_steps, feature_lr, initial_alpha, sigma,
-                                                   noise_draws, 3.0, False, seed)
+                                                   noise_draws, seed=seed)  # IBA's blur and map rule
         self.gan_settings = GANSettings(
             gan_epochs, gan_target_samples, gan_batch_size, critic_lr, weight_clip, critic_steps, generator_mask_lr,
             generator_mean_lr, generator_std_lr, tuple(critic_hidden), critic_negative_slope, generator_init_scale,

@@ -25,9 +25,24 @@ ForwardFunction = Callable[[Tensor], Tensor]
 TaskLoss = Callable[[Tensor], Tensor]
 
 
+#: which mask the map is read from: the one of the last optimisation forward (Schulz et al.'s ``_current_heatmap``
+#: reads ``buffer_capacity``, filled by the last forward, i.e. after ``steps − 1`` Adam updates), or the mask after
+#: every update (lit_xai's earlier rule; one more step towards the optimum)
+MAP_SOURCES = ("last_forward", "final_update")
+
+
 @dataclass(frozen=True)
 class BottleneckSettings:
-    """Optimisation hyper-parameters (IBA defaults: β=10, 10 Adam steps at lr 1, α₀=5, σ=1, 10 noise draws)."""
+    """Optimisation hyper-parameters; every default is Schulz et al.'s (IBA paper §4 and the authors' code
+    ``per_sample_bottleneck.py`` / ``IBA/pytorch.py``, dissertation ch. 6 §3.1):
+
+    ``beta`` 10 (``beta=10``), ``steps`` 10 (``optimization_steps=10``), ``lr`` 1 (``torch.optim.Adam(lr=1)``),
+    ``initial_alpha`` 5 (``initial_alpha=5.0``), ``sigma`` 1 (``sigma=1.``), ``noise_draws`` 10 (``batch_size=10``:
+    the explained image repeated 10 times, one noise draw each), ``smoothing_truncate`` 2 and
+    ``smoothing_padding`` "reflect" (``kernel_size = int(round(2 * sigma)) * 2 + 1``, ``nn.ReflectionPad2d``),
+    ``map_from`` "last_forward" (the heatmap is the ``buffer_capacity`` of the last forward). ``inverse`` selects
+    Inverse IBA (dissertation ch. 8 Eq. 4); ``seed`` seeds the noise draws.
+    """
 
     beta: float = 10.0
     steps: int = 10
@@ -35,15 +50,30 @@ class BottleneckSettings:
     initial_alpha: float = 5.0
     sigma: float = 1.0
     noise_draws: int = 10
-    smoothing_truncate: float = 3.0
+    smoothing_truncate: float = 2.0
     inverse: bool = False
     seed: int = 0
+    smoothing_padding: str = "reflect"
+    map_from: str = "last_forward"
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.noise_draws < 1:
             raise ValueError(f"steps must be ≥ 0 and noise_draws ≥ 1, got {self.steps} and {self.noise_draws}")
         if self.beta < 0 or self.lr <= 0:
             raise ValueError(f"beta must be ≥ 0 and lr > 0, got beta={self.beta}, lr={self.lr}")
+        if self.map_from not in MAP_SOURCES:
+            raise ValueError(f"map_from must be one of {MAP_SOURCES}, got {self.map_from!r}")
+        GaussianSmoothing(self.sigma, self.smoothing_truncate, self.smoothing_padding)  # validates the blur
+
+    @property
+    def updates(self) -> int:
+        """Adam updates whose result the map shows: ``steps − 1`` for ``map_from="last_forward"`` (the last
+        update of the reference loop never reaches its heatmap, so it is skipped: same map, one step cheaper)."""
+        return max(self.steps - 1, 0) if self.map_from == "last_forward" else self.steps
+
+    def smoothing(self) -> GaussianSmoothing:
+        """The mask blur of these settings."""
+        return GaussianSmoothing(self.sigma, self.smoothing_truncate, self.smoothing_padding)
 
 
 class MaskAdam:
@@ -81,19 +111,20 @@ def optimise_mask(
     settings: BottleneckSettings,
     active: Tensor | None = None,
 ) -> Tensor:
-    """Optimise α for Z = λ·S + (1−λ)·ε, ε ~ N(noise_mean, noise_std²); returns the final α (detached).
+    """Optimise α for Z = λ·S + (1−λ)·ε, ε ~ N(noise_mean, noise_std²); returns α after ``settings.updates``
+    Adam updates (detached): the mask the map is read from.
 
     Loss per image (IBA, dissertation ch. 6 Eq. 4): task + β·mean KL. With ``settings.inverse`` (Inverse IBA,
     ch. 8 Eq. 4) the task term sees Z_inv = λ·ε + (1−λ)·S and is maximised: β·mean KL − task.
     ``active`` (broadcastable to one image's signal) zeroes inactive positions in Z and in the KL.
     """
     batch, draws = signal.shape[0], settings.noise_draws
-    smoothing = GaussianSmoothing(settings.sigma, settings.smoothing_truncate)
+    smoothing = settings.smoothing()
     alpha = torch.full_like(signal, settings.initial_alpha).requires_grad_(True)
     optimizer = MaskAdam(alpha, settings.lr)
     generator = torch.Generator(device=signal.device).manual_seed(settings.seed)
     source = signal.detach()[:, None] if active is None else (signal.detach() * active)[:, None]
-    for _ in range(settings.steps):
+    for _ in range(settings.updates):
         lam, one_minus_lam = mask_pair(alpha, smoothing)
         standard = torch.randn((draws, *signal.shape[1:]), generator=generator, device=signal.device,
                                dtype=signal.dtype)
@@ -116,4 +147,4 @@ def optimise_mask(
 
 def final_mask(alpha: Tensor, settings: BottleneckSettings) -> tuple[Tensor, Tensor]:
     """(λ, 1−λ) of optimised logits, smoothed as during the optimisation."""
-    return mask_pair(alpha, GaussianSmoothing(settings.sigma, settings.smoothing_truncate))
+    return mask_pair(alpha, settings.smoothing())

@@ -80,7 +80,9 @@ class RegressionIBA(FeatureBottleneckMethod):
         initial_alpha: float = 5.0,
         sigma: float = 1.0,
         noise_draws: int = 10,
-        smoothing_truncate: float = 3.0,
+        smoothing_truncate: float = 2.0,
+        smoothing_padding: str = "reflect",
+        map_from: str = "last_forward",
         seed: int = 0,
         statistics: StatisticsLike = None,
         stats_samples: int = 5000,
@@ -97,7 +99,7 @@ class RegressionIBA(FeatureBottleneckMethod):
         self.target_value = target_value
         self._values: Tensor | None = None  # per-call regression targets set by explain()
         self.settings = BottleneckSettings(beta, steps, lr, initial_alpha, sigma, noise_draws, smoothing_truncate,
-                                           inverse, seed)
+                                           inverse, seed, smoothing_padding, map_from)
 
     def configured_layers(self) -> list[str] | None:
         return [self.layer] if self.layer is not None else None

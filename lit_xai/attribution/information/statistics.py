@@ -2,11 +2,14 @@
 
 Welford's streaming mean/variance over a sample of training inputs (Schulz et al. use 5-10k samples),
 merged across DDP ranks with Chan's parallel formula, and cached on disk under a key made of the model
-weights, the layer and the sample count, so a second run (or a second rank) reuses the estimate.
+weights, the data (a fingerprint of the loader's first batch), the layer and the sample count, so a second run
+(or a second rank) reuses the estimate and other data or weights never do.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +21,7 @@ from torch import Tensor, nn
 
 from lit_xai.attribution.base import AttributionError, preserved_model_state
 from lit_xai.attribution.information.layer_hooks import layer_output, model_device, resolve_layer
-from lit_xai.storage import atomic_torch_save, weights_fingerprint
+from lit_xai.storage import atomic_torch_save, load_or_discard, weights_fingerprint
 
 
 @dataclass
@@ -128,10 +131,40 @@ class FeatureStatistics:
         return cls(state["mean"], state["std"], state["active"], int(state["num_samples"]))
 
 
-def cache_path(cache_dir: str | Path, model: nn.Module, layer: str, max_samples: int) -> Path:
-    """``<cache_dir>/iba_stats-<weights hash[:16]>-<layer>-n<max_samples>.pt``."""
+def cache_path(cache_dir: str | Path, model: nn.Module, layer: str, max_samples: int, data_key: str) -> Path:
+    """``<cache_dir>/iba_stats-<weights hash[:16]>-<data_key>-<layer>-n<max_samples>.pt``."""
     safe_layer = "".join(c if c.isalnum() or c in "._-" else "_" for c in layer)
-    return Path(cache_dir) / f"iba_stats-{weights_fingerprint(model, chars=16)}-{safe_layer}-n{max_samples}.pt"
+    return Path(cache_dir) / (
+        f"iba_stats-{weights_fingerprint(model, chars=16)}-{data_key}-{safe_layer}-n{max_samples}.pt"
+    )
+
+
+def data_fingerprint(images: Tensor, chars: int = 16) -> str:
+    """SHA-256 (first ``chars`` hex digits) of a batch of images: dtype, shape and bytes. The first batch of a
+    training loader identifies its data, normalisation and (seeded) order; lit_xai's DataModules shuffle with a
+    seeded generator, so the same DataModule gives the same key in every run."""
+    tensor = images.detach().cpu().contiguous()
+    digest = hashlib.sha256(f"{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+    digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:chars]
+
+
+def peek_first_batch(loader: Iterable[Any]) -> tuple[Iterable[Any], Any]:
+    """The loader's first batch and a loader that still yields it (a one-shot iterator is chained back)."""
+    iterator = iter(loader)
+    first = next(iterator, None)
+    if first is None:
+        raise AttributionError("the loader yielded no batches: cannot estimate feature statistics")
+    return (itertools.chain([first], iterator) if iterator is loader else loader), first
+
+
+def shared_key(key: str) -> str:
+    """Rank 0's ``key`` on every DDP rank (ranks see different shards, so their first batches differ)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return key
+    holder = [key]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
 
 
 def batch_images(batch: Any) -> Tensor:
@@ -177,13 +210,18 @@ def estimate_feature_statistics(
 ) -> FeatureStatistics:
     """μ_R, σ_R and active mask of ``layer`` over ≤ ``max_samples`` loader samples, merged over DDP ranks.
 
-    With ``cache_dir`` the result is loaded from / saved to a file keyed by the weights hash, the layer and
-    ``max_samples``; under DDP each rank streams ``max_samples / world_size`` samples of its shard, the
-    states are merged with ``all_gather`` and rank 0 writes the file (atomically).
+    With ``cache_dir`` the result is loaded from / saved to a file keyed by the weights hash, the data
+    (:func:`data_fingerprint` of the first batch, rank 0's under DDP), the layer and ``max_samples``; under DDP
+    each rank streams ``max_samples / world_size`` samples of its shard, the states are merged with
+    ``all_gather`` and rank 0 writes the file (atomically).
     """
-    path = cache_path(cache_dir, model, layer, max_samples) if cache_dir is not None else None
-    if path is not None and path.is_file():
-        return FeatureStatistics.from_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    path = None
+    if cache_dir is not None:
+        loader, first = peek_first_batch(loader)
+        path = cache_path(cache_dir, model, layer, max_samples, shared_key(data_fingerprint(batch_images(first))))
+    cached = load_or_discard(path) if path is not None else None  # a corrupt file is reported and recomputed
+    if cached is not None:
+        return FeatureStatistics.from_state_dict(cached)
     distributed = dist.is_available() and dist.is_initialized()
     world = dist.get_world_size() if distributed else 1
     per_rank = -(-max_samples // world)  # each rank streams its share of the sample budget
