@@ -58,7 +58,7 @@ from lit_xai.metrics.baselines import baseline_images
 from lit_xai.metrics.localisation import EffectiveHeatRatio
 from lit_xai.metrics.perturbation import pixel_ranks, step_counts, target_outputs
 from lit_xai.models.classifier import ClassifierModule
-from lit_xai.storage import atomic_torch_save, weights_fingerprint
+from lit_xai.storage import atomic_torch_save, load_or_discard, weights_fingerprint
 
 SECTIONS = ("scores", "sweep", "two_objects")
 SWEEP_LAYERS = ("features.2", "features.6", "features.10")  # the ReLU outputs of digits_cnn: 32², 16², 8²
@@ -173,12 +173,11 @@ class ChunkedMaps:
             part = slice(start, start + self.chunk)
             name = json.dumps([self.fingerprint, key, self.indices[part].tolist()], sort_keys=True)
             path = self.cache / f"{hashlib.sha256(name.encode()).hexdigest()[:24]}.pt"
-            if path.is_file():
-                entry = torch.load(path, weights_only=True)
-            elif number % self.shard[1] != self.shard[0]:
+            entry = load_or_discard(path)  # a corrupt chunk is reported, deleted and recomputed
+            if entry is None and number % self.shard[1] != self.shard[0]:
                 complete = False
                 continue
-            else:
+            if entry is None:
                 method = method or make_method()
                 t0 = time.perf_counter()
                 entry = {"maps": post(method(self.model, self.x[part], self.y[part])).detach(),

@@ -4,7 +4,8 @@ Layout: ``<root>/<scenario>-<key>/`` with ``manifest.json`` and ``chunk_<index>.
 that determines the scenes (model fingerprint = SHA-256 of the ``state_dict``, generation config, seed, class
 count, chunk size), so a changed model or setting never reuses stale scenes. Chunk ``c`` holds the verified
 scenes among scene ids ``[c·chunk_size, (c+1)·chunk_size)``; a run that is interrupted resumes at the first
-missing chunk. Every file is written to a temporary name and renamed (atomic on POSIX).
+missing chunk. Every file is written to a temporary name and renamed (atomic on POSIX); chunks carry a SHA-256 of
+their content, so a truncated or altered chunk is reported, dropped from the manifest and generated again.
 """
 
 from __future__ import annotations
@@ -12,16 +13,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from lit_xai.axioms.generation import GenerationConfig, GenerationResult, SceneBatch, SceneGenerator
 from lit_xai.axioms.scenarios import get_scenario
-from lit_xai.storage import atomic_torch_save, atomic_write_json, weights_fingerprint
+from lit_xai.storage import atomic_torch_save, atomic_write_json, is_intact, load_checked, weights_fingerprint
 
 
 class SceneStore:
@@ -66,9 +67,21 @@ class SceneStore:
         return self.directory / f"chunk_{index:05d}.pt"
 
     def manifest(self) -> dict[str, Any]:
+        """The stored manifest without the chunks whose file is missing or corrupt (those are generated again)."""
+        manifest: dict[str, Any] = {**self.identity, "chunks": {}}
         if self.manifest_path.is_file():
-            return json.loads(self.manifest_path.read_text())
-        return {**self.identity, "chunks": {}}
+            try:
+                manifest = json.loads(self.manifest_path.read_text())
+            except ValueError as error:
+                warnings.warn(
+                    f"scene manifest {self.manifest_path} is unreadable ({error}); its chunks are generated again",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        manifest["chunks"] = {
+            index: entry for index, entry in manifest["chunks"].items() if is_intact(self._chunk_path(int(index)))
+        }
+        return manifest
 
     def _write_manifest(self, manifest: dict[str, Any]) -> None:
         atomic_write_json(self.manifest_path, manifest)
@@ -78,7 +91,7 @@ class SceneStore:
         manifest = self.manifest()
         batches = []
         for index in sorted(manifest["chunks"], key=int):
-            data = torch.load(self._chunk_path(int(index)), map_location="cpu", weights_only=True)
+            data = load_checked(self._chunk_path(int(index)))
             batches.append(SceneBatch.from_dict({**data, "scenario": self.scenario}))
         batches = [b for b in batches if len(b)]
         return SceneBatch.cat(batches, self.scenario) if batches else None

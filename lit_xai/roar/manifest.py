@@ -10,6 +10,8 @@ never write the same file; :func:`merge_manifests` reads them all back.
 from __future__ import annotations
 
 import json
+import os
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,15 @@ class Manifest:
         self.path = Path(directory) / f"manifest-shard{shard_index}of{shard_count}.json"
         self.fingerprint = fingerprint
         self.cells: dict[str, dict[str, Any]] = {}
+        if self.path.exists() and not _readable(self.path):
+            corrupt = self.path.with_name(self.path.name + ".corrupt")
+            os.replace(self.path, corrupt)
+            warnings.warn(
+                f"manifest {self.path} is not a complete manifest (truncated or altered); moved it to {corrupt.name} "
+                "and starting this shard's bookkeeping afresh: its cells are retrained",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         if self.path.exists():
             stored = read_fingerprint(self.path)
             if stored != fingerprint:
@@ -59,12 +70,20 @@ class Manifest:
         atomic_write_json(self.path, {"fingerprint": self.fingerprint, "cells": self.cells})
 
 
+def _readable(path: Path) -> bool:
+    try:
+        read_manifest(path)
+    except ValueError:
+        return False
+    return True
+
+
 def read_manifest(path: str | Path) -> dict[str, dict[str, Any]]:
     """The ``{cell_key: result}`` mapping of one manifest file."""
     path = Path(path)
     try:
         payload = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"manifest {path} is not valid JSON ({error}); it was not written by this pipeline") from error
     if not isinstance(payload, dict) or not isinstance(payload.get("cells"), dict):
         raise ValueError(f"manifest {path} has no 'cells' mapping")

@@ -11,9 +11,11 @@ channels together; ``sum`` keeps the sign), bilinearly upsampled to H×W if the 
 (GradCAM), and divided by its own max |·|: ranking within an image is invariant to that positive scale, and it
 keeps float16 from flushing small gradients to zero (which would create ties).
 
-A shard file exists only when complete (written to a temp file, then renamed), so an interrupted run resumes
-at the first missing shard. The shard jobs of all (method, split) pairs are numbered; under DDP job ``j`` is
-computed by rank ``j % world_size`` (:class:`MapComputation`, run with ``Trainer.predict``).
+A shard file exists only when complete (written to a temp file, then renamed) and carries a SHA-256 of its content
+(:func:`lit_xai.storage.atomic_torch_save`), so an interrupted run resumes at the first missing shard and a
+truncated or altered shard is reported, deleted and recomputed instead of being read. The shard jobs of all
+(method, split) pairs are numbered; under DDP job ``j`` is computed by rank ``j % world_size``
+(:class:`MapComputation`, run with ``Trainer.predict``).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from lit_xai.attribution import build
 from lit_xai.attribution.postprocess import reduce_channels
 from lit_xai.data.base import UnpaddedDistributedSampler
-from lit_xai.storage import atomic_torch_save, atomic_write_json
+from lit_xai.storage import atomic_torch_save, atomic_write_json, is_intact, load_checked
 
 SPLITS = ("train", "val", "test")
 
@@ -116,7 +118,8 @@ class MapCache:
         ]
 
     def is_done(self, job: MapJob) -> bool:
-        return self.shard_path(job.spec, job.split, job.shard).exists()
+        """Whether the shard is on disk and intact (a corrupt shard is reported and deleted, so it is recomputed)."""
+        return is_intact(self.shard_path(job.spec, job.split, job.shard))
 
     def compute(self, job: MapJob, model: nn.Module, dataset: Dataset, batch_size: int = 128) -> None:
         """Compute and atomically store one shard (explaining each sample's predicted class)."""
@@ -144,7 +147,7 @@ class MapCache:
                 f"maps of {spec.display}/{split} are incomplete: shards {missing} missing in "
                 f"{self.split_directory(spec, split)}; run the 'maps' stage first"
             )
-        parts = [torch.load(self.shard_path(spec, split, j.shard), weights_only=True)["maps"] for j in jobs]
+        parts = [load_checked(self.shard_path(spec, split, j.shard))["maps"] for j in jobs]
         return torch.cat(parts)
 
 

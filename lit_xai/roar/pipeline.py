@@ -31,7 +31,7 @@ from lit_xai.roar.manifest import Manifest, find_manifests, merge_manifests
 from lit_xai.roar.map_cache import SPLITS, MapCache, MapComputation, MapJob, MethodSpec
 from lit_xai.roar.removal import PixelRemoval, rank_order
 from lit_xai.roar.summary import CurvePoint, MethodAUC, log_to_wandb, plot_curves, summarize, write_csv
-from lit_xai.storage import atomic_torch_save, atomic_write_json, weights_fingerprint
+from lit_xai.storage import atomic_torch_save, atomic_write_json, is_intact, load_checked, weights_fingerprint
 
 #: Trainer options that decide *where* maps are computed; the rest (epochs, batch limits) only concern training.
 PLACEMENT_OPTIONS = ("accelerator", "devices", "strategy", "num_nodes", "precision")
@@ -152,7 +152,7 @@ class RoarPipeline:
         return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def has_source(self) -> bool:
-        return self.source_checkpoint is not None or self.source_weights_path.exists()
+        return self.source_checkpoint is not None or is_intact(self.source_weights_path)
 
     # ------------------------------------------------------------------------------------------------ stages
     def source_model(self, train_if_missing: bool = True) -> ClassifierModule:
@@ -163,8 +163,8 @@ class RoarPipeline:
             self._source = ClassifierModule(**{**self.model_kwargs, "weights": self.source_checkpoint})
             return self._source
         module = ClassifierModule(**self.model_kwargs)
-        if self.source_weights_path.exists():
-            module.net.load_state_dict(torch.load(self.source_weights_path, weights_only=True))
+        if is_intact(self.source_weights_path):
+            module.net.load_state_dict(load_checked(self.source_weights_path))
         elif not train_if_missing:
             raise FileNotFoundError(
                 f"no source model at {self.source_weights_path}: run --stage source first (or set source_checkpoint)"
