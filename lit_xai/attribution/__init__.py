@@ -17,6 +17,7 @@ from lit_xai.attribution import (  # noqa: F401  (importing registers the method
     pathway_grad,
     pruning,
     random_map,
+    rise,
 )
 from lit_xai.attribution.base import AttributionError, AttributionMethod
 from lit_xai.attribution.registry import available, build, get_class, register

@@ -99,3 +99,25 @@ def test_gradient_shap_is_complete_in_expectation(reused_relu_net, images):
     with torch.no_grad():
         gap = reused_relu_net(images[:2])[[0, 1], TARGET[:2]] - reused_relu_net(background)[:, TARGET[:2]].mean(0)
     torch.testing.assert_close(maps.sum((1, 2, 3)), gap, rtol=0.05, atol=0.05)
+
+
+def test_rise_matches_the_reference_code_formula(foreign_net, images):
+    """The authors' mask construction (``skimage.transform.resize(order=1, mode='reflect')`` of each grid, crop at
+    the shift) and Eq. 6 summed one mask and one image at a time, fed our seeded grids and shifts.
+    Tolerance: 1e-5 relative (float32 sums in another order)."""
+    from skimage.transform import resize
+
+    method = build("rise", num_masks=40, mask_resolution=5, max_batch=37)
+    ours = method(foreign_net, images, TARGET)
+    grids, shifts = method.grids_and_shifts((16, 16))
+    cell = int(np.ceil(16 / 5))
+    expected = torch.zeros(6, 1, 16, 16)
+    with torch.no_grad():
+        for grid, (dh, dw) in zip(grids.numpy(), shifts.tolist()):
+            mask = resize(grid, (6 * cell, 6 * cell), order=1, mode="reflect", anti_aliasing=False)
+            mask = torch.as_tensor(mask[dh : dh + 16, dw : dw + 16], dtype=torch.float32)
+            for b in range(6):
+                prob = foreign_net(images[b : b + 1] * mask).softmax(1)[0, TARGET[b]]
+                expected[b, 0] += prob * mask
+    expected /= 40 * 0.5
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
