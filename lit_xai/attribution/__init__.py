@@ -18,6 +18,7 @@ from lit_xai.attribution import (  # noqa: F401  (importing registers the method
     pruning,
     random_map,
     rise,
+    surrogate,
 )
 from lit_xai.attribution.base import AttributionError, AttributionMethod
 from lit_xai.attribution.registry import available, build, get_class, register

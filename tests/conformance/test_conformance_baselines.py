@@ -121,3 +121,50 @@ def test_rise_matches_the_reference_code_formula(foreign_net, images):
                 expected[b, 0] += prob * mask
     expected /= 40 * 0.5
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
+
+
+def _captum_surrogate_per_image(explainer, images, samples, **kwargs):
+    """Run a Captum Lime/KernelShap explainer image by image, fed our coalitions in our order."""
+
+    def ours(original, **_):
+        for sample in samples:
+            yield sample[None].long()
+
+    explainer.perturb_func = ours
+    return torch.cat([
+        explainer.attribute(images[b : b + 1], target=int(TARGET[b]), n_samples=len(samples), **kwargs)
+        for b in range(len(images))
+    ])
+
+
+def test_lime_matches_captum_with_the_same_segments_samples_and_kernel(foreign_net, images):
+    """Captum ``Lime`` with the lime package's regressor (sklearn ``Ridge(alpha=1)``), our kernel on the
+    interpretable sample, our 4 × 4 patch grid as ``feature_mask`` and our coalitions; probabilities as outputs.
+    Tolerance: 1e-4 relative + 1e-5 absolute (float32 model outputs, float64 vs sklearn solver)."""
+    from captum._utils.models.linear_model import SkLearnLinearModel
+    from captum.attr import Lime as CaptumLime
+
+    method = build("lime", n_samples=60, grid=4, max_batch=50)
+    ours = method(foreign_net, images, TARGET)
+    samples = method.coalitions(16, 60)
+    mask = method.segments(images)
+    explainer = CaptumLime(lambda x: foreign_net(x).softmax(1),
+                           interpretable_model=SkLearnLinearModel("linear_model.Ridge", alpha=1.0),
+                           similarity_func=lambda original, perturbed, sample, **_: method.kernel(sample.float()))
+    theirs = _captum_surrogate_per_image(explainer, images, samples, feature_mask=mask[None, None])
+    torch.testing.assert_close(ours, theirs[:, :1], rtol=1e-4, atol=1e-5)
+    assert bool((theirs[:, :1] == theirs).all())
+
+
+def test_kernel_shap_matches_captum_with_the_same_segments_and_samples(foreign_net, images):
+    """Captum ``KernelShap`` (its Shapley weights, ``LinearRegression``) on our 3 × 3 grid and coalitions.
+    Tolerance: 1e-3 relative + 1e-4 absolute (the 1e6 weights of the empty/full coalitions amplify round-off)."""
+    from captum.attr import KernelShap as CaptumKernelShap
+
+    method = build("kernel_shap", n_samples=80, grid=3, max_batch=64)
+    ours = method(foreign_net, images, TARGET)
+    samples = method.coalitions(9, 80)
+    assert samples[0].all() and not samples[1].any()
+    theirs = _captum_surrogate_per_image(CaptumKernelShap(foreign_net), images, samples,
+                                         feature_mask=method.segments(images)[None, None])
+    torch.testing.assert_close(ours, theirs[:, :1], rtol=1e-3, atol=1e-4)
