@@ -15,7 +15,8 @@ from lit_xai.axioms.scenarios import PLACEMENT_UNIFORMS, paste, patch_masks, pla
 from lit_xai.axioms.store import SceneStore
 from lit_xai.storage import weights_fingerprint as model_fingerprint
 
-SMALL_DECODER = DecoderConfig(noise_channels=4, channels=(4, 8), skip_channels=(0, 2))
+SMALL_DECODER = DecoderConfig(noise_channels=4, channels=(4, 8), skip_channels=(0, 2), down_kernel_sizes=(5, 3),
+                              up_kernel_sizes=(5, 3))  # the reference's first two levels
 
 
 def test_decoder_reference_geometry_and_shapes() -> None:
@@ -25,11 +26,29 @@ def test_decoder_reference_geometry_and_shapes() -> None:
     out = ref()
     assert out.shape == (1, 3, 86, 86) and bool(((out > 0) & (out < 1)).all())
     with pytest.raises(ValueError, match="multiple of"):
-        BatchedDeepImagePrior([0], patch_size=8, channels=(4, 8), skip_channels=(0, 2), noise_size=30)
+        BatchedDeepImagePrior([0], patch_size=8, channels=(4, 8), skip_channels=(0, 2), noise_size=30,
+                              down_kernel_sizes=(5, 3), up_kernel_sizes=(5, 3))
+    with pytest.raises(ValueError, match="one odd kernel size per level"):
+        BatchedDeepImagePrior([0], patch_size=8, channels=(4, 8), skip_channels=(0, 2))
+
+
+def test_decoder_kernels_are_the_authors_skip_net() -> None:
+    """Issue 19 item 14: every level convolution was 3×3; the authors' ``skip_net`` (Do-Explanations-Explain
+    ``networks.py``) uses filter_size_down = [5, 3, 5, 5, 3, 5], filter_size_up = [5, 3, 5, 3, 5, 3], 1×1 skips and
+    a 1×1 convolution after every up block."""
+    ref = BatchedDeepImagePrior([0], patch_size=86, channels=(2,) * 6, skip_channels=(0,) + (1,) * 5, noise_channels=2)
+    assert DecoderConfig().down_kernel_sizes == ref.down_kernel_sizes == (5, 3, 5, 5, 3, 5)
+    assert DecoderConfig().up_kernel_sizes == ref.up_kernel_sizes == (5, 3, 5, 3, 5, 3)
+    for level, params in enumerate(ref.levels):
+        assert params["down1_weight"].shape[-1] == params["down2_weight"].shape[-1] == ref.down_kernel_sizes[level]
+        assert params["up1_weight"].shape[-1] == ref.up_kernel_sizes[level]
+        assert params["up2_weight"].shape[-1] == 1 and ("skip_weight" not in params or
+                                                        params["skip_weight"].shape[-1] == 1)
 
 
 def test_decoder_members_are_independent_and_batch_invariant() -> None:
-    kwargs = dict(patch_size=6, out_channels=1, noise_channels=3, channels=(4, 8), skip_channels=(0, 2))
+    kwargs = dict(patch_size=6, out_channels=1, noise_channels=3, channels=(4, 8), skip_channels=(0, 2),
+                  down_kernel_sizes=(5, 3), up_kernel_sizes=(5, 3))
     batched = BatchedDeepImagePrior([11, 22, 33], **kwargs)
     alone = BatchedDeepImagePrior([22], **kwargs)
     torch.testing.assert_close(batched()[1:2], alone(), atol=1e-5, rtol=1e-5)
@@ -240,7 +259,8 @@ def test_axioms_command_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         "--generation.min_iterations", "10", "--generation.drive_threshold", "0.0",
         "--generation.independence_threshold", "1.0",
         "--generation.decoder.noise_channels", "2", "--generation.decoder.channels", "[2, 4]",
-        "--generation.decoder.skip_channels", "[0, 1]",
+        "--generation.decoder.skip_channels", "[0, 1]", "--generation.decoder.down_kernel_sizes", "[5, 3]",
+        "--generation.decoder.up_kernel_sizes", "[5, 3]",
         "--num_scenes", "3", "--chunk_size", "3", "--methods", "[gradient, gradcam, random]",
         "--layer_sweep.methods", "[gradcam]", "--layer_sweep.layers", "[features.2, features.6]",
         "--output_dir", str(tmp_path / "out"), "--progress", "false", "--threads", "1",
@@ -255,3 +275,52 @@ def test_axioms_command_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert (out / "axioms_layers.csv").is_file() and (out / "generation.csv").is_file()
     assert (out / "examples_null_feature.png").is_file() and (out / "axioms_table.png").is_file()
     assert list((out / "wandb").glob("offline-run-*"))
+
+
+def test_axioms_command_fits_iba_statistics_on_the_training_data_and_reuses_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19 item 9: the command ran IBA on the statistics of the explained batch (it warned "no feature
+    statistics"); now they are estimated on the host model's training DataModule, cached by weights + data + layer
+    and reused on a rerun. Without a DataModule an IBA-family method is refused with a clear error."""
+    import warnings
+
+    from lit_xai.attribution.information import statistics
+    from lit_xai.axioms.command import main
+    from lit_xai.models.backbones import build_backbone
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    weights = tmp_path / "net.pt"
+    torch.save(build_backbone("digits_cnn", num_classes=4, in_chans=1).state_dict(), weights)
+    args = [
+        "--model.name", "digits_cnn", "--model.num_classes", "4", "--model.in_chans", "1",
+        "--model.weights", str(weights),
+        "--generation.image_size", "16", "--generation.patch_size", "6", "--generation.mean", "[0.5]",
+        "--generation.std", "[0.5]", "--generation.iterations", "12", "--generation.warmup_iterations", "4",
+        "--generation.min_iterations", "10", "--generation.drive_threshold", "0.0",
+        "--generation.independence_threshold", "1.0",
+        "--generation.decoder.noise_channels", "2", "--generation.decoder.channels", "[2, 4]",
+        "--generation.decoder.skip_channels", "[0, 1]", "--generation.decoder.down_kernel_sizes", "[5, 3]",
+        "--generation.decoder.up_kernel_sizes", "[5, 3]",
+        "--scenarios", "[null_feature]", "--num_scenes", "2", "--chunk_size", "2", "--methods", "[iba]",
+        "--method_kwargs", '{"iba": {"steps": 2, "noise_draws": 2, "stats_samples": 48}}',
+        "--output_dir", str(tmp_path / "out"), "--progress", "false", "--threads", "1", "--wandb.enabled", "false",
+    ]
+    with pytest.raises(ValueError, match="needs feature statistics of the host model's training data"):
+        main(args)
+    data = ["--data.class_path", "lit_xai.data.DigitsDataModule",
+            "--data.init_args", '{"image_size": 16, "batch_size": 16, "mean": [0.5], "std": [0.5]}']
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(args + data)
+    assert not [w for w in caught if "feature statistics" in str(w.message)]
+    cached = list((tmp_path / "out" / "iba_stats").glob("iba_stats-*.pt"))
+    assert len(cached) == 1 and cached[0].name.endswith("-n48.pt")
+    first = (tmp_path / "out" / "axioms_table.csv").read_text()
+
+    def fail(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("feature statistics recomputed despite the cache")
+
+    monkeypatch.setattr(statistics, "welford_over_loader", fail)
+    main(args + data)
+    assert (tmp_path / "out" / "axioms_table.csv").read_text() == first

@@ -9,11 +9,17 @@ missing chunks, resuming an interrupted run), then explains them with every meth
   achieved output-change ratios (mean |ΔΦ| / min(|Φ_with|, |Φ_without|) over the independence terms);
 - ``<output_dir>/examples_<scenario>.png``: example scenes with every method's maps;
 - the same table, images and generation statistics in a W&B run under ``<output_dir>`` (offline by default).
+
+Methods that need feature statistics (the IBA family) get them from the host model's training data
+(``data.class_path`` / ``data.init_args``, a DataModule as in the model's fit config), estimated once per layer and
+cached under ``stats_cache_dir`` keyed by weights, data and layer; without ``data`` they are refused rather than
+run on the statistics of the explained batch (a poor prior).
 """
 
 from __future__ import annotations
 
 import csv
+import importlib
 import os
 import time
 from pathlib import Path
@@ -22,6 +28,8 @@ from typing import Any, Literal
 import torch
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
+from lit_xai.attribution.base import AttributionMethod
+from lit_xai.attribution.information.iba import FeatureBottleneckMethod
 from lit_xai.axioms.evaluation import EXPLAINED_SLOTS, Reduction, make_metric, scene_maps, update_metric
 from lit_xai.axioms.generation import GenerationConfig, SceneBatch
 from lit_xai.axioms.scenarios import SCENARIOS
@@ -45,6 +53,11 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--model.num_classes", type=int, default=10)
     parser.add_argument("--model.in_chans", type=int, default=3)
     parser.add_argument("--model.weights", type=str | None, default=None, help="local state_dict / checkpoint")
+    parser.add_argument("--data.class_path", type=str | None, default=None,
+                        help="the host model's training DataModule (feature statistics of the IBA family)")
+    parser.add_argument("--data.init_args", type=dict[str, Any], default={})
+    parser.add_argument("--stats_cache_dir", type=str | None, default=None,
+                        help="feature-statistics cache (default <output_dir>/iba_stats)")
     parser.add_argument("--generation", type=GenerationConfig, default=GenerationConfig())
     parser.add_argument("--scenarios", type=list[str], default=list(SCENARIOS))
     parser.add_argument("--num_scenes", type=int, default=20, help="verified scenes per scenario")
@@ -112,17 +125,49 @@ def generate_all(cfg: Namespace, model: torch.nn.Module) -> tuple[dict[str, Scen
     return scenes, stats
 
 
+def load_datamodule(cfg: Namespace) -> Any:
+    """The host model's training DataModule from ``data.class_path`` / ``data.init_args`` (``None`` if unset)."""
+    if not cfg.data.class_path:
+        return None
+    module_name, _, class_name = cfg.data.class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ValueError(f"axioms: data.class_path {cfg.data.class_path!r} cannot be imported: {error}") from None
+    return cls(**cfg.data.init_args)
+
+
+def build_method(
+    method_name: str, method_kwargs: dict[str, Any], model: torch.nn.Module, cfg: Namespace, datamodule: Any
+) -> AttributionMethod:
+    """The method; an IBA-family method is fitted on the host model's training data (statistics cached on disk)."""
+    from lit_xai.attribution import build
+
+    method = build(method_name, **method_kwargs)
+    if not isinstance(method, FeatureBottleneckMethod):
+        return method
+    if datamodule is None:
+        raise ValueError(
+            f"axioms: method {method_name!r} needs feature statistics of the host model's training data; set "
+            "data.class_path and data.init_args (the DataModule of the model's fit config, e.g. "
+            "configs/axioms_digits_model.yaml)"
+        )
+    cache_dir = cfg.stats_cache_dir or str(Path(cfg.output_dir) / "iba_stats")
+    method = build(method_name, **{"cache_dir": cache_dir, "missing_statistics": "error", **method_kwargs})
+    method.setup(model, datamodule)
+    return method
+
+
 def score(
     method_name: str,
     method_kwargs: dict[str, Any],
     model: torch.nn.Module,
     scenes: SceneBatch,
     cfg: Namespace,
+    datamodule: Any = None,
 ) -> tuple[float, torch.Tensor]:
     """The scenario metric for one method, and its maps ``[N, T, H, W]``."""
-    from lit_xai.attribution import build
-
-    method = build(method_name, **method_kwargs)
+    method = build_method(method_name, method_kwargs, model, cfg, datamodule)
     reduction: Reduction = cfg.reduction
     maps = scene_maps(method, model, scenes, cfg.generation, reduction, cfg.eval_batch_size, cfg.device)
     metric = make_metric(scenes.scenario, cfg.correlation)
@@ -138,34 +183,29 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _table_png(path: Path, rows: list[dict[str, Any]], title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # an object-oriented figure: no pyplot state, no backend switch
 
     columns = list(rows[0])
     cells = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()] for row in rows]
-    fig, ax = plt.subplots(figsize=(1.9 * len(columns), 0.45 * (len(rows) + 2)))
+    fig = Figure(figsize=(1.9 * len(columns), 0.45 * (len(rows) + 2)))
+    ax = fig.subplots()
     ax.axis("off")
     ax.table(cellText=cells, colLabels=columns, loc="center").auto_set_font_size(True)
     ax.set_title(title)
     fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
 
 
 def _examples_png(path: Path, scenes: SceneBatch, maps: dict[str, torch.Tensor], cfg: Namespace) -> None:
     """Rows: example scene × explained class; columns: the image (patches outlined) and each method's map."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
     count = min(cfg.num_examples, len(scenes))
     slots = EXPLAINED_SLOTS[scenes.scenario]
     images = scenes.select(slice(0, count)).images()
     rows, cols = count * len(slots), 1 + len(maps)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 1.8 * rows), squeeze=False)
+    fig = Figure(figsize=(1.8 * cols, 1.8 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for i in range(count):
         for t, slot in enumerate(slots):
             r = i * len(slots) + t
@@ -185,7 +225,6 @@ def _examples_png(path: Path, scenes: SceneBatch, maps: dict[str, torch.Tensor],
         ax.set_yticks([])
     fig.suptitle(f"{scenes.scenario} (green: first patch, red: second)", fontsize=8)
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
 
 
 def run(cfg: Namespace) -> dict[str, Any]:
@@ -196,6 +235,7 @@ def run(cfg: Namespace) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = load_model(cfg)
+    datamodule = load_datamodule(cfg)
     start = time.perf_counter()
     scenes, gen_stats = generate_all(cfg, model)
     generation_seconds = time.perf_counter() - start
@@ -209,7 +249,7 @@ def run(cfg: Namespace) -> dict[str, Any]:
         row: dict[str, Any] = {"method": name}
         for scenario in cfg.scenarios:
             row[scenario], all_maps[scenario][name] = score(name, cfg.method_kwargs.get(name, {}), model,
-                                                            scenes[scenario], cfg)
+                                                            scenes[scenario], cfg, datamodule)
         table.append(row)
     _write_csv(out / "axioms_table.csv", table)
     _table_png(out / "axioms_table.png", table, "axiom framework (null/class sensitivity: lower is better; "
@@ -225,7 +265,7 @@ def run(cfg: Namespace) -> dict[str, Any]:
             for name in sweep.methods:
                 for layer in sweep.layers:
                     kwargs = {**cfg.method_kwargs.get(name, {}), sweep.argument: layer}
-                    row[f"{name}@{layer}"] = score(name, kwargs, model, scenes[scenario], cfg)[0]
+                    row[f"{name}@{layer}"] = score(name, kwargs, model, scenes[scenario], cfg, datamodule)[0]
             layer_rows.append(row)
         _write_csv(out / "axioms_layers.csv", layer_rows)
         _table_png(out / "axioms_layers.png", layer_rows, "layer sweep (lower is better)")

@@ -2,8 +2,10 @@
 
 Each patch is the output of an untrained encoder–decoder with skip connections (Ulyanov et al.'s ``skip``
 network) fed a fixed noise tensor; the optimisation runs over the decoder's weights, not the pixels.
-Reference configuration: 32 noise channels, depth 6 with 16…128 channels, 4-channel skips, average-pool
-down, bilinear up, a final 3×3 stride-3 convolution + sigmoid mapping a 256² noise input to an 86² patch.
+Reference configuration (the authors' ``networks.py::skip_net`` in CAMP-eXplain-AI/Do-Explanations-Explain): 32 noise
+channels, depth 6 with 16…128 channels, 4-channel 1×1 skips, down kernels 5, 3, 5, 5, 3, 5 and up kernels
+5, 3, 5, 3, 5, 3 per level (each up block followed by a 1×1 convolution), reflection padding, average-pool down,
+bilinear up, a final 3×3 stride-3 convolution + sigmoid mapping a 256² noise input to an 86² patch.
 
 Batching design: ``G`` decoders (one per patch of every scene) are held as stacked parameters
 (``[G, C_out, C_in, k, k]``) and run on a ``[1, G·C, H, W]`` activation, so one forward/backward serves all
@@ -47,7 +49,8 @@ class BatchedDeepImagePrior(nn.Module):
         noise_channels: channels of the fixed noise input (reference 32).
         channels: down/up channels per level; the depth is ``len(channels)`` (reference 16, 32, 64, 128, 128, 128).
         skip_channels: skip-connection channels per level, 0 = no skip (reference 0, 4, 4, 4, 4, 4).
-        kernel_size: spatial size of the level convolutions.
+        down_kernel_sizes: kernel of the two encoder convolutions per level (reference 5, 3, 5, 5, 3, 5).
+        up_kernel_sizes: kernel of the decoder convolution per level (reference 5, 3, 5, 3, 5, 3).
         noise_size: side of the noise input; must be a multiple of ``2**depth`` and large enough for the
             stride-3 head to reach ``patch_size`` (default: the smallest such size).
         noise_scale: the noise is ``U(0, 1) * noise_scale`` (deep image prior's default 0.1).
@@ -62,7 +65,8 @@ class BatchedDeepImagePrior(nn.Module):
         noise_channels: int = 32,
         channels: Sequence[int] = (16, 32, 64, 128, 128, 128),
         skip_channels: Sequence[int] = (0, 4, 4, 4, 4, 4),
-        kernel_size: int = 3,
+        down_kernel_sizes: Sequence[int] = (5, 3, 5, 5, 3, 5),
+        up_kernel_sizes: Sequence[int] = (5, 3, 5, 3, 5, 3),
         noise_size: int | None = None,
         noise_scale: float = 0.1,
         negative_slope: float = 0.2,
@@ -75,8 +79,11 @@ class BatchedDeepImagePrior(nn.Module):
                 f"channels and skip_channels must be non-empty and equally long (one entry per level), "
                 f"got {len(channels)} and {len(skip_channels)}"
             )
-        if kernel_size % 2 != 1:
-            raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+        for name, sizes in (("down_kernel_sizes", down_kernel_sizes), ("up_kernel_sizes", up_kernel_sizes)):
+            if len(sizes) != len(channels) or any(k < 1 or k % 2 != 1 for k in sizes):
+                raise ValueError(
+                    f"{name} must hold one odd kernel size per level ({len(channels)} levels), got {tuple(sizes)}"
+                )
         depth = len(channels)
         multiple = 2**depth
         min_size = 3 * patch_size - 2  # the stride-3 head maps n to floor((n - 1) / 3) + 1 pixels
@@ -92,7 +99,8 @@ class BatchedDeepImagePrior(nn.Module):
         self.out_channels = out_channels
         self.channels = tuple(channels)
         self.skip_channels = tuple(skip_channels)
-        self.kernel_size = kernel_size
+        self.down_kernel_sizes = tuple(down_kernel_sizes)
+        self.up_kernel_sizes = tuple(up_kernel_sizes)
         self.negative_slope = negative_slope
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
 
@@ -103,13 +111,14 @@ class BatchedDeepImagePrior(nn.Module):
         in_ch = noise_channels
         for level, (ch, skip) in enumerate(zip(self.channels, self.skip_channels)):
             deeper_out = self.channels[level + 1] if level + 1 < depth else ch
+            down, up = self.down_kernel_sizes[level], self.up_kernel_sizes[level]
             params = nn.ParameterDict()
-            self._add_conv(params, "down1", in_ch, ch, kernel_size, generators)
-            self._add_conv(params, "down2", ch, ch, kernel_size, generators)
+            self._add_conv(params, "down1", in_ch, ch, down, generators)
+            self._add_conv(params, "down2", ch, ch, down, generators)
             if skip:
                 self._add_conv(params, "skip", in_ch, skip, 1, generators)
             self._add_norm(params, "merge", skip + deeper_out)
-            self._add_conv(params, "up1", skip + deeper_out, ch, kernel_size, generators)
+            self._add_conv(params, "up1", skip + deeper_out, ch, up, generators)
             self._add_conv(params, "up2", ch, ch, 1, generators)
             self.levels.append(params)
             in_ch = ch

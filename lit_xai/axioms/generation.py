@@ -43,12 +43,14 @@ from lit_xai.axioms.scenarios import (
 
 @dataclass
 class DecoderConfig:
-    """Deep-image-prior decoder shape (see :class:`BatchedDeepImagePrior`); defaults = the reference."""
+    """Deep-image-prior decoder shape (see :class:`BatchedDeepImagePrior`); defaults = the authors' ``skip_net``
+    (Do-Explanations-Explain ``networks.py``). A shallower decoder gives one kernel size per level."""
 
     noise_channels: int = 32
     channels: tuple[int, ...] = (16, 32, 64, 128, 128, 128)
     skip_channels: tuple[int, ...] = (0, 4, 4, 4, 4, 4)
-    kernel_size: int = 3
+    down_kernel_sizes: tuple[int, ...] = (5, 3, 5, 5, 3, 5)
+    up_kernel_sizes: tuple[int, ...] = (5, 3, 5, 3, 5, 3)
     noise_size: int | None = None
 
 
@@ -272,7 +274,8 @@ class SceneGenerator:
             noise_channels=cfg.decoder.noise_channels,
             channels=cfg.decoder.channels,
             skip_channels=cfg.decoder.skip_channels,
-            kernel_size=cfg.decoder.kernel_size,
+            down_kernel_sizes=cfg.decoder.down_kernel_sizes,
+            up_kernel_sizes=cfg.decoder.up_kernel_sizes,
             noise_size=cfg.decoder.noise_size,
         ).to(device)
         optimizer = torch.optim.RMSprop(decoder.parameters(), lr=cfg.lr)
