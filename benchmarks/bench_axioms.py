@@ -32,7 +32,8 @@ def main() -> None:
     cfg = GenerationConfig(
         image_size=32, patch_size=12, mean=(0.5,), std=(0.5,), iterations=args.iterations, warmup_iterations=5,
         drive_threshold=2.0,  # unreachable: every scene runs all iterations in both arms
-        decoder=DecoderConfig(noise_channels=4, channels=(4, 8), skip_channels=(0, 2)),
+        decoder=DecoderConfig(noise_channels=4, channels=(4, 8), skip_channels=(0, 2), down_kernel_sizes=(5, 3),
+                              up_kernel_sizes=(5, 3)),
     )
     gen = SceneGenerator(model, 10, cfg, seed=0)
     ids = list(range(args.scenes))
