@@ -15,6 +15,7 @@ from lit_xai.attribution import (  # noqa: F401  (importing registers the method
     information,
     occlusion,
     pathway_grad,
+    prune_pgd_dead,
     pruning,
     random_map,
     rise,

@@ -1,0 +1,319 @@
+"""The seeds' remaining baselines (issue 15): closed forms, completeness, seeding, the contract, YAML building."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+
+from lit_xai.attribution import AttributionError, build, get_class
+from lit_xai.attribution.rise import mirror_bilinear_matrix
+
+NEW_METHODS = {
+    "deeplift": {},
+    "deepshap": {"background": "zero"},
+    "gradient_shap": {"n_samples": 3},
+    "rise": {"num_masks": 8, "mask_resolution": 3},
+    "lime": {"n_samples": 20, "grid": 2},
+    "kernel_shap": {"n_samples": 20, "grid": 2},
+    "prune_pgd_dead": {"steps": 2},
+}
+
+
+class MixedReLUNet(nn.Module):
+    """Conv/BN/linear with a functional ReLU, an in-place module reused twice and a residual add; no max pooling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(2, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4).eval()
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(4, 3)
+        self.bn.running_mean.uniform_(-0.3, 0.3)
+        self.bn.running_var.uniform_(0.5, 1.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn(self.conv1(x)))
+        out = self.relu(self.conv2(x))
+        out = self.relu(out + x)
+        return self.fc(out.mean((2, 3)))
+
+
+class Failing(nn.Module):
+    """Wraps a net; its ``fail_at``-th forward raises after a ReLU call (a failure injected midway)."""
+
+    def __init__(self, net: MixedReLUNet, fail_at: int) -> None:
+        super().__init__()
+        self.net, self.fail_at, self.calls = net, fail_at, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            self.net.relu(self.net.conv1(x))
+            raise RuntimeError("injected failure")
+        return self.net(x)
+
+
+def kwargs_of(name: str) -> list[str]:
+    return list(inspect.signature(get_class(name).__init__).parameters)
+
+
+def images(n: int = 3, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 2, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def model_state(model: nn.Module) -> tuple:
+    return (
+        [m.training for m in model.modules()],
+        [(p.requires_grad, p.grad) for p in model.parameters()],
+        {k: v.clone() for k, v in model.state_dict().items()},
+        [len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules()],
+    )
+
+
+def assert_same_state(before: tuple, after: tuple) -> None:
+    assert before[0] == after[0] and before[1] == after[1] and before[3] == after[3]
+    assert all(torch.equal(before[2][k], after[2][k]) for k in before[2])
+
+
+# ---------------------------------------------------------------- DeepLIFT / DeepSHAP
+
+
+def test_deeplift_rescale_on_a_hand_derived_case():
+    """y = relu(x₁ − x₂), x = (3, 1), x̄ = (0, 2): z = 2, z̄ = −2, m = Δa/Δz = 2/4, so the map is
+    m·(Δx₁, −Δx₂) = (1.5, 0.5) and sums to Δy = 2 (Input×Gradient-style (3, 1)·1 would give 4)."""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(2, 1, bias=False), nn.ReLU(), nn.Linear(1, 1, bias=False))
+    with torch.no_grad():
+        net[1].weight.copy_(torch.tensor([[1.0, -1.0]]))
+        net[3].weight.fill_(1.0)
+    x = torch.tensor([3.0, 1.0]).view(1, 2, 1, 1)
+    ref = torch.tensor([0.0, 2.0]).view(1, 2, 1, 1)
+    got = build("deeplift", baseline=ref)(net, x, 0)
+    torch.testing.assert_close(got.flatten(), torch.tensor([1.5, 0.5]))
+
+
+def test_deeplift_and_deepshap_are_complete():
+    """Summation-to-delta: Σ map = f(x) − f(x̄) (DeepSHAP: − mean_k f(x̄_k)) on affine layers + ReLUs, to 1e-4."""
+    net, x, target = MixedReLUNet().eval(), images(), torch.tensor([0, 1, 2])
+    ref = 0.5 * images(1, seed=1)
+    background = images(4, seed=2)
+    with torch.no_grad():
+        scores = net(x)[torch.arange(3), target]
+        gap = scores - net(ref)[0, target]
+        shap_gap = scores - net(background)[:, target].mean(0)
+    dl = build("deeplift", baseline=ref)(net, x, target)
+    ds = build("deepshap", background=background, max_batch=5)(net, x, target)
+    torch.testing.assert_close(dl.sum((1, 2, 3)), gap, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ds.sum((1, 2, 3)), shap_gap, rtol=1e-4, atol=1e-4)
+
+
+def test_deeplift_per_image_baselines_and_chunking_agree():
+    net, x = MixedReLUNet().eval(), images()
+    refs = images(3, seed=5)
+    paired = build("deeplift", baseline=refs, max_batch=1)(net, x, 1)
+    one_by_one = torch.cat([build("deeplift", baseline=refs[i])(net, x[i : i + 1], 1) for i in range(3)])
+    torch.testing.assert_close(paired, one_by_one, rtol=1e-5, atol=1e-6)
+    with pytest.raises(AttributionError, match="2 baselines for 3 inputs"):
+        build("deeplift", baseline=refs[:2])(net, x, 1)
+
+
+def test_deepshap_reads_a_saved_background(tmp_path):
+    net, x = MixedReLUNet().eval(), images()
+    background = images(2, seed=3)
+    torch.save(background, tmp_path / "background.pt")
+    from_file = build("deepshap", background=str(tmp_path / "background.pt"))(net, x, 2)
+    torch.testing.assert_close(from_file, build("deepshap", background=background)(net, x, 2))
+    with pytest.raises(AttributionError, match="neither 'zero' nor an existing tensor file"):
+        build("deepshap", background=str(tmp_path / "missing.pt"))
+
+
+# ---------------------------------------------------------------- GradientSHAP
+
+
+def test_gradient_shap_samples_do_not_depend_on_batch_or_chunking():
+    """Per-image generators: an image's map is the same alone, in a batch and for any ``max_batch``."""
+    net, x = MixedReLUNet().eval(), images(4)
+    method = build("gradient_shap", background=images(3, seed=4), n_samples=6, stdevs=0.1, max_batch=5)
+    batch = method(net, x, 1)
+    alone = build("gradient_shap", background=images(3, seed=4), n_samples=6, stdevs=0.1, max_batch=64)(
+        net, x[2:3], 1
+    )
+    torch.testing.assert_close(batch[2:3], alone, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(batch, method(net, x, 1))
+
+
+def test_gradient_shap_with_one_sample_is_input_baseline_x_gradient_at_alpha():
+    """n_samples = 1, zero background: φ = x ⊙ ∇f(α x) with the drawn α (closed form of the estimator)."""
+    net, x = MixedReLUNet().eval(), images(2)
+    method = build("gradient_shap", n_samples=1)
+    _, alpha, _ = method.draw(x, 1)
+    point = (alpha[0].view(-1, 1, 1, 1) * x).requires_grad_(True)
+    (grad,) = torch.autograd.grad(net(point)[:, 0].sum(), point)
+    torch.testing.assert_close(method(net, x, 0), x * grad)
+
+
+# ---------------------------------------------------------------- RISE
+
+
+def test_rise_mirror_resize_matches_skimage_and_chunking_is_invisible():
+    from skimage.transform import resize
+
+    grid = torch.rand(5, 5, generator=torch.Generator().manual_seed(0)).double()
+    ours = mirror_bilinear_matrix(5, 18) @ grid @ mirror_bilinear_matrix(5, 18).T
+    theirs = resize(grid.numpy(), (18, 18), order=1, mode="reflect", anti_aliasing=False)
+    torch.testing.assert_close(ours, torch.as_tensor(theirs))
+    net, x = MixedReLUNet().eval(), images()
+    a = build("rise", num_masks=30, mask_resolution=3, max_batch=7)(net, x, 0)
+    b = build("rise", num_masks=30, mask_resolution=3, max_batch=90)(net, x, 0)
+    torch.testing.assert_close(a, b)
+    assert a.shape == (3, 1, 8, 8)
+
+
+# ---------------------------------------------------------------- LIME / KernelSHAP
+
+
+class SegmentLinear(nn.Module):
+    """f_t(x) = Σ_pixels w_t ⊙ x: an additive game over any segmentation (fill 0), φ_j = Σ_{pixels in j} w_t ⊙ x."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(9)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bchw,kchw->bk", x, self.weight)
+
+
+@pytest.mark.parametrize(("name", "kwargs"), [("kernel_shap", {}), ("lime", {"alpha": 0.0, "output": "logit"})])
+def test_surrogates_recover_an_additive_game_exactly(name, kwargs):
+    """On an additive game the unregularised linear surrogate is exact: φ_j = the segment's contribution."""
+    net, x = SegmentLinear(), images()
+    labels = torch.arange(64).view(8, 8) % 5
+    maps = build(name, n_samples=200, segmentation=labels, **kwargs)(net, x, 1)
+    contribution = torch.zeros(3, 5).index_add_(1, labels.flatten(), (x * net.weight[1]).sum(1).flatten(1).detach())
+    torch.testing.assert_close(maps[:, 0], contribution[:, labels], rtol=1e-4, atol=1e-4)
+
+
+def test_surrogates_take_per_image_segmentations_and_reject_bad_ones():
+    net, x = SegmentLinear(), images(2)
+    labels = torch.stack([torch.arange(64).view(8, 8) % 4, torch.arange(64).view(8, 8) // 16])
+    maps = build("kernel_shap", n_samples=64, segmentation=labels)(net, x, 0)
+    for b in range(2):
+        single = build("kernel_shap", n_samples=64, segmentation=labels[b])(net, x[b : b + 1], 0)
+        torch.testing.assert_close(maps[b : b + 1], single, rtol=1e-4, atol=1e-5)
+    with pytest.raises(AttributionError, match="exactly 0..M−1"):
+        build("lime", segmentation=labels[0] * 2)(net, x, 0)
+    with pytest.raises(AttributionError, match=r"shape \[H, W\]"):
+        build("lime", segmentation=labels[0, :4])(net, x, 0)
+
+
+def test_kernel_shap_default_sample_count_is_shaps_auto_rule():
+    method = build("kernel_shap")
+    assert method.sample_count(64) == 2 * 64 + 2048
+
+
+# ---------------------------------------------------------------- PrunePGD_50*
+
+
+class GatedNet(nn.Module):
+    """MixedReLUNet written with explicit per-call neuron masks (None: no gating), for an independent PGD."""
+
+    def __init__(self, net: MixedReLUNet) -> None:
+        super().__init__()
+        self.net = net
+        self.masks: list[torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        n, acts = self.net, []
+
+        def gate(a: torch.Tensor) -> torch.Tensor:
+            acts.append(a)
+            return a if self.masks is None else a * self.masks[len(acts) - 1]
+
+        h = gate(F.relu(n.bn(n.conv1(x))))
+        out = gate(F.relu(n.conv2(h)))
+        out = gate(F.relu(out + h))
+        return n.fc(out.mean((2, 3))), acts
+
+
+def test_prune_pgd_dead_is_pgd_on_the_originally_active_neurons():
+    """Independent PGD (seed 000 Eq. 4: 20 steps of 0.01 along the L2-normalised gradient, projected onto the 0.1
+    ball) on the net with the neurons dead at x fixed at zero. Tolerance 1e-5."""
+    net, x = MixedReLUNet().eval(), images()
+    gated = GatedNet(net)
+    with torch.no_grad():
+        _, acts = gated(x)
+    gated.masks = [(a > 0).float() for a in acts]
+    delta = torch.zeros_like(x)
+    for _ in range(20):
+        delta.requires_grad_(True)
+        (grad,) = torch.autograd.grad(gated(x + delta)[0][:, 2].sum(), delta)
+        with torch.no_grad():
+            delta = delta + 0.01 * grad / grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+            delta = delta * (0.1 / delta.flatten(1).norm(dim=1)).clamp(max=1.0).view(-1, 1, 1, 1)
+    ours = build("prune_pgd_dead")(net, x, 2)
+    torch.testing.assert_close(ours, delta, rtol=1e-5, atol=1e-6)
+    unpruned = build("prune_pgd", sparsity=0.0)(net, x, 2)
+    assert not torch.allclose(ours, unpruned, atol=1e-4)
+
+
+# ---------------------------------------------------------------- contract and configuration
+
+
+@pytest.mark.parametrize("name", sorted(NEW_METHODS))
+def test_contract_model_untouched_on_success_and_on_failure_midway(name):
+    net = MixedReLUNet().train()
+    net.fc.weight.requires_grad_(False)
+    x = images()
+    before = model_state(net)
+    out = build(name, **NEW_METHODS[name])(net, x, torch.tensor([0, 1, 2]))
+    assert out.shape[0] == 3 and out.shape[-2:] == x.shape[-2:] and bool(torch.isfinite(out).all())
+    assert not out.requires_grad
+    assert_same_state(before, model_state(net))
+    assert torch._C._len_torch_function_stack() == 0
+    for fail_at in (1, 2):
+        failing = Failing(net, fail_at)
+        with pytest.raises(RuntimeError, match="injected failure"):
+            build(name, **NEW_METHODS[name], **({"max_batch": 2} if "max_batch" in kwargs_of(name) else {}))(
+                failing, x, torch.tensor([0, 1, 2])
+            )
+        assert_same_state(before, model_state(net))
+        assert torch._C._len_torch_function_stack() == 0
+
+
+@pytest.mark.parametrize("name", sorted(NEW_METHODS))
+def test_contract_clear_errors(name):
+    net, method = MixedReLUNet().eval(), build(name, **NEW_METHODS[name])
+    with pytest.raises(AttributionError, match="NaN or inf"):
+        method(net, torch.full((1, 2, 8, 8), float("nan")), 0)
+    with pytest.raises(AttributionError, match="out of range.*3 outputs"):
+        method(net, images(), 3)
+
+
+@pytest.mark.parametrize("name", ["deeplift", "deepshap", "prune_pgd_dead"])
+def test_relu_methods_reject_models_without_relus(name):
+    net = nn.Sequential(nn.Conv2d(2, 3, 3), nn.GELU(), nn.Flatten(), nn.Linear(3 * 36, 3))
+    with pytest.raises(AttributionError, match="needs a network with ReLU activations"):
+        build(name, **NEW_METHODS[name])(net, images(), 0)
+
+
+def test_methods_build_from_yaml():
+    config = yaml.safe_load("""
+    - {name: deeplift, kwargs: {baseline: 0.5, max_batch: 16}}
+    - {name: deepshap, kwargs: {background: zero}}
+    - {name: gradient_shap, kwargs: {n_samples: 4, stdevs: 0.1, seed: 3}}
+    - {name: rise, kwargs: {num_masks: 16, mask_resolution: 4, p: 0.5, output: logit}}
+    - {name: lime, kwargs: {n_samples: 30, grid: 4, kernel_width: 0.25}}
+    - {name: kernel_shap, kwargs: {n_samples: 30, grid: 4}}
+    - {name: prune_pgd_dead, kwargs: {steps: 3}}
+    """)
+    net, x = MixedReLUNet().eval(), images()
+    for entry in config:
+        assert build(entry["name"], **entry["kwargs"])(net, x).shape[0] == 3
+    with pytest.raises(AttributionError, match="unknown argument"):
+        build("rise", masks=3)
