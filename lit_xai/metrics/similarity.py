@@ -6,46 +6,94 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+#: SSIM data-range conventions besides a fixed number: ``"pair"`` = max − min over both maps of a pair (Quantus 0.6
+#: ``similarity_func.ssim``)
+SSIM_DATA_RANGES = ("pair",)
+
 
 def average_ranks(values: Tensor) -> Tensor:
-    """Ranks along the last dim (0-based), ties sharing their average rank (as ``scipy.stats.rankdata``)."""
-    ordered = values.sort(dim=-1).values.contiguous()
-    below = torch.searchsorted(ordered, values.contiguous(), right=False)
-    up_to = torch.searchsorted(ordered, values.contiguous(), right=True)
-    return (below + up_to - 1).to(torch.float64) / 2
+    """Ranks along the last dim (0-based, float64), ties sharing their average rank (as ``scipy.stats.rankdata``).
+
+    One sort; a tie group spans sorted positions ``[first, last]`` and every member gets ``(first + last) / 2``:
+    ``first`` is a running maximum of group starts, ``last`` a reversed running minimum of group ends.
+    """
+    ordered, order = values.sort(dim=-1)
+    n = values.shape[-1]
+    position = torch.arange(n, device=values.device).expand_as(ordered)
+    boundary = ordered[..., 1:] != ordered[..., :-1]  # a new tie group starts at i + 1
+    edge = boundary.new_ones(*boundary.shape[:-1], 1)
+    starts = torch.cat([edge, boundary], -1)
+    ends = torch.cat([boundary, edge], -1)
+    first = torch.where(starts, position, 0).cummax(-1).values
+    last = torch.where(ends, position, n - 1).flip(-1).cummin(-1).values.flip(-1)
+    mean_rank = (first + last).to(torch.float64) / 2
+    return torch.empty_like(mean_rank).scatter_(-1, order, mean_rank)
 
 
-def pearson_rows(a: Tensor, b: Tensor, eps: float = 1e-12) -> Tensor:
-    """Pearson correlation of matching rows ``[B, N]``; 0 where a row is constant."""
-    a = a.double() - a.double().mean(-1, keepdim=True)
-    b = b.double() - b.double().mean(-1, keepdim=True)
-    denominator = (a.square().sum(-1) * b.square().sum(-1)).sqrt()
-    return torch.where(denominator > eps, (a * b).sum(-1) / denominator.clamp_min(eps), torch.zeros_like(denominator))
+def centred_unit(rows: Tensor, eps: float = 1e-12) -> Tensor:
+    """Each row ``[B, N]`` minus its mean, divided by its norm (float64); a constant row becomes 0.
+
+    The Pearson correlation of two rows is the dot product of their centred unit rows, so a reference row can be
+    prepared once and compared with many (the randomisation cascade compares one original map with every step).
+    """
+    centred = rows.double() - rows.double().mean(-1, keepdim=True)
+    norm = centred.norm(dim=-1, keepdim=True)
+    return torch.where(norm > eps, centred / norm.clamp_min(eps), torch.zeros_like(centred))
+
+
+def spearman_reference(rows: Tensor) -> Tensor:
+    """The centred unit average ranks of ``[B, N]`` rows: prepare once, compare with :func:`spearman_against`."""
+    return centred_unit(average_ranks(rows))
+
+
+def spearman_against(reference: Tensor, rows: Tensor) -> Tensor:
+    """Spearman correlation of ``rows`` with rows prepared by :func:`spearman_reference` (float32)."""
+    return (reference * spearman_reference(rows)).sum(-1).float()
 
 
 def spearman(a: Tensor, b: Tensor) -> Tensor:
-    """Spearman rank correlation of matching rows ``[B, N]`` (average ranks for ties)."""
-    return pearson_rows(average_ranks(a), average_ranks(b)).float()
+    """Spearman rank correlation of matching rows ``[B, N]`` (average ranks for ties; 0 where a row is constant,
+    where ``scipy.stats.spearmanr`` gives NaN)."""
+    return spearman_against(spearman_reference(a), b)
 
 
-def ssim(a: Tensor, b: Tensor, window: int = 5, data_range: float = 2.0, k1: float = 0.01, k2: float = 0.03) -> Tensor:
-    """Mean SSIM (Wang et al. 2004) per pair of ``[B, 1, H, W]`` maps, uniform ``window×window`` filter.
+def check_data_range(data_range: float | str) -> float | str:
+    """``data_range`` if it is a positive number or one of :data:`SSIM_DATA_RANGES`, else a ``ValueError``."""
+    number = isinstance(data_range, int | float) and not isinstance(data_range, bool)
+    if not ((number and data_range > 0) or data_range in SSIM_DATA_RANGES):
+        raise ValueError(f"SSIM data_range must be a positive number or one of {SSIM_DATA_RANGES}, got {data_range!r}")
+    return data_range
 
-    Same definition as ``skimage.metrics.structural_similarity(win_size=window, data_range=data_range)``:
-    sample covariances, and the mean over the positions where the window fits entirely.
+
+def ssim(
+    a: Tensor, b: Tensor, window: int = 5, data_range: float | str = 2.0, k1: float = 0.01, k2: float = 0.03
+) -> Tensor:
+    """Mean SSIM (Wang et al. 2004) per pair of ``[B, C, H, W]`` maps, uniform ``window×window`` filter.
+
+    Same definition as ``skimage.metrics.structural_similarity(win_size=window, data_range=data_range)``: sample
+    covariances, the mean over the positions where the window fits entirely (and over channels, as skimage's
+    ``channel_axis``). ``data_range`` is a number, or ``"pair"``: max − min over both maps of each pair, Quantus
+    0.6's ``similarity_func.ssim`` convention (two equal constant maps, range 0, score 1).
     """
     if min(a.shape[-2:]) < window:
         raise ValueError(f"SSIM window {window} is larger than the maps ({tuple(a.shape[-2:])})")
     a, b = a.double(), b.double()
+    if check_data_range(data_range) == "pair":
+        both = torch.cat([a.flatten(1), b.flatten(1)], 1)
+        value_range = (both.amax(1) - both.amin(1)).view(-1, 1, 1, 1)
+    else:
+        value_range = torch.tensor(float(data_range), dtype=torch.float64, device=a.device)
     n = window * window
-    pool = lambda t: F.avg_pool2d(t, window, stride=1)
+    pool = lambda t: F.avg_pool2d(t, window, stride=1)  # noqa: E731
     mu_a, mu_b = pool(a), pool(b)
     correction = n / (n - 1)
     var_a = (pool(a * a) - mu_a.square()) * correction
     var_b = (pool(b * b) - mu_b.square()) * correction
     cov = (pool(a * b) - mu_a * mu_b) * correction
-    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-    index = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a.square() + mu_b.square() + c1) * (var_a + var_b + c2))
+    c1, c2 = (k1 * value_range) ** 2, (k2 * value_range) ** 2
+    numerator = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
+    denominator = (mu_a.square() + mu_b.square() + c1) * (var_a + var_b + c2)
+    index = torch.where(denominator > 0, numerator / denominator.where(denominator > 0, 1.0), 1.0)
     return index.flatten(1).mean(1).float()
 
 
