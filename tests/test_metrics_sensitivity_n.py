@@ -47,8 +47,24 @@ def test_sets_are_seeded_exact_size_and_shared_by_all_images() -> None:
     assert sets.sum(-1).tolist() == [[1] * 7, [4] * 7, [15] * 7]
     assert torch.equal(sets, random_sets(16, sizes, 7, seed=5))
     assert not torch.equal(sets, random_sets(16, sizes, 7, seed=6))
-    schedule = log_schedule(50176, 45, 0.63)  # InputIBA: logspace(0, 4.5, 45) at 224²
-    assert schedule[0] == 1 and abs(int(schedule[-1]) - 31611) <= 1 and len(schedule) <= 45
+
+
+def test_default_schedule_is_inputiba_truncated_logspace_with_200_sets() -> None:
+    """InputIBA code: ``np.unique(np.logspace(0, 4.5, 45, dtype=int))`` at 224² (truncation, 42 sizes); the
+    dissertation (§4.4.1): "We randomly sample 200 index sets for each n". Before: rounded sizes (24 of 42 shared)
+    and 100 sets."""
+    import numpy as np
+
+    metric = SensitivityN()
+    assert (metric.num_masks, metric.num_n, metric.n_rounding) == (200, 45, "truncate")
+    inputiba = np.unique(np.logspace(0, 4.5, 45, dtype=int))
+    ours = log_schedule(224 * 224, metric.num_n, metric.max_fraction, metric.n_rounding)
+    assert ours.tolist() == inputiba.tolist() and len(inputiba) == 42
+    rounded = log_schedule(224 * 224, 45, metric.max_fraction, rounding="round")
+    assert rounded.tolist() == np.unique(np.round(np.logspace(0, 4.5, 45)).astype(int)).tolist()
+    assert len(set(rounded.tolist()) & set(inputiba.tolist())) < 42
+    with pytest.raises(ValueError, match="n_rounding"):
+        SensitivityN(n_rounding="ceil")
 
 
 def test_patch_cells_and_sums_are_consistent() -> None:

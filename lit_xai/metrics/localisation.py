@@ -1,18 +1,23 @@
 """Localisation against ground truth: Effective Heat Ratio (dissertation §4.5, App. F) and the pointing game.
 
-Maps are reduced over channels (``abs_sum`` by default: attribution mass regardless of sign), upsampled to the
-input, and (EHR) divided by their maximum per image before the fixed thresholds apply.
+EHR reduces maps over channels (the mean, as the reference code), upsamples them to the input and applies fixed
+thresholds to maps on one absolute [0, 1] scale, as the reference code does (it reads the maps as images, /255).
+App. F's three cases — (a) 1 inside the box, (b) 1 inside and 0.25 outside, (c) 0.25 inside — score (a) above
+(b) and (c) only on an absolute scale: any per-image rescaling turns (c) into (a).
+The pointing game takes the map's (signed) maximum and accepts it within Euclidean distance < ``tolerance`` of the
+object (Zhang et al. 2016; TorchRay).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_xai.metrics.base import AttributionMetric, pixel_scores, trapezoid_auc
+from lit_xai.metrics.base import AttributionMetric, method_name, pixel_scores, trapezoid_auc
 
 NORMALIZATIONS = ("min_max", "max", "none")
 
@@ -26,9 +31,18 @@ def box_masks(boxes: Tensor, size: tuple[int, int]) -> Tensor:
     return ((xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)).flatten(1)
 
 
-def normalise_scores(scores: Tensor, how: str) -> Tensor:
-    """Per-image normalisation of ``[B, P]`` scores: ``min_max`` → [0, 1], ``max`` → divide by max, ``none``."""
+def normalise_scores(scores: Tensor, how: str, method: Any = None) -> Tensor:
+    """Per-image normalisation of ``[B, P]`` scores: ``min_max`` → [0, 1], ``max`` → divide by max, ``none``
+    (the scores must already lie in [0, 1]: a ``ValueError`` naming the method otherwise)."""
     if how == "none":
+        low, high = float(scores.min()), float(scores.max())
+        if low < 0 or high > 1:
+            raise ValueError(
+                f"EHR with normalize='none' needs maps on a [0, 1] scale (App. F; the reference code reads maps as "
+                f"images), but {method_name(method)} gave values in [{low:.3g}, {high:.3g}] after the channel "
+                "reduction: normalise them on one scale (e.g. the method's postprocess {name: normalize, kwargs: "
+                "{how: min_max}}) or pass normalize='max' (per image; App. F case (c) then scores like (a))"
+            )
         return scores
     if how == "max":
         return scores / scores.amax(1, keepdim=True).clamp_min(1e-12)
@@ -63,9 +77,11 @@ class EffectiveHeatRatio(AttributionMetric):
         min_value: pixels below this (after normalisation) are dropped from the quantiles (0.1).
         max_threshold: thresholds are capped at this fraction of the map's maximum (0.99).
         max_box_fraction: images whose box covers more than this fraction of the image are skipped (0.33).
-        normalize: per-image normalisation before thresholding (``max``: divide by the maximum, keeps a weak
-            background weak as in App. F Fig. 11b; ``min_max``; ``none``: maps already on a common [0, 1] scale).
-        channel_reduction: how maps are reduced over channels.
+        normalize: ``none`` (default; the reference code and App. F: maps already on one [0, 1] scale, else an
+            error), or per image before thresholding: ``max`` (divide by the maximum; App. F case (c) scores as (a))
+            or ``min_max``.
+        channel_reduction: how maps are reduced over channels (``mean``: the reference code's ``heatmap.mean(0)``,
+            which keeps [0, 1] maps in [0, 1]; ``abs_sum`` for signed maps with ``normalize="max"``).
     """
 
     requires = frozenset({"boxes"})
@@ -78,8 +94,8 @@ class EffectiveHeatRatio(AttributionMetric):
         min_value: float = 0.1,
         max_threshold: float = 0.99,
         max_box_fraction: float = 0.33,
-        normalize: str = "max",
-        channel_reduction: str = "abs_sum",
+        normalize: str = "none",
+        channel_reduction: str = "mean",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -100,7 +116,8 @@ class EffectiveHeatRatio(AttributionMetric):
         self.skipped += (~keep).sum()
         if not bool(keep.any()):
             return
-        scores = normalise_scores(pixel_scores(maps[keep], size, self.channel_reduction), self.normalize)
+        scores = pixel_scores(maps[keep], size, self.channel_reduction)
+        scores = normalise_scores(scores, self.normalize, extras.get("method"))
         curves = effective_heat_ratios(
             scores, inside[keep].float(), self.curve_axis().to(scores.device), self.min_value, self.max_threshold
         )
@@ -118,20 +135,46 @@ class EffectiveHeatRatio(AttributionMetric):
                 "skipped": self.skipped}
 
 
-class PointingGame(AttributionMetric):
-    """Pointing game (Zhang et al. 2016): a hit when the map's maximum falls on the object.
+TIES = ("first", "any")
 
-    The object is the GT mask when the batch has one, else the GT box; ``tolerance`` pixels of dilation
-    (Zhang et al.: 15 at 224²) widen it. Score: the hit rate.
+
+def disk_dilation(region: Tensor, tolerance: float) -> Tensor:
+    """Pixels within Euclidean distance < ``tolerance`` of ``region`` ``[B, 1, H, W]`` (TorchRay's acceptance
+    disk ``u² + v² < t²``); ``tolerance`` 0 keeps the region itself."""
+    radius = math.ceil(tolerance) - 1
+    if radius < 1:
+        return region
+    offsets = torch.arange(-radius, radius + 1, device=region.device, dtype=region.dtype)
+    disk = (offsets[:, None].square() + offsets[None, :].square() < tolerance**2).to(region.dtype)
+    return F.conv2d(region, disk[None, None], padding=radius).gt(0).to(region.dtype)
+
+
+class PointingGame(AttributionMetric):
+    """Pointing game (Zhang et al. 2016): a hit when the map's maximum lies within ``tolerance`` of the object.
+
+    The object is the GT mask when the batch has one, else the GT box. A hit: Euclidean distance from the maximum to
+    the object < ``tolerance`` pixels (Zhang et al., TorchRay: 15 at 224²), or the maximum on the object itself
+    (so ``tolerance`` 0, the default, needs an exact hit; TorchRay's strict ``<`` never hits at 0). Score: the hit rate.
+
+    Args:
+        tolerance: the acceptance radius in pixels (0: on the object).
+        channel_reduction: ``sum`` (default: the signed map's maximum, as the paper's "maximum point"), ``abs_sum``
+            (the largest magnitude, positive or negative), ``max_abs``, ``mean``.
+        ties: ``first`` (the first maximum in row-major order, ``argmax`` as TorchRay) or ``any`` (a hit when any
+            tied maximum is accepted, as Quantus).
     """
 
     higher_is_better = True
 
-    def __init__(self, tolerance: int = 0, channel_reduction: str = "abs_sum", **kwargs: Any) -> None:
+    def __init__(
+        self, tolerance: float = 0, channel_reduction: str = "sum", ties: str = "first", **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         if tolerance < 0:
             raise ValueError(f"tolerance must be ≥ 0, got {tolerance}")
-        self.tolerance, self.channel_reduction = tolerance, channel_reduction
+        if ties not in TIES:
+            raise ValueError(f"unknown tie rule {ties!r}; expected one of {TIES}")
+        self.tolerance, self.channel_reduction, self.ties = tolerance, channel_reduction, ties
         self.add_state("hits", torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("count", torch.tensor(0.0), dist_reduce_fx="sum")
 
@@ -143,10 +186,13 @@ class PointingGame(AttributionMetric):
             region = box_masks(extras["boxes"].to(inputs.device), size).view(-1, 1, *size).float()
         else:
             raise ValueError("PointingGame.update needs masks or boxes (see AttributionMetric)")
-        if self.tolerance:
-            region = F.max_pool2d(region, 2 * self.tolerance + 1, stride=1, padding=self.tolerance)
-        peak = pixel_scores(maps, size, self.channel_reduction).argmax(1)
-        self.hits += region.flatten(1).gather(1, peak[:, None]).gt(0).sum()
+        accepted = disk_dilation(region, self.tolerance).flatten(1).gt(0)
+        scores = pixel_scores(maps, size, self.channel_reduction)
+        if self.ties == "first":
+            peaks = torch.zeros_like(accepted).scatter_(1, scores.argmax(1, keepdim=True), True)
+        else:
+            peaks = scores == scores.amax(1, keepdim=True)
+        self.hits += (peaks & accepted).any(1).sum()
         self.count += inputs.shape[0]
 
     def compute(self) -> dict[str, Tensor]:

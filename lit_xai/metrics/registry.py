@@ -40,10 +40,10 @@ def build_metric(name: str, **kwargs: Any) -> AttributionMetric:
     factory = METRICS[name]
     cls = factory.func if isinstance(factory, partial) else factory
     accepted: set[str] = set()
-    for klass in inspect.getmro(cls):  # type: ignore[arg-type]
+    for klass in inspect.getmro(cls):  # type: ignore[arg-type]  # up to AttributionMetric (its ``result``)
+        accepted |= {p for p in inspect.signature(klass.__init__).parameters if p not in ("self", "kwargs")}
         if klass is AttributionMetric:
             break
-        accepted |= {p for p in inspect.signature(klass.__init__).parameters if p not in ("self", "kwargs")}
     fixed = set(factory.keywords) if isinstance(factory, partial) else set()
     unknown = sorted(set(kwargs) - (accepted - fixed))
     if unknown:

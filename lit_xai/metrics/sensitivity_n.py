@@ -5,10 +5,18 @@ For each set size n of a log-spaced schedule, ``num_masks`` random sets of n cel
 output drop ``f_t(x) − f_t(x_{S←baseline})``. Sensitivity-n is their Pearson correlation over the sets, per image,
 averaged over images; the curve is over n, the score its mean over the schedule (higher is better).
 
-A cell is a pixel (``patch_size=1``, InputIBA: n = logspace(0, 4.5, 45) at 224², 100 masks per n) or a
-``patch_size × patch_size`` square of a grid (seed 004: 14×14 patches). Maps are reduced over channels (``sum``:
-the attribution of a pixel is the sum over its channels) and upsampled if needed. The (sets × images) perturbed
-inputs are evaluated in chunks of ``chunk_size``, one forward per chunk.
+Defaults and their sources: set sizes ``logspace(0, 4.5, 45)`` truncated to integers and made unique, as the
+InputIBA code's ``np.logspace(0, log_n_max, 45, dtype=int)`` (42 sizes at 224²); on other image sizes the same
+curve is scaled to the same fraction of the cells, ``10^4.5 / 224²`` (``n_rounding="round"`` rounds instead);
+200 sets per n (dissertation §4.4.1: "We randomly sample 200 index sets for each n"; the InputIBA code's default is
+100); fill ``zero`` (the InputIBA code's ``input * (1 − mask)`` on normalised inputs); the target logit.
+
+A cell is a pixel (``patch_size=1``) or a ``patch_size × patch_size`` square of a grid (seed 004: 14×14 patches).
+Maps are reduced over channels (``sum``: the attribution of a pixel is the sum over its channels) and upsampled if
+needed. The (sets × images) perturbed inputs are evaluated in chunks of ``chunk_size``, one forward per chunk.
+
+Quantus 0.6's ``SensitivityN`` is a different protocol (features removed cumulatively in attribution order, the
+attribution of the last step only, correlation across the images of a batch); no argument here reproduces it.
 """
 
 from __future__ import annotations
@@ -21,14 +29,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_xai.metrics.base import AttributionMetric, pixel_scores, resolve_chunk_size
-from lit_xai.metrics.baselines import baseline_images
+from lit_xai.metrics.baselines import Fill, baseline_images, check_fill
+
+#: InputIBA's largest set, 10^4.5 cells, as a fraction of its 224² images
+INPUTIBA_MAX_FRACTION = 10**4.5 / 224**2
+N_ROUNDINGS = ("truncate", "round")
 
 
-def log_schedule(num_cells: int, num_n: int, max_fraction: float) -> Tensor:
-    """Distinct set sizes ``round(logspace(0, log10(max_fraction · cells), num_n))``, each in [1, cells − 1]."""
+def log_schedule(num_cells: int, num_n: int, max_fraction: float, rounding: str = "truncate") -> Tensor:
+    """Distinct set sizes ``logspace(0, log10(max_fraction · cells), num_n)`` made integers by ``rounding``
+    (``truncate``: the InputIBA code's ``dtype=int``; ``round``), each in [1, cells − 1]."""
+    if rounding not in N_ROUNDINGS:
+        raise ValueError(f"unknown n_rounding {rounding!r}; expected one of {N_ROUNDINGS}")
     top = max(1.0, max_fraction * num_cells)
-    values = torch.logspace(0, math.log10(top), num_n).round().long().clamp(1, max(1, num_cells - 1))
-    return values.unique()
+    values = torch.logspace(0, math.log10(top), num_n, dtype=torch.float64)
+    values = values.floor() if rounding == "truncate" else values.round()
+    return values.long().clamp(1, max(1, num_cells - 1)).unique()
 
 
 def random_sets(num_cells: int, sizes: Tensor, num_masks: int, seed: int) -> Tensor:
@@ -54,10 +70,13 @@ class SensitivityN(AttributionMetric):
 
     Args:
         n_values: explicit set sizes (cells); default: ``num_n`` log-spaced sizes up to ``max_fraction`` of the cells.
-        num_n, max_fraction: the log-spaced schedule.
-        num_masks: random sets per n, shared by all images.
+        num_n, max_fraction, n_rounding: the log-spaced schedule (InputIBA: 45 sizes up to 10^4.5 at 224²,
+            truncated) and how its sizes become integers (``truncate`` or ``round``).
+        num_masks: random sets per n, shared by all images (dissertation §4.4.1: 200).
         patch_size: cell side in pixels (1: pixel sets; e.g. 14: the patch-mask variant).
-        baseline: value of removed cells: ``zero`` (dataset mean), ``mean`` or ``blur``.
+        baseline: the fill of removed cells (:mod:`lit_xai.metrics.baselines`): ``zero`` (dataset mean of
+            normalised inputs), ``black`` (needs ``data_mean``/``data_std``), ``image_mean``, ``image_min``, ``blur``
+            or a number.
         output: ``logit`` (target logit drop, Ancona) or ``probability``.
         channel_reduction: reduction of the maps over channels before summing inside a set.
         seed: seed of the random sets.
@@ -72,19 +91,25 @@ class SensitivityN(AttributionMetric):
         self,
         n_values: list[int] | None = None,
         num_n: int = 45,
-        max_fraction: float = 0.63,
-        num_masks: int = 100,
+        max_fraction: float = INPUTIBA_MAX_FRACTION,
+        num_masks: int = 200,
         patch_size: int = 1,
-        baseline: str = "zero",
+        baseline: Fill = "zero",
         output: str = "logit",
         channel_reduction: str = "sum",
         seed: int = 0,
         chunk_size: int | None = None,
         blur_kernel_size: int = 29,
         blur_sigma: float = 15.0,
+        n_rounding: str = "truncate",
+        data_mean: list[float] | None = None,
+        data_std: list[float] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        check_fill(baseline, data_mean, data_std)
+        if n_rounding not in N_ROUNDINGS:
+            raise ValueError(f"unknown n_rounding {n_rounding!r}; expected one of {N_ROUNDINGS}")
         if output not in ("logit", "probability"):
             raise ValueError(f"output={output!r}: expected 'logit' or 'probability'")
         if num_masks < 2 or patch_size < 1:
@@ -93,7 +118,9 @@ class SensitivityN(AttributionMetric):
         self.n_values, self.num_n, self.max_fraction = n_values, num_n, max_fraction
         self.num_masks, self.patch_size, self.baseline, self.output = num_masks, patch_size, baseline, output
         self.channel_reduction, self.seed, self.chunk_size = channel_reduction, seed, chunk_size
-        self.blur_kernel_size, self.blur_sigma = blur_kernel_size, blur_sigma
+        self.blur_kernel_size, self.blur_sigma, self.n_rounding = blur_kernel_size, blur_sigma, n_rounding
+        self.data_mean = None if data_mean is None else tuple(float(m) for m in data_mean)
+        self.data_std = None if data_std is None else tuple(float(v) for v in data_std)
         self._image_size: tuple[int, int] | None = None
         self._sizes: Tensor | None = None
         self._sets: Tensor | None = None
@@ -103,9 +130,15 @@ class SensitivityN(AttributionMetric):
     def _grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
         return math.ceil(image_size[0] / self.patch_size), math.ceil(image_size[1] / self.patch_size)
 
-    def prepare(self, model: nn.Module, image_size: tuple[int, int]) -> None:
-        """Draw the random sets for ``image_size`` (once per evaluation) and allocate the curve state."""
-        image_size = (int(image_size[0]), int(image_size[1]))
+    def set_data_normalisation(self, mean: list[float] | None, std: list[float] | None) -> None:
+        if self.data_mean is None and mean is not None and std is not None:
+            check_fill(self.baseline, mean, std)
+            self.data_mean, self.data_std = tuple(float(m) for m in mean), tuple(float(v) for v in std)
+
+    def prepare(self, model: nn.Module, image_size: tuple[int, ...]) -> None:
+        """Draw the random sets for ``image_size`` (``(H, W)`` or ``(C, H, W)``; once per evaluation) and allocate
+        the curve state."""
+        image_size = (int(image_size[-2]), int(image_size[-1]))
         if self._image_size != image_size:
             grid = self._grid(image_size)
             cells = grid[0] * grid[1]
@@ -114,7 +147,7 @@ class SensitivityN(AttributionMetric):
                 if sizes.min() < 1 or sizes.max() >= cells:
                     raise ValueError(f"n_values must lie in [1, {cells - 1}] for a {grid[0]}×{grid[1]} cell grid")
             else:
-                sizes = log_schedule(cells, self.num_n, self.max_fraction)
+                sizes = log_schedule(cells, self.num_n, self.max_fraction, self.n_rounding)
             self._sizes = sizes
             self._sets = random_sets(cells, sizes, self.num_masks, self.seed).to(self.count.device)
             self._image_size = image_size
@@ -155,7 +188,8 @@ class SensitivityN(AttributionMetric):
         num_sizes, num_masks, _ = sets.shape
         batch = inputs.shape[0]
         attribution_sums = torch.einsum("bc,kmc->bkm", self._cell_scores(maps), sets.float())
-        base = baseline_images(inputs, self.baseline, self.blur_kernel_size, self.blur_sigma)
+        base = baseline_images(inputs, self.baseline, self.blur_kernel_size, self.blur_sigma,
+                               data_mean=self.data_mean, data_std=self.data_std)
         clean = self._target_output(model(inputs), target)
         flat_sets = sets.view(num_sizes * num_masks, -1)
         total = num_sizes * num_masks * batch
