@@ -558,6 +558,8 @@ def test_non_spatial_layer_is_a_clear_error(name: str, layer: str, what: str) ->
 
 def test_defaults_are_the_reference_values() -> None:
     """Every IBA-family default, pinned to its source (see docs/information.md and the protocol card)."""
+    from dataclasses import replace
+
     from lit_xai.attribution.information import InputIBA, InverseIBA, MultiLayerIBA, RegressionIBA
     from lit_xai.attribution.information.input_iba import GANSettings
     from lit_xai.attribution.information.optimisation import BottleneckSettings
@@ -580,9 +582,12 @@ def test_defaults_are_the_reference_values() -> None:
     assert multi.threshold == pytest.approx(0.006 * 224) and multi.weight_by_finest and multi.resolution == "input"
     # InputIBA (dissertation ch. 6 §4.1 / App. D): feature IBA β=10, 10 steps; input IBA β=20, 60 steps, Adam lr 1;
     # WGAN: 20 epochs, 200 target samples, batch 32, RMSprop 5e-5, clip 0.01, generator every 5 critic steps
+    # the reference code: no blur on the feature bottleneck (estimate() sets sigma=None), the input mask read as
+    # sigmoid(alpha) after the loop (every update)
     input_iba = InputIBA()
-    assert input_iba.feature_settings == reference
+    assert input_iba.feature_settings == replace(reference, sigma=0.0)
     assert (input_iba.input_settings.beta, input_iba.input_settings.steps, input_iba.input_settings.lr) == (20, 60, 1)
+    assert input_iba.input_settings.map_from == "final_update" and input_iba.input_settings.sigma == 1.0
     assert input_iba.gan_settings == GANSettings(epochs=20, target_samples=200, batch_size=32, critic_lr=5e-5,
                                                  weight_clip=0.01, critic_steps=5, mask_lr=0.003, noise_mean_lr=0.1,
                                                  noise_std_lr=0.05, critic_hidden=(512, 256), negative_slope=0.2)

@@ -45,7 +45,10 @@ def test_input_iba_map_has_input_resolution_and_model_untouched() -> None:
     assert result.attribution.shape == (2, 1, 16, 16)  # input resolution, no interpolation
     assert result.feature.capacity.shape == (2, 1, 8, 8)  # the feature bottleneck's own resolution
     assert result.prior.shape == x.shape and bool(((result.prior >= 0) & (result.prior <= 1)).all())
-    torch.testing.assert_close(result.attribution, result.lam.mean(1, keepdim=True))
+    assert bool(((result.attribution >= 0) & (result.attribution <= 1)).all())
+    # the reference's map is sigmoid(α) after the last update, unblurred: without a blur it is Λ*'s channel mean
+    unblurred = build("input_iba", layer="stem", input_sigma=0.0, **TINY_GAN).fit(model, loader()).explain(model, x)
+    torch.testing.assert_close(unblurred.attribution, unblurred.lam.mean(1, keepdim=True))
     assert bool((result.capacity >= 0).all())
     torch.testing.assert_close(result.capacity.sum((1, 2, 3)), result.total_bits)
     torch.testing.assert_close(method(model, x), result.attribution)

@@ -210,8 +210,10 @@ class InputIBA(FeatureBottleneckMethod):
     Defaults follow §4.1/App. D: feature β=10, 10 steps; WGAN 20 epochs, 200 target samples, RMSprop 5e-5,
     clipping 0.01, a generator step per 5 critic steps; input β=20, 60 steps, Adam lr 1. ``input_mean`` and
     ``input_std`` (scalars or per-channel) describe the input noise ε ~ N(μ_I, σ_I²): 0 and 1 for normalised
-    images. Returns ``[B, 1, H, W]`` at input resolution: Λ* averaged over channels (``map_kind="mask"``) or
-    the Proposition-3 capacity in bits (``"capacity"``).
+    images. Returns ``[B, 1, H, W]`` at input resolution: Λ* = sigmoid(α) after the last update, averaged over
+    channels (``map_kind="mask"``; the reference's ``VisionAttributor.train_input_iba``) or the Proposition-3
+    capacity in bits (``"capacity"``). As in the reference code the feature bottleneck is not blurred (``sigma=0``;
+    ``BaseAttributor.estimate`` sets ``sigma = None``) and the input mask is blurred only inside the optimisation.
     """
 
     def __init__(
@@ -221,7 +223,7 @@ class InputIBA(FeatureBottleneckMethod):
         feature_steps: int = 10,
         feature_lr: float = 1.0,
         initial_alpha: float = 5.0,
-        sigma: float = 1.0,
+        sigma: float = 0.0,  # the reference's feature bottleneck is not blurred: estimate() sets sigma = None
         noise_draws: int = 10,
         gan_epochs: int = 20,
         gan_target_samples: int = 200,
@@ -263,8 +265,10 @@ class InputIBA(FeatureBottleneckMethod):
             generator_mean_lr, generator_std_lr, tuple(critic_hidden), critic_negative_slope, generator_init_scale,
             seed,
         )
+        # the reference's input mask is sigmoid(input_iba.alpha) read after the loop, i.e. after every update
         self.input_settings = BottleneckSettings(input_beta, input_steps, input_lr, initial_alpha, input_sigma,
-                                                 noise_draws, input_smoothing_truncate, False, seed)
+                                                 noise_draws, input_smoothing_truncate, False, seed,
+                                                 map_from="final_update")
         self.input_mean = input_mean
         self.input_std = input_std
 
@@ -301,5 +305,6 @@ class InputIBA(FeatureBottleneckMethod):
         with torch.no_grad():
             lam, one_minus_lam = final_mask(alpha, self.input_settings)
             capacity = capacity_bits(kl(lam, one_minus_lam))
-        attribution = lam.mean(1, keepdim=True) if self.map_kind == "mask" else capacity
+        # the reference's map: torch.sigmoid(input_iba.alpha).mean over channels (the unblurred mask)
+        attribution = torch.sigmoid(alpha).mean(1, keepdim=True) if self.map_kind == "mask" else capacity
         return InputIBAResult(attribution, lam, capacity, capacity.sum((1, 2, 3)), prior, feature)
