@@ -17,6 +17,7 @@ NEW_METHODS = {
     "deeplift": {},
     "deepshap": {"background": "zero"},
     "gradient_shap": {"n_samples": 3},
+    "guided_ig": {"steps": 3},
     "rise": {"num_masks": 8, "mask_resolution": 3},
     "lime": {"n_samples": 20, "grid": 2},
     "kernel_shap": {"n_samples": 20, "grid": 2},
@@ -311,6 +312,7 @@ def test_methods_build_from_yaml():
     - {name: lime, kwargs: {n_samples: 30, grid: 4, kernel_width: 0.25}}
     - {name: kernel_shap, kwargs: {n_samples: 30, grid: 4}}
     - {name: prune_pgd_dead, kwargs: {steps: 3}}
+    - {name: guided_ig, kwargs: {steps: 4, fraction: 0.25, max_dist: 0.02, baseline: 0.0}}
     """)
     net, x = MixedReLUNet().eval(), images()
     for entry in config:

@@ -12,6 +12,7 @@ from lit_xai.attribution import (  # noqa: F401  (importing registers the method
     gradient_shap,
     gradients,
     guided,
+    guided_ig,
     information,
     occlusion,
     pathway_grad,
