@@ -21,6 +21,7 @@ from lit_xai.attribution.base import (
     resolve_target,
     target_scores,
 )
+from lit_xai.attribution.noise import NoiseStream, sample_generators
 from lit_xai.attribution.postprocess import gaussian_smooth
 from lit_xai.attribution.registry import register
 
@@ -173,14 +174,18 @@ class IntegratedGradients(AttributionMethod):
         return delta * mean_grad
 
 
+#: the noise stream name shared by SmoothGrad and SmoothGrad² (:func:`~lit_xai.attribution.noise.sample_seeds`)
+NOISE_STREAM = "smoothgrad"
+
+
 @register("smoothgrad")
 class SmoothGrad(AttributionMethod):
     """SmoothGrad (Smilkov et al. 2017): ``mean_n ∂y_t/∂x |_{x + ε_n}``, ``ε_n ~ N(0, σ²)``.
 
     ``σ = noise_level · (max x − min x)`` per image (reference.md §2: 0.15). ``squared=True`` gives the
-    SmoothGrad² variant ``mean_n (∂y_t/∂x)²`` (Hooker et al. 2019). Noise comes from a ``torch.Generator``
-    seeded with ``seed`` (drawn on the CPU, so the same seed gives the same noise on every device); each call
-    starts from the seed, so repeated calls give the same map.
+    SmoothGrad² variant ``mean_n (∂y_t/∂x)²`` (Hooker et al. 2019). Each image's noise comes from its own CPU
+    generator seeded with (``seed``, the image's content) (:mod:`lit_xai.attribution.noise`), so an image gets the
+    same map in any batch, position, process, device and call; SmoothGrad and SmoothGrad² share the noise.
     """
 
     def __init__(
@@ -202,10 +207,10 @@ class SmoothGrad(AttributionMethod):
         self.max_batch = check_max_batch(max_batch)
 
     def noise_stream(self, inputs: Tensor) -> NoiseStream:
-        """This call's noise, σ per image, drawn from a fresh generator seeded with ``seed``."""
+        """This call's noise (rows ``n·B + b``), σ per image, from per-image generators seeded by (seed, image)."""
         flat = inputs.flatten(1)
         sigma = self.noise_level * (flat.amax(dim=1) - flat.amin(dim=1))
-        return NoiseStream(inputs, sigma, self.seed)
+        return NoiseStream(inputs, sigma, sample_generators(inputs, self.seed, NOISE_STREAM))
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Tensor:
         target = resolve_target(model, inputs, target)
@@ -223,40 +228,6 @@ class SmoothGrad(AttributionMethod):
             model, noisy_points, self.samples * batch, target, inputs, self.max_batch, statistic
         )
         return total / self.samples
-
-
-class NoiseStream:
-    """Gaussian noise for SmoothGrad rows (step-major, row n·B + b), drawn lazily one sample block at a time.
-
-    Block ``n`` is ``σ_b · randn([B, C, H, W])`` — the ``n``-th draw of a CPU generator seeded with ``seed`` — so the
-    noise is the same whatever ``max_batch`` is and on every device, and only the blocks a chunk needs are held.
-    Chunks must be requested in increasing row order.
-    """
-
-    def __init__(self, inputs: Tensor, sigma: Tensor, seed: int) -> None:
-        self.shape = inputs.shape
-        self.dtype = inputs.dtype
-        self.device = inputs.device
-        self.sigma = sigma.view(-1, 1, 1, 1)
-        self.generator = torch.Generator().manual_seed(seed)
-        self.blocks: dict[int, Tensor] = {}
-        self.drawn = 0
-
-    def block(self, n: int) -> Tensor:
-        while self.drawn <= n:
-            draw = torch.randn(self.shape, generator=self.generator, dtype=self.dtype)
-            self.blocks[self.drawn] = draw.to(self.device) * self.sigma
-            self.drawn += 1
-        return self.blocks[n]
-
-    def rows(self, start: int, end: int) -> Tensor:
-        batch = self.shape[0]
-        first, last = start // batch, (end - 1) // batch
-        for old in [k for k in self.blocks if k < first]:
-            del self.blocks[old]
-        stacked = torch.cat([self.block(n) for n in range(first, last + 1)])
-        offset = first * batch
-        return stacked[start - offset : end - offset]
 
 
 @register("smoothgrad_sq")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from lit_xai.attribution.base import AttributionMethod
+from lit_xai.attribution.noise import per_sample_uniform
 from lit_xai.attribution.registry import register
 
 
@@ -15,20 +15,15 @@ class RandomMap(AttributionMethod):
     a uniformly random permutation (as ROAR's and pixel-perturbation's random control need) whatever channel
     reduction follows. The model is not called.
 
-    Seeded: a CPU ``torch.Generator`` is created from ``seed`` at construction and advances across calls, so a
-    sequence of calls is reproducible (on any device) while different batches get different maps; :meth:`reset`
-    restarts the sequence.
+    Seeded per image: image ``b``'s map is drawn from a CPU generator seeded with (``seed``, the image's content)
+    (:mod:`lit_xai.attribution.noise`), so an image gets the same map in any batch, position, process and call —
+    1 or N DDP processes and any metric list (e.g. one that re-runs the method) give the same maps. Different images
+    get independent maps; identical images get identical maps.
     """
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
-        self._generator = torch.Generator().manual_seed(seed)
-
-    def reset(self) -> None:
-        """Restart the sequence of maps from ``seed``."""
-        self._generator.manual_seed(self.seed)
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Tensor:
-        batch, _, height, width = inputs.shape
-        noise = torch.rand((batch, 1, height, width), generator=self._generator, dtype=inputs.dtype)
-        return noise.to(inputs.device)
+        height, width = inputs.shape[-2:]
+        return per_sample_uniform(inputs, self.seed, self.name, (1, height, width))
