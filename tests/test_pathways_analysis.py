@@ -80,16 +80,95 @@ def test_routing_gates_keep_the_prediction_and_random_init_selects_dead_neurons(
     assert flatten_neurons(gates).mean() < 1.0  # the L1 term pulled the gates down
     with torch.no_grad(), gated(NeuronGate(gates, "zero"), "t"):
         assert torch.equal(model(images).argmax(1), clean.target)
-    selection = select_pathways(model, images, sparsity=0.9, methods=["dgr_init_r"], routing_steps=5)
+    with pytest.warns(UserWarning, match="kept the prediction"):  # 5 steps: the random start is not repaired
+        selection = select_pathways(
+            model, images, sparsity=0.9, methods=["dgr_init_r"], routing_steps=5, routing_max_rounds=1
+        )
     dead = [a <= 0 for a in clean.activations]
     assert dead_share(selection.pathways["dgr_init_r"], dead).mean() > 0
+
+
+class TinyMLP(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = torch.nn.Linear(32, 12), torch.nn.Linear(12, 10), torch.nn.Linear(10, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x.flatten(1))))))
+
+
+def test_routing_defaults_are_the_authors_code() -> None:
+    """cdrp/main.py and main2.py of CAMP-eXplain-AI/PathwayGrad: 1000 SGD steps per round, γ = 0.01, lr 0.01,
+    momentum 0.9, clamp to [0, 100], at most 100 rounds of γ/10 retries."""
+    import inspect
+
+    defaults = {k: v.default for k, v in inspect.signature(routing_gates).parameters.items()}
+    assert (defaults["steps"], defaults["l1_weight"], defaults["lr"], defaults["momentum"]) == (1000, 0.01, 0.01, 0.9)
+    assert (defaults["max_gate"], defaults["max_rounds"]) == (100.0, 100)
+    assert inspect.signature(select_pathways).parameters["routing_steps"].default == 1000
+    from lit_xai.pathways.command import build_parser
+
+    assert build_parser().get_defaults().routing_steps == 1000
+
+
+def _gated_prediction(model: torch.nn.Module, x: torch.Tensor, gates: list) -> torch.Tensor:
+    with torch.no_grad(), gated(NeuronGate(gates, "zero"), "t"):
+        return model(x).argmax(1)
+
+
+def test_routing_retries_with_a_tenth_of_gamma_until_the_prediction_is_kept() -> None:
+    """DGR(init=r): when no step keeps the prediction (the random start gates flip it), the authors' main2.py
+    continues with γ/10. Before, the random start gates were returned silently (1 of 8 rows here)."""
+    torch.manual_seed(0)
+    model = TinyMLP().eval()
+    x = torch.randn(8, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    clean = mct_contributions(model, x, None, "t")
+    with pytest.warns(UserWarning, match=r"for 1 of 8 samples \(indices \[\d\]\)"):
+        one_round = routing_gates(model, x, clean.activations, "uniform", steps=20, max_rounds=1)
+    assert (_gated_prediction(model, x, one_round) != clean.target).sum() == 1
+    gates = routing_gates(model, x, clean.activations, "uniform", steps=20)
+    assert torch.equal(_gated_prediction(model, x, gates), clean.target)
+    # rows resolved in the first round are identical with and without retries (rows are independent)
+    resolved = _gated_prediction(model, x, one_round) == clean.target
+    for a, b in zip(one_round, gates, strict=True):
+        torch.testing.assert_close(a[resolved], b[resolved])
+
+
+def test_routing_matches_torch_sgd_with_momentum() -> None:
+    """The hand-written momentum update is torch.optim.SGD's (dampening 0): one image, 15 steps, init 1, checked
+    against a per-image loop with the optimiser and the authors' best-step rule."""
+    torch.manual_seed(0)
+    model = TinyMLP().eval()
+    x = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(2))
+    clean = mct_contributions(model, x, None, "t")
+    gates = routing_gates(model, x, clean.activations, "ones", steps=15, l1_weight=0.05)
+    for b in range(3):
+        lam = [torch.ones_like(a[b : b + 1]).requires_grad_(True) for a in clean.activations]
+        optimiser = torch.optim.SGD(lam, lr=0.01, momentum=0.9)
+        with torch.no_grad():
+            teacher = model(x[b : b + 1]).softmax(1)
+        best, best_loss = None, float("inf")
+        for _ in range(15):
+            h1 = torch.relu(model.fc1(x[b : b + 1].flatten(1))) * lam[0]
+            logits = model.fc3(torch.relu(model.fc2(h1)) * lam[1])
+            loss = -(teacher * torch.log_softmax(logits, 1)).sum() + 0.05 * sum(v.abs().sum() for v in lam)
+            if logits.argmax(1) == clean.target[b] and loss.item() < best_loss:
+                best, best_loss = [v.detach().clone() for v in lam], loss.item()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            with torch.no_grad():
+                for v in lam:
+                    v.clamp_(0, 100)
+        for got, expected in zip(gates, best, strict=True):
+            torch.testing.assert_close(got[b : b + 1], expected)
 
 
 def test_statistics_and_figures(model: torch.nn.Module, images: torch.Tensor, tmp_path) -> None:
     before = {k: v.clone() for k, v in model.state_dict().items()}
     selection = select_pathways(
         model, images, sparsity=0.8, methods=["neuron_mct", "neuron_intgrad", "dgr_init_1"], intgrad_steps=3,
-        routing_steps=5,
+        routing_steps=5, routing_max_rounds=1,
     )
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.requires_grad and p.grad is None for p in model.parameters())
@@ -118,10 +197,12 @@ def test_command_writes_summary_and_figures(model: torch.nn.Module, tmp_path) ->
         "methods": ["neuron_mct", "greedy_pruning", "dgr_init_r"],
         "greedy_step_fraction": 0.05,
         "routing_steps": 3,
+        "routing_max_rounds": 1,
         "output_dir": str(tmp_path / "out"),
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    main(["--config", str(tmp_path / "config.yaml")])
+    with pytest.warns(UserWarning, match="kept the prediction"):  # DGR(init=r) with 3 steps and no retry
+        main(["--config", str(tmp_path / "config.yaml")])
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["samples"] == 3 and summary["methods"] == config["methods"]
     assert (tmp_path / "out" / "dead_share.png").exists() and (tmp_path / "out" / "overlap.png").exists()

@@ -18,7 +18,7 @@ from lit_xai.pathways.contributions import intgrad_contributions, mct_contributi
 from lit_xai.pathways.greedy import greedy_pruning_pathway
 from lit_xai.pathways.measures import dead_neurons, dead_share, dead_share_per_layer, jaccard, jaccard_per_layer
 from lit_xai.pathways.neurons import NeuronTensors
-from lit_xai.pathways.routing import routing_pathway
+from lit_xai.pathways.routing import ROUTING_MAX_ROUNDS, ROUTING_STEPS, routing_pathway
 from lit_xai.pathways.selection import check_sparsity, select_pathway
 
 SELECTION_METHODS = ("neuron_mct", "neuron_intgrad", "greedy_pruning", "dgr_init_1", "dgr_init_r")
@@ -41,9 +41,10 @@ def select_pathways(
     methods: Sequence[str] = SELECTION_METHODS,
     intgrad_steps: int = 11,
     greedy_step_fraction: float = 0.01,
-    routing_steps: int = 300,
+    routing_steps: int = ROUTING_STEPS,
     routing_l1_weight: float = 0.01,
     seed: int = 0,
+    routing_max_rounds: int = ROUTING_MAX_ROUNDS,
 ) -> PathwaySelection:
     """Pathways of sparsity κ for ``inputs`` by each method in ``methods``; the model is left unchanged."""
     check_sparsity(sparsity)
@@ -70,7 +71,7 @@ def select_pathways(
             else:
                 init = "ones" if method == "dgr_init_1" else "uniform"
                 pathways[method] = routing_pathway(
-                    model, inputs, template, sparsity, init, routing_steps, routing_l1_weight, seed
+                    model, inputs, template, sparsity, init, routing_steps, routing_l1_weight, seed, routing_max_rounds
                 )
     return PathwaySelection(pathways, dead_neurons(template), target)
 

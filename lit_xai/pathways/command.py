@@ -23,6 +23,7 @@ from tqdm import tqdm
 from lit_xai.models.backbones import build_backbone
 from lit_xai.pathways.analysis import SELECTION_METHODS, PathwayStatistics, select_pathways
 from lit_xai.pathways.plots import dead_share_figure, overlap_figure
+from lit_xai.pathways.routing import ROUTING_MAX_ROUNDS, ROUTING_STEPS
 
 
 def build_parser() -> ArgumentParser:
@@ -42,8 +43,11 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--methods", type=list[str], default=list(SELECTION_METHODS))
     parser.add_argument("--intgrad_steps", type=int, default=11)
     parser.add_argument("--greedy_step_fraction", type=float, default=0.01)
-    parser.add_argument("--routing_steps", type=int, default=300)
-    parser.add_argument("--routing_l1_weight", type=float, default=0.01)
+    parser.add_argument("--routing_steps", type=int, default=ROUTING_STEPS, help="DGR steps per round (authors: 1000)")
+    parser.add_argument("--routing_l1_weight", type=float, default=0.01, help="DGR γ (authors: 0.01)")
+    parser.add_argument(
+        "--routing_max_rounds", type=int, default=ROUTING_MAX_ROUNDS, help="DGR γ/10 retry rounds (authors: 100)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_dir", type=str, default="runs/pathways")
     parser.add_argument("--wandb", type=bool, default=False, help="also log figures and numbers to W&B")
@@ -91,6 +95,11 @@ def run_analysis(
 
 def main(args: list[str] | None = None) -> None:
     cfg = build_parser().parse_args(args)
+    unknown = [m for m in cfg.methods if m not in SELECTION_METHODS]
+    if unknown:  # before any training: a typo must not cost a training run
+        from lit_xai.models.classifier import ConfigurationError
+
+        raise ConfigurationError(f"pathways --methods: unknown {unknown}; available: {', '.join(SELECTION_METHODS)}")
     from lit_xai.data import DigitsDataModule
 
     torch.manual_seed(cfg.seed)
@@ -106,6 +115,7 @@ def main(args: list[str] | None = None) -> None:
         "greedy_step_fraction": cfg.greedy_step_fraction,
         "routing_steps": cfg.routing_steps,
         "routing_l1_weight": cfg.routing_l1_weight,
+        "routing_max_rounds": cfg.routing_max_rounds,
         "seed": cfg.seed,
     }
     summary = run_analysis(model, datamodule.val_dataloader(), cfg.data.num_samples, selection_kwargs, device)

@@ -1,19 +1,19 @@
-"""Figures of the pathway analysis (seed 001 Fig. 1 and Fig. 2), drawn from :meth:`PathwayStatistics.summary`."""
+"""Figures of the pathway analysis (seed 001 Fig. 1 and Fig. 2), drawn from :meth:`PathwayStatistics.summary`.
+
+Plain :class:`matplotlib.figure.Figure` objects (no pyplot state, no backend switch): save them with ``fig.savefig``.
+"""
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.figure import Figure
 
 
 def dead_share_figure(summary: dict) -> Figure:
     """Fig. 1: the percentage of originally dead neurons in each method's pathway."""
     names = summary["methods"]
     values = [100 * summary["dead_share"][n] for n in names]
-    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3.2))
+    fig = Figure(figsize=(1.2 * len(names) + 2, 3.2))
+    ax = fig.subplots()
     bars = ax.bar(names, values, color="tab:red")
     ax.bar_label(bars, fmt="%.1f%%")
     ax.set_ylabel("originally dead neurons in pathway (%)")
@@ -26,7 +26,8 @@ def dead_share_figure(summary: dict) -> Figure:
 def overlap_figure(summary: dict) -> Figure:
     """Fig. 2: (a) network-wide Jaccard overlap between methods; (b) per-layer overlap with the reference."""
     names = summary["methods"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig = Figure(figsize=(11, 4.2))
+    left, right = fig.subplots(1, 2)
     image = left.imshow(summary["jaccard"], vmin=0, vmax=1, cmap="viridis")
     left.set_xticks(range(len(names)), names, rotation=35, ha="right")
     left.set_yticks(range(len(names)), names)
