@@ -310,10 +310,13 @@ def test_axioms_command_fits_iba_statistics_on_the_training_data_and_reuses_them
         main(args)
     data = ["--data.class_path", "lit_xai.data.DigitsDataModule",
             "--data.init_args", '{"image_size": 16, "batch_size": 16, "mean": [0.5], "std": [0.5]}']
+    threads, rng = torch.get_num_threads(), torch.get_rng_state()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        main(args + data)
+        main(args + data + ["--threads", str(threads + 1)])
     assert not [w for w in caught if "feature statistics" in str(w.message)]
+    # the command's thread count and seed do not leak into the caller's process
+    assert torch.get_num_threads() == threads and torch.equal(torch.get_rng_state(), rng)
     cached = list((tmp_path / "out" / "iba_stats").glob("iba_stats-*.pt"))
     assert len(cached) == 1 and cached[0].name.endswith("-n48.pt")
     first = (tmp_path / "out" / "axioms_table.csv").read_text()

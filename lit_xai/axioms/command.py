@@ -228,10 +228,20 @@ def _examples_png(path: Path, scenes: SceneBatch, maps: dict[str, torch.Tensor],
 
 
 def run(cfg: Namespace) -> dict[str, Any]:
-    """Everything :func:`main` does, returning the tables (for tests and notebooks)."""
-    torch.manual_seed(cfg.seed)
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
+    """Everything :func:`main` does, returning the tables (for tests and notebooks). The global CPU generator
+    (seeded with ``cfg.seed`` inside) and the thread count (``cfg.threads``) are restored on return."""
+    threads = torch.get_num_threads()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
+        try:
+            return _run(cfg)
+        finally:
+            torch.set_num_threads(threads)
+
+
+def _run(cfg: Namespace) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = load_model(cfg)
