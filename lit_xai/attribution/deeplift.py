@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from lit_xai.attribution.activations import RELU_FUNCTIONS, require_relus
+from lit_xai.attribution.activations import RELU_FUNCTIONS, check_activation, require_relus
 from lit_xai.attribution.base import AttributionError, AttributionMethod, target_scores
 from lit_xai.attribution.gradients import check_max_batch, row_chunks
 from lit_xai.attribution.references import ReferenceSpec, check_reference_spec, reference_images
@@ -50,15 +50,18 @@ class RescaleMode(TorchFunctionMode):
     """Context manager: every ReLU call on a ``[x; x̄]`` batch becomes :func:`rescale_relu` (counted in ``calls``).
 
     In-place calls return a new tensor: the model must use the ReLU's return value (as torchvision/timm do).
+    Other elementwise activations (GELU, SiLU, …) raise: their multipliers would silently be plain gradients.
     """
 
-    def __init__(self, eps: float) -> None:
+    def __init__(self, eps: float, method: str) -> None:
         super().__init__()
         self.eps = eps
+        self.method = method
         self.calls = 0
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
+        check_activation(func, args, kwargs, self.method)
         if func not in RELU_FUNCTIONS:
             return func(*args, **kwargs)
         z = args[0] if args else kwargs["input"]
@@ -85,7 +88,7 @@ def mean_deeplift(
         images = rows // per_image
         x = inputs[images].requires_grad_(True)
         ref = refs[images] if paired else refs[rows % per_image]
-        with RescaleMode(eps) as mode:
+        with RescaleMode(eps, method) as mode:
             logits = model(torch.cat([x, ref]))
         require_relus(mode.calls, method)
         scores, _ = target_scores(logits[: len(rows)], None if target is None else target[images])
