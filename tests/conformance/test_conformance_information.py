@@ -33,8 +33,10 @@ def reference_kernel(sigma: float, channels: int) -> torch.Tensor:
 
 
 def reference_heatmap(model: nn.Module, layer: nn.Module, image: torch.Tensor, target: int,
-                      stats: FeatureStatistics, steps: int = 10, draws: int = 10, seed: int = 0) -> torch.Tensor:
-    """One image, the authors' loop; noise from a generator seeded like lit_xai's (the draws are the same)."""
+                      stats: FeatureStatistics, steps: int = 10, draws: int = 10, seed: int = 0,
+                      reverse_lambda: bool = False) -> torch.Tensor:
+    """One image, the authors' loop; noise from a generator seeded like lit_xai's (the draws are the same).
+    ``reverse_lambda``: CheXplain-IBA's Inverse IBA (z = λ·ε + (1−λ)·x, loss −CE + β·capacity)."""
     mean, std, active = stats.mean.double(), stats.std.double(), stats.active.double()
     channels = mean.shape[0]
     kernel = reference_kernel(1.0, channels)
@@ -51,6 +53,8 @@ def reference_heatmap(model: nn.Module, layer: nn.Module, image: torch.Tensor, t
         mu = x_norm * lamb
         buffer["capacity"] = -0.5 * (1 + log_var - mu**2 - log_var.exp()) * active
         eps = torch.randn(x.shape, generator=generator, dtype=torch.float64)
+        if reverse_lambda:
+            return (lamb * (std * eps + mean) + (1 - lamb) * x) * active
         return ((x_norm * lamb + (1 - lamb) * eps) * std + mean) * active
 
     batch = image[None].expand(draws, -1, -1, -1)
@@ -59,7 +63,8 @@ def reference_heatmap(model: nn.Module, layer: nn.Module, image: torch.Tensor, t
         for _ in range(steps):
             optimizer.zero_grad()
             model_loss = F.cross_entropy(model(batch), torch.full((draws,), target))
-            loss = model_loss + 10.0 * buffer["capacity"].mean()
+            sign = -1.0 if reverse_lambda else 1.0
+            loss = sign * model_loss + 10.0 * buffer["capacity"].mean()
             loss.backward()
             optimizer.step()
     finally:
@@ -84,6 +89,19 @@ def test_iba_equals_the_authors_per_sample_loop(foreign_net: nn.Module) -> None:
     old = build("iba", layer=layer_name, statistics=stats, smoothing_truncate=3.0, smoothing_padding="replicate",
                 map_from="final_update")(model, images, targets)
     assert not torch.allclose(old, ours, rtol=0.05)
+
+
+def test_inverse_iba_equals_the_authors_reverse_lambda_loop(functional_relu_net: nn.Module) -> None:
+    """CheXplain-IBA's ``reverse_lambda=True`` bottleneck (their IBA/IBA/pytorch.py): relative 1e-8, float64."""
+    model = functional_relu_net.double()
+    data = [torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(3), dtype=torch.float64)]
+    stats = estimate_feature_statistics(model, "conv2", data, max_samples=16)
+    images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    targets = torch.tensor([2, 4])
+    ours = build("inverse_iba", layer="conv2", statistics=stats)(model, images, targets)
+    for i in range(2):
+        expected = reference_heatmap(model, model.conv2, images[i], int(targets[i]), stats, reverse_lambda=True)
+        torch.testing.assert_close(ours[i, 0], expected, rtol=1e-8, atol=1e-10)
 
 
 def test_capacity_of_a_known_mask_is_the_closed_form_kl() -> None:
