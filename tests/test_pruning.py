@@ -162,3 +162,20 @@ def test_calibration_hits_the_target_output_change() -> None:
     method = build("prune_grad", calibration_loader=loader, target_output_change=target)
     method(model, loader[0]["image"][:2])
     assert method.sparsity == pytest.approx(calibrate_sparsity(model, loader, target).sparsity)
+
+
+def test_calibration_warns_when_the_target_is_unreachable() -> None:
+    """Issue 19 item 13: an unreachable target used to return κ = 0.95 silently; the warning names the target,
+    the reachable range of the curve and the κ chosen."""
+    torch.manual_seed(0)
+    model = build_backbone("digits_cnn", num_classes=10, in_chans=1).eval()
+    loader = [{"image": torch.randn(4, 1, 16, 16)}]
+    grid = [0.0, 0.5, 0.9]
+    curve = output_change_curve(model, loader, grid)
+    target = 2 * max(curve) + 1.0
+    with pytest.warns(UserWarning, match=rf"target output change {target:g} is not reachable .*largest κ.* 0\.9"):
+        calibration = calibrate_sparsity(model, loader, target, grid)
+    assert calibration.sparsity == 0.9
+    assert curve[-1] > 0
+    with pytest.warns(UserWarning, match=r"below the first grid point .* smallest κ of the grid, 0\.9"):
+        assert calibrate_sparsity(model, loader, curve[-1] / 2, grid[-1:]).sparsity == 0.9

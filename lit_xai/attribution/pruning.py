@@ -14,6 +14,7 @@ target's softmax probability on a validation set equals a target (§4.1: 15% ⇒
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -96,7 +97,8 @@ def calibrate_sparsity(
 ) -> SparsityCalibration:
     """Pick κ where the mean relative output change first reaches ``target_change`` (linear interpolation).
 
-    If the curve never reaches the target the largest κ of the grid is returned.
+    If the curve never reaches the target, the largest κ of the grid is returned with a ``UserWarning`` naming the
+    target, the reachable range and the κ chosen (likewise when the first grid point already exceeds it).
     """
     if target_change <= 0:
         raise ValueError(f"target_change must be positive, got {target_change}")
@@ -112,6 +114,21 @@ def calibrate_sparsity(
                 frac = (target_change - lo) / (hi - lo) if hi > lo else 1.0
                 sparsity = grid[i - 1] + frac * (grid[i] - grid[i - 1])
             break
+    reachable = f"the curve spans {min(curve):.4g}–{max(curve):.4g} over κ ∈ [{grid[0]:g}, {grid[-1]:g}]"
+    if max(curve) < target_change:
+        warnings.warn(
+            f"calibrate_sparsity: target output change {target_change:g} is not reachable ({reachable}); "
+            f"using the largest κ of the grid, {sparsity:g}",
+            UserWarning,
+            stacklevel=2,
+        )
+    elif curve[0] > target_change:
+        warnings.warn(
+            f"calibrate_sparsity: target output change {target_change:g} is below the first grid point "
+            f"({reachable}); using the smallest κ of the grid, {sparsity:g}",
+            UserWarning,
+            stacklevel=2,
+        )
     return SparsityCalibration(float(sparsity), target_change, list(grid), curve)
 
 
