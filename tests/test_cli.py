@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import lightning as L
@@ -130,6 +132,35 @@ def _wandb_run_dir(root: Path) -> Path:
     runs = sorted(root.glob("runs/wandb/offline-run-*"))
     assert len(runs) == 1, runs
     return runs[0]
+
+
+def _write_run_file(path: Path, records: list) -> None:
+    """A ``run-*.wandb`` file in the layout :mod:`wandb_reader` documents (header, then FULL records)."""
+    data = b":W&B" + bytes(wandb_reader.HEADER - 4)
+    for record in records:
+        payload = record.SerializeToString()
+        data += struct.pack("<IHB", 0, len(payload), wandb_reader.FULL) + payload
+    path.write_bytes(data)
+
+
+def test_wandb_reader_waits_for_the_run_to_be_written(tmp_path):
+    """Issue 19 item 15: ``wandb.finish()`` may return before W&B's service has written the run file (the fit test
+    below then read ``set()``). Simulated: the file holds only a history row until its exit record lands 0.5 s
+    later; the old reader returned what was there, this one waits for the exit record (or times out clearly)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    row = pb.Record(history=pb.HistoryRecord(item=[pb.HistoryItem(key="probe", value_json="1.0")]))
+    done = pb.Record(summary=pb.SummaryRecord(update=[pb.SummaryItem(key="final", value_json="2.0")]))
+    path = tmp_path / "run-test.wandb"
+    _write_run_file(path, [row])
+    with pytest.raises(TimeoutError, match="no exit record"):
+        wandb_reader.finished_records(tmp_path, timeout=0.2)
+    timer = threading.Timer(0.5, lambda: _write_run_file(path, [row, done, pb.Record(exit=pb.RunExitRecord())]))
+    timer.start()
+    try:
+        assert wandb_reader.logged_keys(tmp_path) == {"probe", "final"}
+    finally:
+        timer.join()
 
 
 def test_fit_logs_metrics_heatmap_and_config_to_offline_wandb(in_tmp):
