@@ -56,6 +56,7 @@ PROTOCOLS = ("normal", "normal_all", "xavier", "reset")
 EXPLAIN = ("label", "prediction")
 SEEDINGS = ("per_layer", "quantus")
 SIMILARITIES = ("spearman", "spearman_abs", "ssim")
+SSIM_LAYOUTS = ("2d", "flat")
 
 
 def randomisable_layers(model: nn.Module, protocol: str) -> list[tuple[str, nn.Module]]:
@@ -112,6 +113,9 @@ class ParameterRandomisation(AttributionMetric):
         ssim_window: SSIM window, 5 (InputIBA ``structural_similarity(win_size=5)``; Quantus: skimage's default 7).
         ssim_data_range: SSIM data range, 2.0 (ours: the value range [−1, 1] of the max-abs-normalised maps, as
             InputIBA uses its masks' full range 255) or ``"pair"``: max − min of each pair (Quantus' ``ssim``).
+        ssim_layout: ``2d`` (default: SSIM over the map's rows and columns, Wang et al.) or ``flat``: over the
+            flattened map as one 1-D signal, as Quantus' MPRT computes it (it reshapes maps to vectors before its
+            similarity function).
         score: the similarity whose mean over the curve is the scalar score, ``spearman_abs`` (Quantus' MPRT
             default: Spearman with ``abs=True``; seed 000 Fig. 3 reports it beside the raw one).
         include_original: ``False`` (Adebayo's curve starts at the first randomised layer); ``True``: Quantus'
@@ -137,13 +141,14 @@ class ParameterRandomisation(AttributionMetric):
         channel_reduction: str = "sum",
         ssim_window: int = 5,
         ssim_data_range: float | str = 2.0,
+        ssim_layout: str = "2d",
         score: str = "spearman_abs",
         include_original: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         choices = {"protocol": (protocol, PROTOCOLS), "explain": (explain, EXPLAIN), "seeding": (seeding, SEEDINGS),
-                   "score": (score, SIMILARITIES)}
+                   "score": (score, SIMILARITIES), "ssim_layout": (ssim_layout, SSIM_LAYOUTS)}
         for argument, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ValueError(f"ParameterRandomisation: {argument}={value!r}; expected one of {allowed}")
@@ -158,7 +163,7 @@ class ParameterRandomisation(AttributionMetric):
         self.normal_std, self.normal_all_std, self.linear_std = normal_std, normal_all_std, linear_std
         self.max_steps, self.channel_reduction = max_steps, channel_reduction
         self.ssim_window, self.ssim_data_range, self.score_name = ssim_window, ssim_data_range, score
-        self.include_original = include_original
+        self.ssim_layout, self.include_original = ssim_layout, include_original
         self._cascades: list[_Cascade] = []  # at most one (a list: not registered as a submodule)
         self._recorded: list[int] = []
         for name in SIMILARITIES:
@@ -232,18 +237,19 @@ class ParameterRandomisation(AttributionMetric):
     def _reference(self, maps: Tensor) -> dict[str, Tensor]:
         """What every step compares with, prepared once per batch: the original map's ranks and normalised map."""
         a = normalize_max_abs(reduce_channels(maps.float(), self.channel_reduction))[:, None]
-        return {"spearman": spearman_reference(a.flatten(1)), "spearman_abs": spearman_reference(a.abs().flatten(1)),
-                "ssim": a}
+        return {"map": a, "spearman": spearman_reference(a.flatten(1)),
+                "spearman_abs": spearman_reference(a.abs().flatten(1))}
 
     def _similarities(self, reference: dict[str, Tensor], new_maps: Tensor) -> dict[str, Tensor]:
         b = normalize_max_abs(reduce_channels(new_maps.float(), self.channel_reduction))[:, None]
-        if b.shape != reference["ssim"].shape:
+        if b.shape != reference["map"].shape:
             raise ValueError(f"ParameterRandomisation: on the randomised model the method returned maps of shape "
                              f"{tuple(new_maps.shape)}, not comparable with the maps passed to update")
+        a, b_ssim = (m.flatten(2)[:, :, None] if self.ssim_layout == "flat" else m for m in (reference["map"], b))
         return {
             "spearman": spearman_against(reference["spearman"], b.flatten(1)),
             "spearman_abs": spearman_against(reference["spearman_abs"], b.abs().flatten(1)),
-            "ssim": ssim(reference["ssim"], b, self.ssim_window, self.ssim_data_range),
+            "ssim": ssim(a, b_ssim, self.ssim_window, self.ssim_data_range),
         }
 
     def _update(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor, **extras: Any) -> None:

@@ -72,10 +72,12 @@ def ssim(
 
     Same definition as ``skimage.metrics.structural_similarity(win_size=window, data_range=data_range)``: sample
     covariances, the mean over the positions where the window fits entirely (and over channels, as skimage's
-    ``channel_axis``). ``data_range`` is a number, or ``"pair"``: max − min over both maps of each pair, Quantus
-    0.6's ``similarity_func.ssim`` convention (two equal constant maps, range 0, score 1).
+    ``channel_axis``). Maps of one row (``H = 1``) are 1-D signals with a ``window``-long filter (skimage on 1-D
+    arrays). ``data_range`` is a number, or ``"pair"``: max − min over both maps of each pair, Quantus 0.6's
+    ``similarity_func.ssim`` convention (two equal constant maps, range 0, score 1).
     """
-    if min(a.shape[-2:]) < window:
+    kernel = (1 if a.shape[-2] == 1 else window, window)
+    if a.shape[-2] < kernel[0] or a.shape[-1] < window:
         raise ValueError(f"SSIM window {window} is larger than the maps ({tuple(a.shape[-2:])})")
     a, b = a.double(), b.double()
     if check_data_range(data_range) == "pair":
@@ -83,8 +85,8 @@ def ssim(
         value_range = (both.amax(1) - both.amin(1)).view(-1, 1, 1, 1)
     else:
         value_range = torch.tensor(float(data_range), dtype=torch.float64, device=a.device)
-    n = window * window
-    pool = lambda t: F.avg_pool2d(t, window, stride=1)  # noqa: E731
+    n = kernel[0] * kernel[1]
+    pool = lambda t: F.avg_pool2d(t, kernel, stride=1)  # noqa: E731
     mu_a, mu_b = pool(a), pool(b)
     correction = n / (n - 1)
     var_a = (pool(a * a) - mu_a.square()) * correction
