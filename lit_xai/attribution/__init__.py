@@ -14,6 +14,7 @@ from lit_xai.attribution import (  # noqa: F401  (importing registers the method
     guided,
     guided_ig,
     information,
+    lrp,
     occlusion,
     pathway_grad,
     prune_pgd_dead,

@@ -226,3 +226,68 @@ def test_guided_ig_matches_the_published_algorithm(foreign_net, images):
         expected = _guided_ig_reference(grad_fn, x[b].flatten().numpy(), np.zeros(3 * 16 * 16), steps, fraction,
                                         max_dist)
         torch.testing.assert_close(ours[b].flatten(), torch.from_numpy(expected), rtol=1e-9, atol=1e-12)
+
+
+def plain_conv_net() -> nn.Module:
+    """A plain conv net (conv-BN-ReLU-maxpool ×2, average pool, two dense layers), BN with non-trivial statistics."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 5),
+    )
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.2, 0.2)
+    return net.eval()
+
+
+def zennit_relevance(net: nn.Module, x: torch.Tensor, composite) -> torch.Tensor:
+    """zennit's Gradient attributor with relevance y_t at the target logit (as ours)."""
+    from zennit.attribution import Gradient
+
+    onehot = F.one_hot(TARGET[: len(x)], 5).to(x)
+    with Gradient(net, composite) as attributor:
+        _, relevance = attributor(x, lambda out: onehot * out)
+    return relevance
+
+
+def zennit_composites(canonizers: list) -> dict:
+    from zennit.composites import EpsilonAlpha2Beta1Flat, EpsilonGammaBox, EpsilonPlusFlat
+
+    return {
+        "epsilon_plus_flat": ({}, EpsilonPlusFlat(canonizers=canonizers)),
+        "epsilon_gamma_box": ({"low": -3.0, "high": 3.0}, EpsilonGammaBox(low=-3.0, high=3.0, canonizers=canonizers)),
+        "epsilon_alpha2_beta1_flat": ({}, EpsilonAlpha2Beta1Flat(canonizers=canonizers)),
+    }
+
+
+def test_lrp_matches_zennit_composites_with_batchnorm_folding(images):
+    """zennit with ``SequentialMergeBatchNorm`` on a plain conv net. Tolerance: correlation ≥ 0.9999 and max abs
+    difference ≤ 1e-4 · max |map| (float32; the stabilisers are identical)."""
+    from zennit.canonizers import SequentialMergeBatchNorm
+
+    net = plain_conv_net()
+    for name, (kwargs, composite) in zennit_composites([SequentialMergeBatchNorm()]).items():
+        ours = build("lrp", composite=name, **kwargs)(net, images, TARGET)
+        theirs = zennit_relevance(net, images, composite)
+        assert correlation(ours, theirs) >= 0.9999, name
+        assert (ours - theirs).abs().max() <= 1e-4 * theirs.abs().max(), name
+
+
+def test_lrp_matches_zennit_on_the_foreign_nets(foreign_net, images):
+    """zennit hooks modules: it runs on the equivalent net with one ReLU module per call, its BatchNorms merged by
+    name (``NamedMergeBatchNorm``). Tolerance as above."""
+    from zennit.canonizers import NamedMergeBatchNorm
+
+    separate = SeparateReLUs(foreign_net).eval()
+    pairs = [(["net.stem"], "net.bn"), (["net.conv1"], "net.bn1"), (["net.conv2"], "net.bn2")]
+    canonizers = [NamedMergeBatchNorm(pairs)] if type(foreign_net).__name__ == "ReusedInplaceReLUNet" else []
+    for name, (kwargs, composite) in zennit_composites(canonizers).items():
+        ours = build("lrp", composite=name, **kwargs)(foreign_net, images, TARGET)
+        theirs = zennit_relevance(separate, images, composite)
+        assert correlation(ours, theirs) >= 0.9999, name
+        assert (ours - theirs).abs().max() <= 1e-4 * theirs.abs().max(), name
