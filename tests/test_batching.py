@@ -1,0 +1,68 @@
+"""The rows-per-forward rule of the batched methods: a forward-activation budget, measured once per model/shape."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lit_xai.attribution import AttributionError
+from lit_xai.attribution.batching import (
+    ACCELERATOR_BUDGET_BYTES,
+    CPU_BUDGET_BYTES,
+    activation_bytes_per_row,
+    check_max_batch,
+    default_budget,
+    rows_per_chunk,
+)
+from lit_xai.models.backbones import build_backbone
+
+
+def conv_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 2)).eval()
+
+
+def test_bytes_per_row_counts_the_activations_of_one_row() -> None:
+    model = conv_net()
+    small = activation_bytes_per_row(model, torch.randn(5, 3, 16, 16))
+    large = activation_bytes_per_row(model, torch.randn(1, 3, 32, 32))
+    conv_and_relu = 2 * 8 * 16 * 16 * 4  # the two full-resolution float32 feature maps dominate
+    assert conv_and_relu <= small < 1.5 * conv_and_relu  # one row, not five
+    assert 3.5 < large / small < 4.5  # ~proportional to the pixels
+
+
+def test_rows_follow_the_budget_and_an_explicit_max_batch_wins() -> None:
+    model, x = conv_net(), torch.randn(4, 3, 16, 16)
+    per_row = activation_bytes_per_row(model, x)
+    assert rows_per_chunk(model, x, budget_bytes=10 * per_row) == 10
+    assert rows_per_chunk(model, x, budget_bytes=per_row // 2) == 1  # never zero rows
+    assert rows_per_chunk(model, x, max_batch=7, budget_bytes=10 * per_row) == 7
+    assert rows_per_chunk(model, x) == CPU_BUDGET_BYTES // per_row
+    assert default_budget(torch.device("cpu")) == CPU_BUDGET_BYTES
+    assert default_budget(torch.device("meta")) == ACCELERATOR_BUDGET_BYTES
+    with pytest.raises(AttributionError, match="budget_bytes"):
+        rows_per_chunk(model, x, budget_bytes=0)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "16"])
+def test_bad_max_batch_is_named(bad: object) -> None:
+    with pytest.raises(AttributionError, match="max_batch"):
+        check_max_batch(bad)  # type: ignore[arg-type]
+    assert check_max_batch(None) is None and check_max_batch(16) == 16
+
+
+@pytest.mark.parametrize(
+    ("backbone", "size", "in_chans", "fastest"),
+    [  # the fastest rows per forward measured on this CPU (1 thread, fwd + input backward; docs/performance.md)
+        ("digits_cnn", 32, 1, (64, 256)),
+        ("resnet8", 32, 3, (8, 32)),
+        ("torchvision/resnet18", 224, 3, (2, 8)),
+    ],
+)
+def test_default_rows_fall_in_the_measured_fastest_range(backbone: str, size: int, in_chans: int,
+                                                         fastest: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    model = build_backbone(backbone, num_classes=10, in_chans=in_chans).eval()
+    rows = rows_per_chunk(model, torch.zeros(1, in_chans, size, size))
+    assert fastest[0] <= rows <= fastest[1], rows
