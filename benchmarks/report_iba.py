@@ -24,7 +24,7 @@
    IBA layer sweep (every ReLU output of digits_cnn) so the choice of layer is visible, not hidden.
    The maps are cached per chunk of ``--chunk`` images under ``--cache``/maps (keyed by the weights, the method and
    its arguments, and the chunk's test-set indices; written atomically), so a crashed run resumes where it stopped.
-   The key does not cover lit_xai's code: delete ``--cache``/maps after changing a method.
+   The key also covers the source of ``lit_xai/attribution`` (a changed method or default computes new maps).
    ``--shard i/n`` only computes chunks ``c`` with ``c % n == i`` and exits: run the n shards in parallel (one
    thread each), then once without ``--shard`` to score everything from the cache.
 3. Two class-objects of the same class per image: the share of each map's mass inside each object's mask, for IBA
@@ -155,6 +155,16 @@ def two_object_scenes(scenes: Scenes, count: int) -> tuple[Tensor, Tensor, Tenso
     return torch.stack(images), torch.stack(masks_a), torch.stack(masks_b), torch.stack(labels)
 
 
+def attribution_code_fingerprint() -> str:
+    """SHA-256 (16 hex digits) of the attribution package's source: cached maps never outlive a code change."""
+    import lit_xai.attribution
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(lit_xai.attribution.__file__).parent.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 class ChunkedMaps:
     """Maps of one method computed chunk by chunk and cached on disk (see the module docstring, ``--shard``)."""
 
@@ -162,7 +172,7 @@ class ChunkedMaps:
                  shard: tuple[int, int]) -> None:
         self.model, self.x, self.y, self.indices, self.shard = model, x, y, indices, shard
         self.chunk = chunk if chunk > 0 else max(1, x.shape[0])
-        self.cache, self.fingerprint = cache, weights_fingerprint(model)
+        self.cache, self.fingerprint = cache, weights_fingerprint(model) + attribution_code_fingerprint()
 
     def __call__(self, key: dict, make_method: Callable[[], Callable[[nn.Module, Tensor, Tensor], Tensor]],
                  post: Callable[[Tensor], Tensor]) -> tuple[Tensor, float] | None:
