@@ -18,16 +18,17 @@ Randomisation protocols differ between codebases, so they are selectable; each d
   ``reset_parameters`` method, in the cascade; everything that method writes is taken, incl. the BatchNorm running
   statistics it resets (mean 0, variance 1).
 
-Seeds: the draws are made once per model (on a CPU copy under a forked, seeded generator, so every DDP rank and
+Seeds: the draws are made once per evaluation (on a CPU copy under a forked, seeded generator, so every DDP rank and
 device draws the same) and shared by all images and batches. ``seeding="per_layer"`` (ours): layer i (forward order)
 draws with ``seed + i``, independent layers; ``seeding="quantus"``: every layer draws with ``seed + 1`` as Quantus'
 ``torch.manual_seed(seed + 1)`` before each ``reset_parameters()`` (so ``protocol="reset", seeding="quantus",
 seed=42`` reproduces ``quantus.MPRT(seed=42)`` on CPU models exactly; Quantus draws on the model's device).
 
-Cost: the maps are computed on one deep copy of the model (the real model is never modified), reloaded from the
-model at each batch and randomised in place step by step; the original map's ranks are computed once per batch; the
-ranks of each new map take one sort. The floor is one method call per recorded step (prefix activations cannot be
-shared with a black-box ``method``); ``tests/conformance/test_conformance_randomisation.py`` compares with Quantus.
+Cost: the maps are computed on one deep copy of the model (the real model is never modified; the copy is dropped at
+``reset()``), reloaded from the model at each batch and randomised in place step by step; the original map's ranks
+are computed once per batch; the ranks of each new map take one sort. The floor is one method call per recorded step
+(prefix activations cannot be shared with a black-box ``method``). Peer test against Quantus:
+``tests/conformance/test_conformance_randomisation.py``.
 
 The method is needed to recompute maps: ``update(..., method=explainer)`` (see :mod:`lit_xai.metrics.base`).
 """
@@ -196,7 +197,7 @@ class ParameterRandomisation(AttributionMetric):
             return {name: param.detach().clone() for name, param in fresh.named_parameters(recurse=False)}
 
     def _cascade(self, model: nn.Module) -> _Cascade:
-        """The model copy and its randomised tensors, built on the first call for this model (and architecture)."""
+        """The model copy and its randomised tensors, built on the first call of an evaluation for this model."""
         signature = _signature(model)
         if self._cascades and self._cascades[0].model() is model and self._cascades[0].signature == signature:
             return self._cascades[0]
@@ -217,13 +218,18 @@ class ParameterRandomisation(AttributionMetric):
         return self._cascades[0]
 
     def prepare(self, model: nn.Module, image_size: tuple[int, int] | None = None) -> None:
-        """Build (once per model) the copy and every layer's randomised tensors; allocate the curve states."""
+        """Build (once per evaluation) the copy and every layer's randomised tensors; allocate the curve states."""
         self._cascade(model)
         points = len(self._recorded) + int(self.include_original)
         for name in SIMILARITIES:
             self._defaults[f"{name}_sum"] = torch.zeros(points)  # reset() and forward() keep the shape
             if getattr(self, f"{name}_sum").numel() != points:
                 setattr(self, f"{name}_sum", torch.zeros(points, device=self.count.device))
+
+    def reset(self) -> None:
+        """Clear the states and drop the copy and the draws (no model-sized memory held between evaluations)."""
+        super().reset()
+        self._cascades = []
 
     def _reduce_states(self, incoming_state: dict[str, Any]) -> None:
         """torchmetrics ``forward``: a global curve state not yet allocated (first batch) counts as zeros."""
