@@ -5,7 +5,9 @@ Figure of merit: method time / its pass floor, the number of passes it needs × 
   - ``f``: one forward under ``torch.no_grad`` (perturbation methods: RISE, LIME, KernelSHAP).
 DeepLIFT needs one forward+backward of the ``[x; x̄]`` batch (2 × fb_input), DeepSHAP 2·N with N references,
 GradientSHAP ``n_samples`` (+ one forward for the target), RISE/LIME/KernelSHAP one forward per mask/coalition,
-PrunePGD_50* ``steps`` + 1. Peers: Captum ``DeepLift``/``DeepLiftShap``/``GradientShap``/``Lime``/``KernelShap``
+PrunePGD_50* ``steps`` + 1, Guided IG ``steps``, LRP 1 (its rules recompute each layer's modified forward in the
+backward, so > 1 is expected). Peers: zennit ``EpsilonPlusFlat`` for LRP, Captum
+``DeepLift``/``DeepLiftShap``/``GradientShap``/``Lime``/``KernelShap``
 and the RISE authors' loop (masks precomputed, ``gpu_batch`` forwards per image, written out below as in
 eclique/RISE ``explanations.py``).
 
@@ -81,7 +83,22 @@ def candidates(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace
         "kernel_shap captum": ("f", s, captum_per_image(KernelShap(model), feature_mask=grid, n_samples=s,
                                                         perturbations_per_eval=min(s, mb))),
         "prune_pgd_dead ours": ("fb_input", 21, lambda x, t: build("prune_pgd_dead")(model, x, t)),
+        "guided_ig ours": ("fb_input", args.gig_steps, lambda x, t: build("guided_ig", steps=args.gig_steps)(
+            model, x, t)),
+        "lrp ours": ("fb_input", 1, lambda x, t: build("lrp")(model, x, t)),
+        "lrp zennit": ("fb_input", 1, lambda x, t: zennit_lrp(model, x, t)),
     }
+
+
+def zennit_lrp(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """zennit's EpsilonPlusFlat with its generic BatchNorm canonizer, relevance y_t at the target."""
+    from zennit.attribution import Gradient
+    from zennit.canonizers import SequentialMergeBatchNorm
+    from zennit.composites import EpsilonPlusFlat
+
+    onehot = torch.nn.functional.one_hot(t, 10).to(x)
+    with Gradient(model, EpsilonPlusFlat(canonizers=[SequentialMergeBatchNorm()])) as attributor:
+        return attributor(x, lambda out: onehot * out)[1]
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -100,6 +117,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=16, help="GradientSHAP samples")
     parser.add_argument("--masks", type=int, default=500, help="RISE masks")
     parser.add_argument("--coalitions", type=int, default=200, help="LIME/KernelSHAP coalitions")
+    parser.add_argument("--gig-steps", type=int, default=20, help="Guided IG steps")
     parser.add_argument("--max-batch", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", nargs="*", help="substrings of method names to time")
