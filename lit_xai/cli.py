@@ -6,16 +6,26 @@
   that is offline unless the user opts in (:mod:`lit_xai.loggers`), the resolved config pushed to the W&B run
   config and saved as ``lit_xai_config.yaml`` in the run's folder (no ``config.yaml`` collision).
 - ``roar``, ``axioms``, ``pathways`` dispatch to workflows that are more than one ``Trainer`` call.
+- Every command: configuration errors (unknown names, missing or unreadable files) are one line
+  ``lit_xai: error: …`` (exit 2); SIGTERM/SIGINT stop the run at the next Python instruction with one line and exit
+  ``128 + signal``; an open W&B run is finished (marked failed on errors), so nothing is left unflushed.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+import signal
 import sys
+import threading
 import warnings
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import yaml
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
@@ -33,16 +43,47 @@ COMMANDS = {
     "pathways": ("lit_xai.pathways.command", "critical-pathway analysis of a trained model, with plots"),
 }
 CONFIG_FILENAME = "lit_xai_config.yaml"
+#: ``--ckpt_path`` values Lightning resolves itself (not files)
+CKPT_KEYWORDS = ("best", "last", "hpc", "registry")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean a bad configuration: printed as one line, not a traceback."""
     from lit_xai.attribution.base import AttributionError
+    from lit_xai.callbacks.attribution_eval import CallbackConfigError
     from lit_xai.data.cifar10 import DatasetNotFoundError
     from lit_xai.models.backbones import BackboneError
     from lit_xai.models.classifier import ConfigurationError
 
-    return (AttributionError, BackboneError, ConfigurationError, DatasetNotFoundError)
+    return (AttributionError, BackboneError, CallbackConfigError, ConfigurationError, DatasetNotFoundError)
+
+
+def check_checkpoint(path: str | None) -> None:
+    """A ``--ckpt_path`` that is not a readable PyTorch checkpoint → :class:`ConfigurationError` naming the file
+    (missing, not a zip archive as ``torch.save`` writes, truncated or corrupt), before any run starts."""
+    from lit_xai.models.classifier import ConfigurationError
+
+    if path is None or path in CKPT_KEYWORDS or str(path).startswith("registry:"):
+        return
+    file = Path(path)
+    if not file.is_file():
+        nearby = sorted(p.name for p in file.parent.glob("*.ckpt"))[:5] if file.parent.is_dir() else []
+        where = f"; checkpoints in {file.parent}: {', '.join(nearby)}" if nearby else ""
+        raise ConfigurationError(f"--ckpt_path {path}: no such file{where}")
+    if not zipfile.is_zipfile(file):
+        raise ConfigurationError(
+            f"--ckpt_path {path}: not a PyTorch checkpoint (torch.save writes a zip archive; this file is truncated "
+            f"or of another type, {file.stat().st_size} bytes)"
+        )
+    try:
+        with zipfile.ZipFile(file) as archive:
+            if not any(name.endswith("/data.pkl") or name == "data.pkl" for name in archive.namelist()):
+                raise ConfigurationError(f"--ckpt_path {path}: a zip archive without data.pkl, not a checkpoint")
+            broken = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as error:
+        raise ConfigurationError(f"--ckpt_path {path}: unreadable checkpoint ({error})") from None
+    if broken is not None:
+        raise ConfigurationError(f"--ckpt_path {path}: corrupt checkpoint (bad CRC in {broken})")
 
 
 class RunConfigSaver(SaveConfigCallback):
@@ -63,7 +104,9 @@ class RunConfigSaver(SaveConfigCallback):
         if not isinstance(logger, WandbLogger):
             return
         config = self.parser.dump(self.config, skip_none=False)
-        logger.experiment.config.update({"lit_xai_config": config}, allow_val_change=True)
+        # nested keys (lit_xai_config.model.backbone, …), so runs can be filtered and grouped by any setting
+        nested = yaml.safe_load(config)
+        logger.experiment.config.update({"lit_xai_config": nested}, allow_val_change=True)
         atomic_write_bytes(Path(logger.experiment.dir) / CONFIG_FILENAME, config.encode())
 
 
@@ -92,11 +135,18 @@ class LitXaiCLI(LightningCLI):
             help="after fit, run test on the best checkpoint (if the data has a test split)",
         )
 
+    def _check_ckpt_path(self) -> None:
+        check_checkpoint(self.config[self.subcommand].get("ckpt_path"))
+
+    before_fit = before_validate = before_test = before_predict = _check_ckpt_path
+
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit", True) and not self.trainer.fast_dev_run:
             checkpoint = self.trainer.checkpoint_callback
             ckpt = "best" if checkpoint is not None and getattr(checkpoint, "best_model_path", "") else None
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+            # verbose=False: the attribution callbacks print their summary (direction, n, mean ± SE, Δ vs the
+            # control); accuracy and loss follow in the last lines below
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt, verbose=False)
         self._print_locations()
 
     def after_validate(self) -> None:
@@ -170,12 +220,69 @@ def _user_error_in(err: BaseException) -> BaseException | None:
     return None
 
 
-def _run_reporting_errors(run: Any) -> None:
-    try:
-        run()
-    except Exception as err:
-        user_error = _user_error_in(err)
-        if user_error is None:
-            raise
-        print(f"lit_xai: error: {user_error}", file=sys.stderr)
-        raise SystemExit(2) from None
+class _StopSignals:
+    """SIGTERM/SIGINT → ``KeyboardInterrupt`` in the main thread (Lightning shuts down gracefully on it); a second
+    signal gets the default action (immediate termination)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.received = signum
+        raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
+
+    @contextmanager
+    def installed(self) -> Iterator[_StopSignals]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {s: signal.getsignal(s) for s in self.SIGNALS}
+        for s in self.SIGNALS:
+            signal.signal(s, self)
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+def _finish_wandb(exit_code: int) -> None:
+    """Finish (flush and close) an open W&B run, so no command leaves one unflushed or orphaned."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=exit_code)
+
+
+def _run_reporting_errors(run: Callable[[], Any]) -> None:
+    exit_code = 0
+    with _StopSignals().installed() as stop:
+        try:
+            run()
+        except (KeyboardInterrupt, SystemExit) as err:
+            if stop.received is None:
+                exit_code = 1 if isinstance(err, KeyboardInterrupt) else _exit_code(err)
+                raise
+            exit_code = 128 + stop.received
+            name = signal.Signals(stop.received).name
+            print(f"lit_xai: error: stopped by {name}; the run is incomplete (exit {exit_code})", file=sys.stderr)
+            raise SystemExit(exit_code) from None
+        except Exception as err:
+            exit_code = 1
+            user_error = _user_error_in(err)
+            if user_error is None:
+                raise
+            exit_code = 2
+            print(f"lit_xai: error: {user_error}", file=sys.stderr)
+            raise SystemExit(2) from None
+        finally:
+            _finish_wandb(exit_code)
+
+
+def _exit_code(err: SystemExit) -> int:
+    return err.code if isinstance(err.code, int) else (0 if err.code is None else 1)

@@ -3,6 +3,11 @@
 Without network an online run waits ~90 s and fails, so the project default is offline. Opt in with
 ``LIT_XAI_WANDB_MODE=online`` (or ``WANDB_MODE=online``), or ``offline: false`` on the logger in a config.
 Offline runs land in ``<save_dir>/wandb/offline-run-*`` and can be uploaded later with ``wandb sync``.
+
+Project defaults beyond Lightning's ``WandbLogger``: W&B's own console output is silenced (``Settings(silent=True)``;
+the CLI prints one line with the run's folder instead of W&B's banners; ``quiet: false`` brings them back), and the
+best checkpoint is logged as a ``model`` artifact at the end of ``fit`` (``log_model: true``, Lightning's aliases
+``best``/``latest``; ``log_model: false`` opts out).
 """
 
 from __future__ import annotations
@@ -35,11 +40,16 @@ class LitXaiWandbLogger(WandbLogger):
         name: str | None = None,
         save_dir: str = "runs",
         offline: bool | None = None,
-        log_model: bool = False,
+        log_model: bool | str = True,
         group: str | None = None,
+        quiet: bool = True,
         **kwargs: Any,
     ) -> None:
         mode = wandb_mode()
+        if quiet and "settings" not in kwargs:
+            import wandb
+
+            kwargs["settings"] = wandb.Settings(silent=True)
         if offline is None:
             offline = mode != "online"
         # absolute: wandb's service process may have been started from another working directory
@@ -49,3 +59,5 @@ class LitXaiWandbLogger(WandbLogger):
             project=project, name=name, save_dir=save_dir, offline=offline, log_model=log_model,
             group=group, mode="disabled" if mode == "disabled" else None, **kwargs,
         )
+        if self._wandb_init.get("anonymous") is None:  # Lightning passes anonymous=None, which wandb warns about
+            self._wandb_init.pop("anonymous", None)

@@ -6,11 +6,15 @@ import json
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
+import wandb_reader
 import yaml
 
 from lit_xai.callbacks import AttributionEvaluation
+from lit_xai.callbacks.attribution_eval import CallbackConfigError
+from lit_xai.callbacks.explainers import Explainer
 from lit_xai.data.digits import DigitsDataModule
 from lit_xai.data.synthetic import SyntheticShapesDataModule
 from lit_xai.models.classifier import ClassifierModule
@@ -50,11 +54,17 @@ def test_fit_and_standalone_test_under_inference_mode_log_scores_and_files(tmp_p
     assert [f.name.split("_")[0] for f in folders] == ["test", "val"]
     test_folder = folders[0]
     assert (test_folder / "heatmaps.png").stat().st_size > 0
-    summary = json.loads((test_folder / "summary.json").read_text())
-    assert [row["method"] for row in summary] == ["gradient", "random"]
-    assert summary[0]["deletion"] == pytest.approx(results["attr/test/gradient/deletion"], rel=1e-5)
-    curve = json.loads((test_folder / "curve_deletion_probability.json").read_text())
+    summary = {(row["method"], row["metric"]): row for row in json.loads((test_folder / "summary.json").read_text())}
+    assert set(summary) == {(m, k) for m in ("gradient", "random") for k in ("deletion", "insertion")}
+    assert summary["gradient", "deletion"]["mean"] == pytest.approx(results["attr/test/gradient/deletion"], rel=1e-5)
+    assert summary["gradient", "deletion"]["n"] == 12 and summary["random", "deletion"]["verdict"] == "control"
+    assert summary["gradient", "deletion"]["direction"] == "↓" and summary["gradient", "insertion"]["direction"] == "↑"
+    curve = json.loads((test_folder / "curves_deletion_probability.json").read_text())
     assert len(curve["x"]) == 9 and set(curve["curves"]) == {"gradient", "random"}
+    assert (test_folder / "summary_plot.png").stat().st_size > 0
+    assert "Δ vs random" in (test_folder / "summary.txt").read_text()
+    samples = json.loads((test_folder / "samples.json").read_text())
+    assert len(samples) == 12 and {"prediction", "confidence", "gradient/deletion"} <= set(samples[0])
 
 
 def test_every_metric_runs_on_ground_truth_data_with_wandb_offline(tmp_path: Path, monkeypatch) -> None:
@@ -89,6 +99,12 @@ def test_every_metric_runs_on_ground_truth_data_with_wandb_offline(tmp_path: Pat
     media = list(tmp_path.rglob("media/**/*"))
     names_on_disk = " ".join(str(p) for p in media)
     assert "heatmaps" in names_on_disk and "summary" in names_on_disk and "curves" in names_on_disk
+    assert "samples" in names_on_disk and "summary_plot" in names_on_disk
+    run_dir = next(tmp_path.rglob("offline-run-*"))
+    records = wandb_reader.read_records(wandb_reader.run_file(run_dir))
+    summaries = {r.metric.name: r.metric.summary for r in records if r.WhichOneof("record_type") == "metric"}
+    assert summaries["attr/test/gradient/deletion"].min and not summaries["attr/test/gradient/deletion"].max
+    assert summaries["attr/test/GradCAM/ehr"].max and summaries["attr/test/random/randomisation"].min
 
 
 def test_validation_runs_only_every_n_epochs_and_not_in_sanity_check(tmp_path: Path) -> None:
@@ -119,10 +135,98 @@ def test_specs_are_validated() -> None:
 
 
 @pytest.mark.parametrize("preset", sorted((REPO / "callbacks").glob("*.yaml")), ids=lambda p: p.name)
-def test_presets_build(preset: Path) -> None:
+def test_presets_build_and_stack_onto_the_default(preset: Path) -> None:
     entries = yaml.safe_load(preset.read_text())
     assert isinstance(entries, list) and entries
+    default = yaml.safe_load((REPO / "lit_xai/default.yaml").read_text())["trainer"]["callbacks"]
+    names = [e["init_args"].get("name") for e in default if e["class_path"].endswith("AttributionEvaluation")]
     for entry in entries:
         assert entry["class_path"] == "lit_xai.callbacks.AttributionEvaluation"
         callback = AttributionEvaluation(**entry.get("init_args", {}))
         assert "random" in callback.metrics
+        names.append(callback.name)
+    assert len(set(names)) == len(names), f"{preset.name} would collide with the default's keys: {names}"
+
+
+def _digits_test(tmp_path: Path, callbacks: list, **kwargs) -> tuple[L.Trainer, dict]:
+    data = DigitsDataModule(batch_size=16, image_size=16)
+    trainer = L.Trainer(
+        callbacks=callbacks, inference_mode=False, default_root_dir=tmp_path, logger=False, accelerator="cpu",
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, **kwargs,
+    )
+    torch.manual_seed(0)
+    return trainer, trainer.test(ClassifierModule(backbone="digits_cnn"), data, verbose=False)[0]
+
+
+def test_paired_statistics_are_per_image_and_match_the_metric(tmp_path: Path) -> None:
+    """The logged score is the metric's; its SE and the paired Δ to the control come from the same images' per-image
+    AUCs (recomputed here with NumPy, tolerance 1e-6)."""
+    callback = AttributionEvaluation(
+        methods=[{"name": "input_x_gradient"}], metrics=[{"name": "deletion", "kwargs": {"num_steps": 8}}],
+        max_samples=20, num_grid_samples=0, num_table_samples=0, output_dir=str(tmp_path), print_summary=False,
+    )
+    _, results = _digits_test(tmp_path, [callback], limit_test_batches=2)
+    per_image = callback.compute_image_scores()
+    method, method_index = per_image["input_x_gradient"]["deletion"]
+    control, control_index = per_image["random"]["deletion"]
+    assert method_index.tolist() == control_index.tolist() == list(range(20))  # paired by dataset index
+    key = "attr/test/input_x_gradient/deletion"
+    assert results[key] == pytest.approx(float(method.mean()), abs=1e-6)  # mean of per-image AUCs = the metric
+    diff = (method - control).numpy()
+    assert results[key + "_vs_random"] == pytest.approx(diff.mean(), abs=1e-6)
+    assert results[key + "_vs_random_se"] == pytest.approx(diff.std(ddof=1) / np.sqrt(20), abs=1e-6)
+    assert results[key + "_se"] == pytest.approx(method.numpy().std(ddof=1) / np.sqrt(20), abs=1e-6)
+    assert "attr/test/random/deletion_vs_random" not in results
+
+
+def test_named_callbacks_stack_without_mixing_their_results(tmp_path: Path) -> None:
+    """Before: two callbacks logged the same keys and Lightning averaged them. Now each has its own prefix."""
+    coarse = AttributionEvaluation(metrics=[{"name": "deletion", "kwargs": {"num_steps": 2}}], max_samples=8,
+                                   num_grid_samples=0, num_table_samples=0, output_dir=str(tmp_path))
+    fine = AttributionEvaluation(metrics=[{"name": "deletion", "kwargs": {"num_steps": 16}}], max_samples=8,
+                                 name="fine", num_grid_samples=0, num_table_samples=0, output_dir=str(tmp_path))
+    _, results = _digits_test(tmp_path, [coarse, fine], limit_test_batches=1)
+    for callback, key in ((coarse, "attr/test/gradient/deletion"), (fine, "attr/fine/test/gradient/deletion")):
+        own = float(callback.metrics["gradient"]["deletion"].results()["score"])
+        assert results[key] == pytest.approx(own, rel=1e-6)
+    assert results["attr/test/gradient/deletion"] != pytest.approx(results["attr/fine/test/gradient/deletion"])
+
+
+@pytest.mark.parametrize(
+    ("callbacks", "message"),
+    [
+        ([{}, {}], r"2 AttributionEvaluation callbacks log under the same keys 'attr/<stage>/…'"),
+        ([{"name": "q"}, {"name": "q"}], r"same keys 'attr/q/<stage>/…'"),
+        ([{"methods": [{"name": "gradcam", "kwargs": {"layer": "conv9"}}]}], r"'gradcam'.*no layer named 'conv9'"),
+    ],
+)
+def test_stacking_and_layer_errors_come_before_any_training(tmp_path: Path, callbacks, message) -> None:
+    built = [AttributionEvaluation(num_grid_samples=0, **kwargs) for kwargs in callbacks]
+    model = ClassifierModule(backbone="digits_cnn")
+    trainer = _trainer(tmp_path, built[0], max_epochs=1)
+    trainer.callbacks.extend(built[1:])
+    with pytest.raises(CallbackConfigError, match=message):
+        trainer.fit(model, DigitsDataModule(batch_size=16, image_size=16))
+    assert trainer.global_step == 0
+
+
+def test_progress_rates_are_per_method(tmp_path: Path) -> None:
+    """Each method's rate counts only its own maps and metric updates (before: a bar's rate included the methods
+    before it). A method that sleeps 50 ms per batch shows ≥ 50 ms/batch; the plain gradient does not."""
+    import time
+
+    from lit_xai.attribution import build
+
+    class Slow:
+        def __call__(self, model, inputs, target):
+            time.sleep(0.05)
+            return build("gradient")(model, inputs, target)
+
+    callback = AttributionEvaluation(methods=[{"name": "gradient"}], random_control=False, max_samples=16,
+                                     metrics=[{"name": "deletion", "kwargs": {"num_steps": 2}}], num_grid_samples=0,
+                                     num_table_samples=0, output_dir=str(tmp_path), paired_statistics=False)
+    callback.explainers.insert(0, Explainer("slow", Slow()))  # type: ignore[arg-type]
+    callback.metrics["slow"] = torch.nn.ModuleDict({"deletion": callback.metrics["gradient"]["deletion"]})
+    _digits_test(tmp_path, [callback], limit_test_batches=1)
+    (slow_seconds, slow_images), (fast_seconds, fast_images) = callback._rates["slow"], callback._rates["gradient"]
+    assert slow_images == fast_images == 16 and slow_seconds >= 0.05 and fast_seconds < slow_seconds

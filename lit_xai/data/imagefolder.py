@@ -55,6 +55,25 @@ class _Reindexed(Dataset):
         return {**self.subset[index], "index": torch.tensor(index)}
 
 
+def _check_images(root: Path, classes: list[str]) -> None:
+    """Fail at construction (before any run starts) when ``train``/``val`` hold no class folder with an image."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    if not classes:
+        raise DatasetNotFoundError(f"ImageFolder root {root}: {root / 'train'} has no class folders (train/<class>/)")
+    for split in ("train", "val"):
+        found = any(
+            path.suffix.lower() in IMG_EXTENSIONS
+            for folder in (root / split).iterdir() if folder.is_dir()
+            for path in folder.iterdir()
+        )
+        if not found:
+            raise DatasetNotFoundError(
+                f"ImageFolder root {root}: no image files ({', '.join(IMG_EXTENSIONS)}) in {root / split}/<class>/; "
+                f"classes found in train/: {', '.join(classes)}"
+            )
+
+
 class ImageFolderDataModule(ClassificationDataModule):
     """Images from ``root/train`` and ``root/val`` (and ``root/test`` if present)."""
 
@@ -83,6 +102,7 @@ class ImageFolderDataModule(ClassificationDataModule):
         self.mean, self.std = tuple(mean), tuple(std)
         self.classes = sorted(p.name for p in (self.root / "train").iterdir() if p.is_dir())
         self.num_classes = len(self.classes)
+        _check_images(self.root, self.classes)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:

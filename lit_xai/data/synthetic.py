@@ -165,6 +165,7 @@ class SyntheticShapesDataModule(ClassificationDataModule):
             "num_distractors": num_distractors,
         }
         self.num_classes = num_classes
+        self.class_names = list(CLASS_SHAPES)[:num_classes]  # label k is the k-th class shape
         render_scenes(1, seed, **self.scene_args)  # validate the arguments now
         train = self.scenes("train")
         self.mean = tuple(train.images.mean(dim=(0, 2, 3)).tolist())

@@ -101,13 +101,11 @@ def write_csv(curves: list[CurvePoint], aucs: list[MethodAUC], directory: Path) 
 
 def plot_curves(curves: list[CurvePoint], aucs: list[MethodAUC], path: Path, title: str = "ROAR") -> Path:
     """Accuracy vs removed fraction, one line per method with a ±std band; the legend carries the AUC."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no backend switch, no global figure registry
 
     auc_of = {a.method: a for a in aucs}
-    figure, axes = plt.subplots(figsize=(6, 4))
+    figure = Figure(figsize=(6, 4))
+    axes = figure.subplots()
     for method in sorted({c.method for c in curves} - {BASELINE}):
         points = [c for c in curves if c.method == method]
         x = [c.percentile / 100 for c in points]
@@ -126,7 +124,6 @@ def plot_curves(curves: list[CurvePoint], aucs: list[MethodAUC], path: Path, tit
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
-    plt.close(figure)
     return path
 
 
