@@ -175,6 +175,8 @@ def test_rise_mirror_resize_matches_skimage_and_chunking_is_invisible():
     b = build("rise", num_masks=30, mask_resolution=3, max_batch=90)(net, x, 0)
     torch.testing.assert_close(a, b)
     assert a.shape == (3, 1, 8, 8)
+    defaults = build("rise")  # eclique/RISE Saliency.py: generate_masks(N=6000, s=8, p1=0.1), softmax head
+    assert (defaults.num_masks, defaults.mask_resolution, defaults.p, defaults.output) == (6000, 8, 0.1, "softmax")
 
 
 # ---------------------------------------------------------------- LIME / KernelSHAP

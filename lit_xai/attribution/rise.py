@@ -50,16 +50,17 @@ def mirror_bilinear_matrix(size: int, out: int) -> Tensor:
 
 @register("rise")
 class Rise(AttributionMethod):
-    """RISE with ``num_masks`` masks (N = 4000 ← the paper's ResNet-50 setting and the reference notebook), grid
-    size ``mask_resolution`` (s = 7 ← same), keep probability ``p`` (0.5 ← same), ``output`` ``"softmax"`` (← the
-    reference code's ``nn.Softmax`` head) or ``"logit"``. The grids and shifts come from one CPU generator seeded
-    with ``seed`` at every call (grids first, then shifts). Returns ``[B, 1, H, W]``."""
+    """RISE with ``num_masks`` masks, grid size ``mask_resolution`` and keep probability ``p`` — N = 6000, s = 8,
+    p = 0.1 ← the reference code (eclique/RISE ``Saliency.py``: ``generate_masks(N=6000, s=8, p1=0.1)``) — and
+    ``output`` ``"softmax"`` (← its ``nn.Sequential(model, nn.Softmax(dim=1))``) or ``"logit"``. The grids and
+    shifts come from one CPU generator seeded with ``seed`` at every call (grids first, then shifts), the same masks
+    for every image. Returns ``[B, 1, H, W]``."""
 
     def __init__(
         self,
-        num_masks: int = 4000,
-        mask_resolution: int = 7,
-        p: float = 0.5,
+        num_masks: int = 6000,
+        mask_resolution: int = 8,
+        p: float = 0.1,
         output: str = "softmax",
         seed: int = 0,
         max_batch: int = 256,

@@ -109,7 +109,7 @@ def test_rise_matches_the_reference_code_formula(foreign_net, images):
     Tolerance: 1e-5 relative (float32 sums in another order)."""
     from skimage.transform import resize
 
-    method = build("rise", num_masks=40, mask_resolution=5, max_batch=37)
+    method = build("rise", num_masks=40, mask_resolution=5, p=0.5, max_batch=37)
     ours = method(foreign_net, images, TARGET)
     grids, shifts = method.grids_and_shifts((16, 16))
     cell = int(np.ceil(16 / 5))
