@@ -251,3 +251,17 @@ def test_torchmetrics_forward_and_tracker(monkeypatch) -> None:
 def test_bad_arguments_name_what_is_wrong(kwargs: dict, name: str) -> None:
     with pytest.raises(ValueError, match=name):
         ParameterRandomisation(**kwargs)
+
+
+def test_non_finite_maps_of_a_randomised_model_are_an_error_naming_the_method() -> None:
+    model = _cnn()
+    inputs, target = torch.randn(2, 1, 10, 10), torch.tensor([0, 1])
+    gradient = build("gradient")
+
+    def vanishing(net: nn.Module, x: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
+        maps = gradient(net, x, t)
+        return maps if net is model else maps / 0.0  # e.g. a map divided by a score the randomisation zeroed
+
+    metric = ParameterRandomisation(max_steps=2)
+    with pytest.raises(ValueError, match="vanishing.*non-finite"):
+        metric.update(model, inputs, target, gradient(model, inputs, target), method=vanishing)

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lit_xai.metrics.base import AttributionMetric, Explainer, reduce_channels
+from lit_xai.metrics.base import AttributionMetric, Explainer, check_finite, reduce_channels
 from lit_xai.metrics.similarity import (
     check_data_range,
     normalize_max_abs,
@@ -222,7 +222,6 @@ class ParameterRandomisation(AttributionMetric):
         self._cascade(model)
         points = len(self._recorded) + int(self.include_original)
         for name in SIMILARITIES:
-            self._defaults[f"{name}_sum"] = torch.zeros(points)  # reset() and forward() keep the shape
             if getattr(self, f"{name}_sum").numel() != points:
                 setattr(self, f"{name}_sum", torch.zeros(points, device=self.count.device))
 
@@ -231,14 +230,6 @@ class ParameterRandomisation(AttributionMetric):
         super().reset()
         self._cascades = []
 
-    def _reduce_states(self, incoming_state: dict[str, Any]) -> None:
-        """torchmetrics ``forward``: a global curve state not yet allocated (first batch) counts as zeros."""
-        for name in SIMILARITIES:
-            key, local = f"{name}_sum", getattr(self, f"{name}_sum")
-            if incoming_state[key].numel() == 0 and local.numel() != 0:
-                incoming_state = {**incoming_state, key: torch.zeros_like(local)}
-        super()._reduce_states(incoming_state)
-
     # ---------------------------------------------------------------- evaluation
     def _reference(self, maps: Tensor) -> dict[str, Tensor]:
         """What every step compares with, prepared once per batch: the original map's ranks and normalised map."""
@@ -246,7 +237,8 @@ class ParameterRandomisation(AttributionMetric):
         return {"map": a, "spearman": spearman_reference(a.flatten(1)),
                 "spearman_abs": spearman_reference(a.abs().flatten(1))}
 
-    def _similarities(self, reference: dict[str, Tensor], new_maps: Tensor) -> dict[str, Tensor]:
+    def _similarities(self, reference: dict[str, Tensor], new_maps: Tensor, method: Explainer) -> dict[str, Tensor]:
+        check_finite(new_maps, method)  # e.g. a method that divides by a vanishing score of the randomised model
         b = normalize_max_abs(reduce_channels(new_maps.float(), self.channel_reduction))[:, None]
         if b.shape != reference["map"].shape:
             raise ValueError(f"ParameterRandomisation: on the randomised model the method returned maps of shape "
@@ -275,7 +267,7 @@ class ParameterRandomisation(AttributionMetric):
 
             def compare() -> None:
                 with torch.enable_grad():
-                    rows.append(self._similarities(reference, method(work, inputs, explained)))
+                    rows.append(self._similarities(reference, method(work, inputs, explained), method))
 
             if self.include_original:
                 compare()
