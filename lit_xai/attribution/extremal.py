@@ -3,18 +3,31 @@
 For each target area ``a`` find the smooth mask ``m ∈ [0, 1]^{H×W}`` of area ``a`` that maximises the target
 output of the perturbed image (Eq. 6, "preservation"; ``variant="delete"`` minimises it for the deleted region)::
 
-    m* = argmax_m  Φ_t(m ⊗ x)  −  λ ‖ sort(vec m) − r_a ‖²,     r_a = [0, …, 0, 1, …, 1] with a·HW ones
+    m* = argmax_m  Φ_t(m ⊗ x)  −  λ ‖ sort(vec m) − r_a ‖²,     r_a = [0, …, 0, 1, …, 1] with a·|canvas| ones
 
-- ``m ⊗ x`` (§3.2): blur perturbation — a pyramid of Gaussian blurs of ``x`` from σ = ``max_blur`` down to 0, and
-  each pixel picks (interpolates) its level by the mask value: ``m = 1`` keeps the pixel, ``m = 0`` fully blurs it.
-- Smooth masks (§3.3): the optimised parameter lives on a coarse grid (spacing ``step``); the mask at pixel ``u`` is a
-  smooth maximum (softmax pooling, temperature ``coldness``) over the grid parameters weighted by a Gaussian bump of
-  width ``sigma`` centred on each grid point, so the mask is smooth at scale ``sigma`` by construction.
-- Area rank constraint (§3.1) with weight λ = ``area_penalty`` growing × ``penalty_growth`` per iteration.
+The reference algorithm is TorchRay's ``torchray.attribution.extremal_perturbation`` (v1.0.0.2, the authors' code);
+every default below is its value, and with ``jitter=True`` (the default) the masks equal TorchRay's to float
+precision (``tests/conformance/test_conformance_attribution.py``):
 
-Defaults follow reference.md §2 (areas [0.1], blur, 800 iterations, SGD lr 0.01 momentum 0.9, λ = 300 × 1.0035^t).
-``step``, ``sigma`` and ``max_blur`` default to the reference values at 224² (7, 21, 20) scaled to the input size.
-Output ``[B, 1, H, W]``: the optimal mask, summed over ``areas`` when several are given (the paper's summary).
+- ``m ⊗ x`` (§3.2): blur perturbation — a pyramid of ``levels`` Gaussian blurs of ``x``, σ_l = ``max_blur``·(1 −
+  l/(L−1)) (σ = 20 px, kernel radius ⌈4σ⌉, zero padding, as TorchRay's ``imsmooth``); each pixel interpolates
+  linearly between the two levels its mask value falls between: ``m = 1`` keeps the pixel, ``m = 0`` fully blurs it.
+- Smooth masks (§3.3): the optimised parameter lives on a coarse grid (spacing ``step`` = 7 px); the mask at pixel
+  ``u`` is the softmax-pooled (temperature ``coldness`` = 20) maximum over grid parameters ``m̄(v)`` weighted by the
+  bump ``k(‖u − v‖/σ) = exp(−2·max(‖u − v‖/σ − ½, 0)²)`` (``sigma`` = 21 px), clamped to [0, 1]. As in TorchRay the
+  mask is generated on a canvas extended by a margin of σ pixels on every side; the image sees the central crop and
+  the area constraint is measured on the whole canvas (so ``a`` is a fraction of the canvas, not of the image).
+- Area rank constraint (§3.1) with weight λ = ``area_penalty`` (300) growing × ``penalty_growth`` (1.0035) per
+  iteration; ``r_a`` has ⌊|canvas|·(1 − a)⌋ zeros.
+- Optimiser: SGD, lr 0.01, momentum 0.9 with dampening 0.9, parameters clamped to [0, 1] after each step, started
+  at ``init`` = 1 (everything kept), 800 iterations; ``jitter`` flips the perturbed image horizontally on even
+  iterations (TorchRay's deterministic jitter).
+- Output: the mask of the *last evaluated* iteration (TorchRay returns the mask of its last forward, before the last
+  update), ``[B, 1, H, W]``, summed over ``areas`` when several are given (the paper's summary).
+
+``step``, ``sigma`` and ``max_blur`` are pixels, tuned by the authors for 224² ImageNet inputs; they are not rescaled
+for other input sizes (pass smaller values for e.g. 32² images: the reference algorithm on a 32² input blurs with a
+kernel larger than the image).
 """
 
 from __future__ import annotations
@@ -27,11 +40,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_xai.attribution.base import AttributionError, AttributionMethod, resolve_target, target_scores
-from lit_xai.attribution.postprocess import gaussian_smooth
 from lit_xai.attribution.registry import register
+from lit_xai.gaussian import gaussian_kernel1d
 
-REFERENCE_SIZE = 224
 VARIANTS = ("preserve", "delete")
+
+
+def zero_padded_blur(inputs: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:
+    """Separable Gaussian blur with radius ⌈``truncate``·σ⌉ and zero padding (TorchRay's ``imsmooth`` defaults)."""
+    radius = math.ceil(truncate * sigma)
+    if radius == 0:
+        return inputs
+    kernel = gaussian_kernel1d(sigma, radius, inputs.device, inputs.dtype)
+    channels = inputs.shape[1]
+    out = F.conv2d(inputs, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), padding=(radius, 0), groups=channels)
+    return F.conv2d(out, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), padding=(0, radius), groups=channels)
 
 
 class BlurPerturbation:
@@ -40,72 +63,114 @@ class BlurPerturbation:
     def __init__(self, inputs: Tensor, levels: int, max_blur: float) -> None:
         if levels < 2:
             raise AttributionError(f"extremal_perturbation: need at least 2 blur levels, got {levels}")
-        sigmas = torch.linspace(max_blur, 0.0, levels).tolist()  # level 0 = most blurred, last = the input
+        if max_blur <= 0:
+            raise AttributionError(f"extremal_perturbation: max_blur must be positive, got {max_blur}")
+        # level 0 = most blurred, the last level = the input (TorchRay: σ_l = (1 − linspace(0, 1, L)_l)·max_blur)
+        sigmas = ((1 - torch.linspace(0, 1, levels)) * max_blur).tolist()
         self.levels = levels
-        self.pyramid = torch.stack([gaussian_smooth(inputs, s) if s > 0 else inputs for s in sigmas], dim=1)
+        self.pyramid = torch.stack([zero_padded_blur(inputs, s) for s in sigmas], dim=1)  # [B, L, C, H, W]
+        self._rows: dict[int, Tensor] = {}
+
+    def rows(self, repeats: int) -> Tensor:
+        """The pyramid repeated ``repeats`` times along the batch (cached: built once per call of the method)."""
+        if repeats not in self._rows:
+            self._rows[repeats] = self.pyramid.repeat(repeats, 1, 1, 1, 1)
+        return self._rows[repeats]
 
     def apply(self, mask: Tensor) -> Tensor:
-        """``mask [N, 1, H, W]`` in [0, 1] → perturbed images ``[N, C, H, W]`` (pyramid rows repeat over N)."""
+        """``mask [N, 1, H, W]`` in [0, 1] → perturbed images ``[N, C, H, W]`` (pyramid rows repeat over N).
+
+        Level ``k = ⌊m(L−1)⌋`` and ``k + 1`` (clamped to the top level) mixed as ``(1 − w)·y_k + w·y_{k+1}`` with
+        ``w = m(L−1) − k``: at ``m = 1`` both levels are the input, so the mask gets no gradient from the image there
+        (TorchRay's ``Perturbation.apply``)."""
         position = mask * (self.levels - 1)
-        lower = position.floor().clamp(max=self.levels - 2)
+        lower = position.floor()
         frac = position - lower
-        repeats = mask.shape[0] // self.pyramid.shape[0]
-        pyramid = self.pyramid.repeat(repeats, 1, 1, 1, 1)  # [N, L, C, H, W]
+        pyramid = self.rows(mask.shape[0] // self.pyramid.shape[0])
         index = lower.long()[:, None].expand(-1, 1, pyramid.shape[2], -1, -1)
         low = pyramid.gather(1, index).squeeze(1)
-        high = pyramid.gather(1, index + 1).squeeze(1)
-        return low + frac * (high - low)
+        high = pyramid.gather(1, (index + 1).clamp(max=self.levels - 1)).squeeze(1)
+        return (1 - frac) * low + frac * high
 
 
 class SmoothMask:
-    """Parameter grid → smooth mask (§3.3): ``m(u) = smax_v k(u − v) m̄(v)`` over grid points ``v`` near ``u``."""
+    """Parameter grid → smooth mask (§3.3, TorchRay's ``MaskGenerator`` geometry).
+
+    Grid parameter ``(i, j)`` sits at canvas pixel ``(margin + step·i, margin + step·j)``; the canvas extends the
+    image by ``margin = sigma`` pixels on each side. ``canvas(params)`` is the mask on the whole canvas (what the area
+    constraint measures), ``crop`` cuts the image-sized centre out of it, and calling the object does both.
+    """
 
     def __init__(self, height: int, width: int, step: int, sigma: float, coldness: float, device: torch.device):
-        self.step, self.coldness = step, coldness
-        self.radius = math.ceil(sigma / step) + 1  # grid points within reach of the Gaussian bump
-        self.grid_shape = (math.ceil(height / step) + 1, math.ceil(width / step) + 1)
+        if step < 1 or int(step) != step:
+            raise AttributionError(f"extremal_perturbation: step must be a positive integer, got {step}")
+        if sigma <= 0:
+            raise AttributionError(f"extremal_perturbation: sigma must be positive, got {sigma}")
+        step = int(step)
+        self.step, self.coldness, self.height, self.width = step, coldness, height, width
+        margin = sigma
+        self.offset = round(margin)
+        self.radius = 1 + math.ceil(sigma / step)  # grid points within reach of a bump
+        self.padding = 1 + math.ceil((margin + sigma) / step)  # grid points beyond the image border
+        self.grid_shape = (math.ceil(height / step), math.ceil(width / step))
         diameter = 2 * self.radius + 1
-        ys = torch.arange(height, dtype=torch.float32, device=device)
-        xs = torch.arange(width, dtype=torch.float32, device=device)
-        offsets = torch.arange(-self.radius, self.radius + 1, dtype=torch.float32, device=device)
-        # distance from pixel u to grid point (cell(u) + offset) · step, per axis
-        dy = ys[None, :] - (torch.div(ys, step, rounding_mode="floor")[None, :] + offsets[:, None]) * step
-        dx = xs[None, :] - (torch.div(xs, step, rounding_mode="floor")[None, :] + offsets[:, None]) * step
-        dist2 = dy[:, None, :, None] ** 2 + dx[None, :, None, :] ** 2  # [D, D, H, W]
-        self.weight = torch.exp(-dist2 / (2 * sigma**2)).reshape(diameter * diameter, height, width)
-        self.cell_y = torch.div(ys, step, rounding_mode="floor").long()
-        self.cell_x = torch.div(xs, step, rounding_mode="floor").long()
+        cells = [g + 2 * self.padding - diameter + 1 for g in self.grid_shape]  # neighbourhoods per axis
+        self.canvas_shape = (step * cells[0] - step + 1, step * cells[1] - step + 1)
+        offsets = torch.arange(diameter, dtype=torch.float32, device=device) - self.padding
 
-    def __call__(self, params: Tensor) -> Tensor:
-        """``params [N, 1, gh, gw]`` → mask ``[N, 1, H, W]`` in [0, 1]."""
-        diameter = 2 * self.radius + 1
-        neighbours = F.unfold(params, diameter, padding=self.radius)  # [N, D², gh·gw]
-        neighbours = neighbours.view(params.shape[0], diameter * diameter, *self.grid_shape)
-        neighbours = neighbours[:, :, self.cell_y][:, :, :, self.cell_x]  # each pixel's cell neighbourhood
-        bumps = self.weight * neighbours
+        def axis(size: int) -> Tensor:
+            pixels = torch.arange(size, device=device)
+            cell = torch.div(pixels, step, rounding_mode="floor")
+            # distance from canvas pixel u to the grid point of neighbour k of u's cell
+            return pixels[None].float() - (margin + step * (cell[None].float() + offsets[:, None]))
+
+        dy = axis(self.canvas_shape[0])
+        dx = axis(self.canvas_shape[1])
+        distance = (dy[:, None, :, None].square() + dx[None, :, None, :].square()).sqrt() / sigma  # [D, D, h, w]
+        self.weight = torch.exp(-2 * (distance - 0.5).clamp_min(0).square()).reshape(diameter**2, *self.canvas_shape)
+
+    def canvas(self, params: Tensor) -> Tensor:
+        """``params [N, 1, gh, gw]`` → mask on the margin-extended canvas ``[N, 1, h, w]``, clamped to [0, 1]."""
+        batch, taps, step = params.shape[0], (2 * self.radius + 1) ** 2, self.step
+        rows = self.grid_shape[0] + 2 * self.padding - 2 * self.radius
+        neighbours = F.unfold(params, 2 * self.radius + 1, padding=self.padding)  # [N, D², cells]
+        neighbours = neighbours.view(batch, taps, rows, 1, -1, 1)
+        # every pixel of a step × step cell shares its cell's neighbourhood (nearest upsampling), cropped to the canvas
+        neighbours = neighbours.expand(-1, -1, -1, step, -1, step).reshape(batch, taps, rows * step, -1)
+        neighbours = neighbours[:, :, : self.canvas_shape[0], : self.canvas_shape[1]]
+        bumps = self.weight.to(params.dtype) * neighbours
         mask = (bumps * torch.softmax(self.coldness * bumps, dim=1)).sum(dim=1, keepdim=True)
         return mask.clamp(0.0, 1.0)
+
+    def crop(self, canvas: Tensor) -> Tensor:
+        """The image-sized centre ``[N, 1, H, W]`` of a canvas mask."""
+        return canvas[:, :, self.offset:self.offset + self.height, self.offset:self.offset + self.width]
+
+    def __call__(self, params: Tensor) -> Tensor:
+        return self.crop(self.canvas(params))
 
 
 @register("extremal_perturbation")
 class ExtremalPerturbation(AttributionMethod):
-    """Extremal Perturbation masks (see the module docstring for the objective and defaults)."""
+    """Extremal Perturbation masks (see the module docstring for the objective; every default is TorchRay's)."""
 
     def __init__(
         self,
-        areas: Sequence[float] = (0.1,),
-        iterations: int = 800,
-        lr: float = 0.01,
-        momentum: float = 0.9,
-        area_penalty: float = 300.0,
-        penalty_growth: float = 1.0035,
-        variant: str = "preserve",
-        levels: int = 8,
-        max_blur: float | None = None,
-        step: int | None = None,
-        sigma: float | None = None,
-        coldness: float = 20.0,
-        init: float = 0.5,
+        areas: Sequence[float] = (0.1,),  # TorchRay areas=[0.1]
+        iterations: int = 800,  # TorchRay max_iter
+        lr: float = 0.01,  # TorchRay learning_rate
+        momentum: float = 0.9,  # TorchRay momentum
+        dampening: float = 0.9,  # TorchRay: optim.SGD(..., dampening=momentum)
+        area_penalty: float = 300.0,  # TorchRay regul_weight
+        penalty_growth: float = 1.0035,  # TorchRay: regul_weight *= 1.0035 per iteration
+        variant: str = "preserve",  # TorchRay PRESERVE_VARIANT
+        levels: int = 8,  # TorchRay num_levels
+        max_blur: float = 20.0,  # TorchRay Perturbation(max_blur=20), pixels
+        step: int = 7,  # TorchRay step, pixels
+        sigma: float = 21.0,  # TorchRay sigma, pixels
+        coldness: float = 20.0,  # TorchRay MaskGenerator.coldness
+        init: float = 1.0,  # TorchRay: pmask = torch.ones(...)
+        jitter: bool = True,  # TorchRay jitter: flip horizontally on even iterations
     ) -> None:
         areas = tuple(float(a) for a in areas)
         if not areas or not all(0.0 < a < 1.0 for a in areas):
@@ -114,10 +179,13 @@ class ExtremalPerturbation(AttributionMethod):
             raise AttributionError(f"extremal_perturbation: variant must be one of {VARIANTS}, got {variant!r}")
         if iterations < 1:
             raise AttributionError(f"extremal_perturbation: iterations must be ≥ 1, got {iterations}")
+        if not 0.0 <= init <= 1.0:
+            raise AttributionError(f"extremal_perturbation: init must lie in [0, 1], got {init}")
         self.areas = areas
         self.iterations = iterations
         self.lr = lr
         self.momentum = momentum
+        self.dampening = dampening
         self.area_penalty = area_penalty
         self.penalty_growth = penalty_growth
         self.variant = variant
@@ -127,38 +195,35 @@ class ExtremalPerturbation(AttributionMethod):
         self.sigma = sigma
         self.coldness = coldness
         self.init = init
-
-    def scaled(self, value: float | None, reference: float, size: int) -> float:
-        """``value`` if given, else the 224²-reference ``reference`` scaled to the input size."""
-        return value if value is not None else reference * size / REFERENCE_SIZE
+        self.jitter = jitter
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Tensor:
         target = resolve_target(model, inputs, target)
         batch, _, height, width = inputs.shape
-        size = min(height, width)
-        step = max(1, round(self.scaled(self.step, 7, size)))
-        sigma = self.scaled(self.sigma, 21, size)
-        perturbation = BlurPerturbation(inputs, self.levels, self.scaled(self.max_blur, 20, size))
-        smooth_mask = SmoothMask(height, width, step, sigma, self.coldness, inputs.device)
+        perturbation = BlurPerturbation(inputs, self.levels, self.max_blur)
+        smooth_mask = SmoothMask(height, width, self.step, self.sigma, self.coldness, inputs.device)
 
         n_areas = len(self.areas)
         # area-major rows: row i·B + b is image b with area i
         rows_target = target.repeat(n_areas)
-        areas = torch.tensor(self.areas, dtype=inputs.dtype, device=inputs.device).repeat_interleave(batch)
-        pixels = height * width
-        ranks = torch.arange(pixels, device=inputs.device)[None]
-        reference = (ranks >= (pixels - (areas[:, None] * pixels).round())).to(inputs.dtype)  # sorted 0…0 1…1
+        canvas = smooth_mask.canvas_shape[0] * smooth_mask.canvas_shape[1]
+        zeros = torch.tensor([int(canvas * (1 - a)) for a in self.areas], device=inputs.device).repeat_interleave(batch)
+        ranks = torch.arange(canvas, device=inputs.device)[None]
+        reference = (ranks >= zeros[:, None]).to(inputs.dtype)  # sorted 0…0 1…1, ⌊|canvas|(1 − a)⌋ zeros
 
         params = torch.full((n_areas * batch, 1, *smooth_mask.grid_shape), self.init, dtype=inputs.dtype,
                             device=inputs.device, requires_grad=True)
-        optimizer = torch.optim.SGD([params], lr=self.lr, momentum=self.momentum)
+        optimizer = torch.optim.SGD([params], lr=self.lr, momentum=self.momentum, dampening=self.dampening)
         penalty = self.area_penalty
-        for _ in range(self.iterations):
-            mask = smooth_mask(params)
-            kept = mask if self.variant == "preserve" else 1 - mask
-            scores, _ = target_scores(model(perturbation.apply(kept)), rows_target)
+        for iteration in range(self.iterations):
+            full = smooth_mask.canvas(params)
+            mask = smooth_mask.crop(full)
+            perturbed = perturbation.apply(mask if self.variant == "preserve" else 1 - mask)
+            if self.jitter and iteration % 2 == 0:
+                perturbed = perturbed.flip(dims=(3,))
+            scores, _ = target_scores(model(perturbed), rows_target)
             reward = scores if self.variant == "preserve" else -scores
-            area_loss = (mask.flatten(1).sort(dim=1).values - reference).square().mean(dim=1)
+            area_loss = (full.flatten(1).sort(dim=1).values - reference).square().mean(dim=1)
             loss = (penalty * area_loss - reward).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -166,6 +231,4 @@ class ExtremalPerturbation(AttributionMethod):
             with torch.no_grad():
                 params.clamp_(0.0, 1.0)
             penalty *= self.penalty_growth
-        with torch.no_grad():
-            masks = smooth_mask(params)
-        return masks.view(n_areas, batch, 1, height, width).sum(dim=0)
+        return mask.detach().view(n_areas, batch, 1, height, width).sum(dim=0)

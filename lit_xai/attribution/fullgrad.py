@@ -25,10 +25,11 @@ from torch.nn.modules.conv import _ConvNd
 
 from lit_xai.attribution.base import AttributionError, AttributionMethod, target_scores
 from lit_xai.attribution.layers import capture_outputs
-from lit_xai.attribution.postprocess import normalize
 from lit_xai.attribution.registry import register
 
 BIAS_LAYER_TYPES: tuple[type[nn.Module], ...] = (_ConvNd, _BatchNorm, nn.Linear)
+#: the denominator floor of the per-sample min-max (as :func:`lit_xai.attribution.postprocess.normalize`)
+NORMALIZE_EPS = 1e-12
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,19 @@ def _broadcast(bias: Tensor, like: Tensor) -> Tensor:
     return bias.reshape(1, -1, *([1] * (like.dim() - 2)))
 
 
+def _check_bias_layout(name: str, module: nn.Module, out: Tensor) -> None:
+    """Raise unless ``out`` carries ``module``'s bias on dim 1: ``[B, F]`` for linear layers, ``[B, C, …]`` else."""
+    channels = out.shape[1] if out.dim() >= 2 else None
+    linear_ok = not isinstance(module, nn.Linear) or out.dim() == 2
+    if not linear_ok or channels != effective_bias(module).numel():
+        raise AttributionError(
+            f"the full-gradient decomposition (fullgrad, uniform_fullgrad/dga) needs a CNN whose bias layers act on "
+            f"[B, features] or [B, C, h, w] tensors, but layer {name!r} ({type(module).__name__}) outputs shape "
+            f"{list(out.shape)} (a token tensor, as in vision transformers, whose GELU/LayerNorm/attention also break "
+            "completeness); use a CNN, or gradcam with layer= and reshape_transform= for token models"
+        )
+
+
 def bias_gradient_terms(model: nn.Module, inputs: Tensor, target: Tensor | None) -> BiasGradients:
     """One forward and one backward: ∂y_t/∂x and every bias-gradient term ``b ⊙ ∂y_t/∂z`` (see :class:`BiasGradients`).
 
@@ -96,8 +110,9 @@ def bias_gradient_terms(model: nn.Module, inputs: Tensor, target: Tensor | None)
         logits = model(x)
     scores, target = target_scores(logits, target)
     outputs, biases, names = [], [], []
-    for (name, _, bias), capture in zip(named, captures):
+    for (name, module, bias), capture in zip(named, captures):
         for out in capture.outputs:
+            _check_bias_layout(name, module, out)
             outputs.append(out)
             biases.append(bias)
             names.append(name)
@@ -109,11 +124,19 @@ def bias_gradient_terms(model: nn.Module, inputs: Tensor, target: Tensor | None)
     return BiasGradients(grads[0], terms, names, logits.detach(), target)
 
 
-def _fullgrad_postprocess(term: Tensor, size: tuple[int, int], align_corners: bool) -> Tensor:
-    """Reference post-processing of one term: abs → per-sample min-max → bilinear resize → channel sum."""
-    term = normalize(term.abs(), "min_max")
-    term = F.interpolate(term, size=size, mode="bilinear", align_corners=align_corners)
-    return term.sum(dim=1, keepdim=True)
+def _channel_summed_scaled(term: Tensor) -> Tensor:
+    """``Σ_c minmax(|term|)_c`` per sample, ``[B, 1, h, w]`` — ψ before upsampling.
+
+    The reference ψ is abs → per-sample min-max over (C, h, w) → bilinear upsampling → channel sum. Min-max is one
+    affine map per sample and bilinear upsampling is linear and keeps constants, so summing the channels first,
+    ``(Σ_c |t|_c − C·min) / (max − min)``, and upsampling the single channel afterwards gives the same map with C×
+    less upsampling work (``tests/test_attribution_fullgrad.py`` keeps the reference order and compares).
+    """
+    magnitude = term.abs()
+    low, high = torch.aminmax(magnitude.flatten(1), dim=1)
+    scale = (high - low).clamp_min(NORMALIZE_EPS)[:, None, None, None]
+    summed = magnitude.sum(dim=1, keepdim=True) - magnitude.shape[1] * low[:, None, None, None]
+    return summed / scale
 
 
 @register("fullgrad")
@@ -125,14 +148,20 @@ class FullGrad(AttributionMethod):
     Output ``[B, 1, H, W]``, non-negative.
     """
 
-    def __init__(self, align_corners: bool = True) -> None:
+    def __init__(self, align_corners: bool = True) -> None:  # the reference code: align_corners=True
         self.align_corners = align_corners
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Tensor:
         terms = bias_gradient_terms(model, inputs, target)
         size = (inputs.shape[-2], inputs.shape[-1])
-        saliency = _fullgrad_postprocess(terms.input_grad * inputs, size, self.align_corners)
-        for term in terms.bias_terms:
-            if term.dim() == 4:
-                saliency = saliency + _fullgrad_postprocess(term, size, self.align_corners)
+        # ψ summed per spatial size before upsampling (linear): one bilinear resize per resolution, not per term
+        by_size: dict[tuple[int, int], Tensor] = {}
+        for term in [terms.input_grad * inputs, *(t for t in terms.bias_terms if t.dim() == 4)]:
+            key = (term.shape[-2], term.shape[-1])
+            scaled = _channel_summed_scaled(term)
+            by_size[key] = scaled if key not in by_size else by_size[key] + scaled
+        saliency = by_size.pop(size, None)
+        for summed in by_size.values():
+            resized = F.interpolate(summed, size=size, mode="bilinear", align_corners=self.align_corners)
+            saliency = resized if saliency is None else saliency + resized
         return saliency

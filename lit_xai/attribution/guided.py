@@ -4,7 +4,8 @@ Both change how the gradient passes through every ReLU *call*. We intercept ReLU
 :class:`~lit_xai.attribution.activations.ReLUInterceptor` (a ``TorchFunctionMode``), which sees ``nn.ReLU`` modules
 (also ``inplace=True`` and one module called several times per forward, as in torchvision/timm ResNet blocks) and
 functional ``F.relu`` / ``torch.relu`` / ``Tensor.relu_`` alike. On each ReLU output we register a tensor gradient
-hook that rewrites the gradient flowing back into it; nothing is registered on the model.
+hook that rewrites the gradient flowing back into it; nothing is registered on the model. Networks with other
+activations (GELU, SiLU, ``clamp(min=0)``, …) raise a clear error (see :mod:`lit_xai.attribution.activations`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def modified_relu_gradient(
         return activation
 
     x = inputs.detach().requires_grad_(True)
-    with ReLUInterceptor(attach) as mode:
+    with ReLUInterceptor(attach, method) as mode:
         logits = model(x)
     require_relus(mode.calls, method)
     scores, _ = target_scores(logits, target)
@@ -52,8 +53,9 @@ def guided_rule(activation: Tensor, grad: Tensor) -> Tensor:
 
 @register("guided_backprop")
 class GuidedBackprop(AttributionMethod):
-    """Guided Backpropagation (Springenberg et al. 2015): ``∂y_t/∂x`` with every ReLU backward replaced by
-    ``g_in = 1[a > 0] · max(g_out, 0)`` — only positive gradients where the forward activation was positive."""
+    """Guided Backpropagation (Springenberg et al. 2015, §3.4 and Fig. 1): ``∂y_t/∂x`` with every ReLU backward
+    replaced by ``g_in = 1[a > 0] · max(g_out, 0)`` — only positive gradients where the forward activation was
+    positive. Equals ``captum.attr.GuidedBackprop`` (``tests/test_attribution_captum.py``). No options."""
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Tensor:
         return modified_relu_gradient(model, inputs, target, guided_rule, self.name)
@@ -74,7 +76,7 @@ class RectGrad(AttributionMethod):
         g_in = 1[a ⊙ g_out > τ] ⊙ g_out        (the ReLU backward adds 1[a > 0])
     """
 
-    def __init__(self, percentile: float = 98.0) -> None:
+    def __init__(self, percentile: float = 98.0) -> None:  # q = 98: Kim et al. 2019, §4 (the authors' setting)
         if not 0.0 <= percentile <= 100.0:
             raise AttributionError(f"rectgrad: percentile must lie in [0, 100], got {percentile}")
         self.percentile = percentile

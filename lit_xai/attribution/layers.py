@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import math
 from collections.abc import Iterator, Sequence
 
 from torch import Tensor, nn
@@ -105,15 +106,77 @@ def record_spatial_outputs(model: nn.Module) -> Iterator[_SpatialRecorder]:
             handle.remove()
 
 
-def last_spatial_layer(recorder: _SpatialRecorder) -> tuple[str, Tensor]:
+def last_spatial_layer(recorder: _SpatialRecorder, method: str = "gradcam") -> tuple[str, Tensor]:
     """Choose the automatic GradCAM layer: the last 4-D output that is not (the same tensor as) a pooling output.
 
     Completion order puts a container after its last child, so a ResNet yields its last stage (``layer4`` /
     ``layer3``) and a VGG the last conv ReLU before the final max-pool (``features.29``) — the layers the
-    GradCAM paper and reference code use (reference.md §2).
+    GradCAM paper (Selvaraju et al. 2017, §4: "the last convolutional layer") and pytorch-grad-cam's README
+    (``model.layer4[-1]``, ``model.features[-1]``) use (reference.md §2).
+
+    The choice must be a convolutional feature map ``[B, C, h, w]``: its ``h × w`` must be the spatial size of a
+    convolution's output. Otherwise — e.g. a vision transformer, whose last 4-D tensor is an attention
+    ``[B, heads, tokens, dim]`` — there is no spatial layer to choose, and the call raises naming the layer.
     """
     pooled = {id(out) for _, module, out in recorder.calls if isinstance(module, POOLING_TYPES)}
     candidates = [(name, out) for name, module, out in recorder.calls if id(out) not in pooled]
     if not candidates:
-        raise AttributionError("no layer with a spatial [B, C, h, w] output was found for the automatic layer choice")
-    return candidates[-1]
+        raise AttributionError(
+            f"{method}: no layer with a spatial [B, C, h, w] output was found for the automatic layer choice; "
+            "pass layer=<module name> (and reshape_transform= for token outputs)"
+        )
+    name, out = candidates[-1]
+    conv_sizes = {tuple(o.shape[-2:]) for _, module, o in recorder.calls if isinstance(module, nn.modules.conv._ConvNd)}
+    if tuple(out.shape[-2:]) not in conv_sizes:
+        raise AttributionError(
+            f"{method}: the automatic layer choice found {name!r} with output {list(out.shape)}, which is not a "
+            f"convolutional feature map [B, C, h, w] (no convolution outputs a {out.shape[-2]}×{out.shape[-1]} map), "
+            "so the model is not a CNN (e.g. a vision transformer). Pass layer=<module name> and, for token "
+            "outputs [B, 1 + h·w, C], reshape_transform='vit' ('swin', or a callable returning [B, C, h, w])"
+        )
+    return name, out
+
+
+def vit_reshape_transform(
+    tokens: Tensor, height: int | None = None, width: int | None = None, prefix_tokens: int = 1
+) -> Tensor:
+    """ViT token output ``[B, prefix + h·w, C]`` → feature map ``[B, C, h, w]`` (drops the class/register tokens).
+
+    pytorch-grad-cam's ``vit_reshape_transform`` convention (one class token, row-major patches); ``height``/``width``
+    default to the square grid ``√(tokens − prefix)``.
+    """
+    if tokens.dim() != 3:
+        raise AttributionError(f"vit_reshape_transform expects tokens [B, N, C], got shape {list(tokens.shape)}")
+    patches = tokens[:, prefix_tokens:]
+    height, width = _grid(patches.shape[1], height, width, "vit_reshape_transform")
+    return patches.reshape(tokens.shape[0], height, width, tokens.shape[2]).permute(0, 3, 1, 2)
+
+
+def swin_reshape_transform(tokens: Tensor, height: int | None = None, width: int | None = None) -> Tensor:
+    """Swin stage output → ``[B, C, h, w]``: ``[B, h, w, C]`` (timm's channels-last stages) is permuted,
+    ``[B, h·w, C]`` (pytorch-grad-cam's ``swinT_reshape_transform`` convention, no class token) reshaped."""
+    if tokens.dim() == 4:
+        return tokens.permute(0, 3, 1, 2)
+    if tokens.dim() != 3:
+        raise AttributionError(
+            f"swin_reshape_transform expects [B, h, w, C] or [B, h·w, C], got shape {list(tokens.shape)}"
+        )
+    height, width = _grid(tokens.shape[1], height, width, "swin_reshape_transform")
+    return tokens.reshape(tokens.shape[0], height, width, tokens.shape[2]).permute(0, 3, 1, 2)
+
+
+def _grid(count: int, height: int | None, width: int | None, name: str) -> tuple[int, int]:
+    if height is None and width is None:
+        side = math.isqrt(count)
+        if side * side != count:
+            raise AttributionError(f"{name}: {count} patch tokens are not a square grid; pass height= and width=")
+        return side, side
+    height = height if height is not None else count // width
+    width = width if width is not None else count // height
+    if height * width != count:
+        raise AttributionError(f"{name}: {count} patch tokens do not form a {height}×{width} grid")
+    return height, width
+
+
+#: ``reshape_transform`` names accepted by the layer methods
+RESHAPE_TRANSFORMS = {"vit": vit_reshape_transform, "swin": swin_reshape_transform}
