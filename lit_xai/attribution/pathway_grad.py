@@ -1,8 +1,8 @@
 """Pathway Gradient (seed 001, Khakzar et al., CVPR 2021): the input gradient of a critical pathway.
 
 1. Neuron contributions: NeuronMCT ``|a·∂y/∂a|`` (Eq. 2), NeuronIntGrad (Eq. 4: one layer scaled at a time,
-   about L·S passes for L ReLU calls and S α values), or — a named alternative that is not Eq. 4 — the neurons'
-   conductance along the input path ``α·x`` (all layers at once, S passes), see
+   S α values of a quadrature rule per layer, default the 5-point midpoint rule), or — a named alternative that is
+   not Eq. 4 — the neurons' conductance along the input path ``α·x`` (all layers at once, S passes), see
    :mod:`lit_xai.pathways.contributions`.
 2. Network-wide selection of the top ``1−κ`` neurons (§3.3); dead neurons are never selected (Remark 2).
 3. The pathway network ``Φ̂(x; e)``: neurons off the pathway are replaced by constants equal to their original
@@ -29,7 +29,14 @@ from lit_xai.attribution.base import AttributionMethod, target_scores
 from lit_xai.attribution.gradients import InputXGradient, IntegratedGradients
 from lit_xai.attribution.postprocess import morphological_opening
 from lit_xai.attribution.registry import register
-from lit_xai.pathways.contributions import CONTRIBUTION_KINDS, neuron_contributions
+from lit_xai.pathways.contributions import (
+    CONDUCTANCE_STEPS,
+    CONTRIBUTION_KINDS,
+    INTGRAD_RULE,
+    INTGRAD_STEPS,
+    intgrad_alphas,
+    neuron_contributions,
+)
 from lit_xai.pathways.neurons import NeuronGate, Replacement, check_replacement, gated
 from lit_xai.pathways.selection import check_sparsity, select_pathway
 
@@ -57,10 +64,12 @@ class PathwayGrad(AttributionMethod):
     """Gradient of the critical pathway selected by ``contribution`` ∈ {"mct", "intgrad", "conductance"} at
     sparsity κ.
 
-    ``steps``: α values of NeuronIntGrad / conductance (11 in the reference code); ``internal_batch_size`` bounds
-    the batch of (α, image) rows per pass (64: on CPU, 176-row passes of resnet8 were ~1.4× slower per row, and
-    memory grows with it); ``share_prefix`` (NeuronIntGrad) computes the layers before the scaled one once per
-    image (same result, cheaper; ``False`` is the fallback for models with untracked per-sample tensors).
+    ``steps``: α values of NeuronIntGrad (default 5, with ``rule="midpoint"``; see
+    :func:`~lit_xai.pathways.contributions.intgrad_alphas` for ``"reference"``, the authors' code) or of the
+    conductance (default 11); ``internal_batch_size`` bounds the batch of (α, image) rows per pass (64: on CPU,
+    176-row passes of resnet8 were ~1.4× slower per row, and memory grows with it); ``share_prefix`` (NeuronIntGrad)
+    replays the layers before the scaled one from the clean pass (same result, cheaper; ``False`` is the fallback
+    for models with untracked per-sample tensors).
     ``opening_kernel``: if set, the absolute map is smoothed by a morphological opening (the paper's ``*``
     variants).
     """
@@ -70,16 +79,21 @@ class PathwayGrad(AttributionMethod):
         contribution: str = "mct",
         sparsity: float = 0.9,
         replacement: Replacement = "constant",
-        steps: int = 11,
+        steps: int | None = None,
         internal_batch_size: int = 64,
         opening_kernel: int | None = None,
         share_prefix: bool = True,
+        rule: str = INTGRAD_RULE,
     ) -> None:
         check_sparsity(sparsity)
         check_replacement(replacement)
         if contribution not in CONTRIBUTION_KINDS:
             raise ValueError(f"contribution must be one of {CONTRIBUTION_KINDS}, got {contribution!r}")
-        if steps < 2 and contribution != "mct":
+        if steps is None:
+            steps = CONDUCTANCE_STEPS if contribution == "conductance" else INTGRAD_STEPS
+        if contribution == "intgrad":
+            intgrad_alphas(rule, steps)  # validate early
+        if steps < 2 and contribution == "conductance":
             raise ValueError(f"{contribution} needs at least 2 α steps, got {steps}")
         self.contribution = contribution
         self.sparsity = sparsity
@@ -88,6 +102,7 @@ class PathwayGrad(AttributionMethod):
         self.internal_batch_size = internal_batch_size
         self.opening_kernel = opening_kernel
         self.share_prefix = share_prefix
+        self.rule = rule
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Tensor:
         contrib = neuron_contributions(
@@ -99,6 +114,7 @@ class PathwayGrad(AttributionMethod):
             self.steps,
             self.internal_batch_size,
             self.share_prefix,
+            self.rule,
         )
         keep = select_pathway(contrib.contributions, self.sparsity)
         grad, _ = pathway_gradient(
@@ -121,18 +137,25 @@ class NeuronMCT(PathwayGrad):
 
 @register("neuron_intgrad")
 class NeuronIntGrad(PathwayGrad):
-    """Pathway gradient with NeuronIntGrad contributions (seed 001 Eq. 4)."""
+    """Pathway gradient with NeuronIntGrad contributions (seed 001 Eq. 4), ``steps`` α of the quadrature ``rule``.
+
+    Default: the 5-point midpoint rule, the integral of Eq. 4 (chosen by the accuracy-vs-cost measurement in
+    docs/pathways.md); ``rule="reference", steps=11`` is the authors' published code.
+    """
 
     def __init__(
         self,
         sparsity: float = 0.9,
         replacement: Replacement = "constant",
-        steps: int = 11,
+        steps: int = INTGRAD_STEPS,
         internal_batch_size: int = 64,
         opening_kernel: int | None = None,
         share_prefix: bool = True,
+        rule: str = INTGRAD_RULE,
     ) -> None:
-        super().__init__("intgrad", sparsity, replacement, steps, internal_batch_size, opening_kernel, share_prefix)
+        super().__init__(
+            "intgrad", sparsity, replacement, steps, internal_batch_size, opening_kernel, share_prefix, rule
+        )
 
 
 @register("neuron_conductance")
@@ -149,7 +172,7 @@ class NeuronConductance(PathwayGrad):
         self,
         sparsity: float = 0.9,
         replacement: Replacement = "constant",
-        steps: int = 11,
+        steps: int = CONDUCTANCE_STEPS,
         internal_batch_size: int = 64,
         opening_kernel: int | None = None,
     ) -> None:
@@ -172,12 +195,13 @@ class NeuronIntGradStar(NeuronIntGrad):
         self,
         sparsity: float = 0.9,
         replacement: Replacement = "constant",
-        steps: int = 11,
+        steps: int = INTGRAD_STEPS,
         internal_batch_size: int = 64,
         opening_kernel: int = 3,
         share_prefix: bool = True,
+        rule: str = INTGRAD_RULE,
     ) -> None:
-        super().__init__(sparsity, replacement, steps, internal_batch_size, opening_kernel, share_prefix)
+        super().__init__(sparsity, replacement, steps, internal_batch_size, opening_kernel, share_prefix, rule)
 
 
 @register("input_mct")

@@ -1,11 +1,14 @@
 """Neuron contributions to the response ``y_t`` (seed 001 §3.3; seed 000 Eq. 3).
 
 - NeuronMCT (marginal contribution, Taylor): ``c = |a · ∂y/∂a|`` — one forward + backward for all neurons.
-- NeuronIntGrad (Eq. 4): ``c = |a · mean_α ∂y/∂a'|_{a' = α·a}`` with only that neuron's *layer* scaled by α
-  (the Aumann–Shapley value of the layer's neurons with a zero baseline; the reference code uses 11 α values
-  on [0, 1] and takes the absolute value). Exactly as defined, every layer needs its own gradients per α: the
-  α values of one layer run as one batch whose prefix (the layers before the scaled one) is computed only once
-  per image (:mod:`lit_xai.pathways.layer_scaling`); the suffix and its backward run once per (layer, α).
+- NeuronIntGrad (Eq. 4): ``c = |a · ∫₀¹ ∂y/∂a'|_{a' = α·a} dα|`` with only that neuron's *layer* scaled by α (the
+  Aumann–Shapley value of the layer's neurons with a zero baseline). The integral is a quadrature ``Σ_k w_k g(α_k)``
+  (:func:`intgrad_alphas`; default: the midpoint rule with 5 points, chosen by the accuracy-vs-cost measurement
+  of ``benchmarks/bench_intgrad_rules.py`` in docs/pathways.md); ``rule="reference"`` reproduces the authors'
+  published code and ``rule="closed"`` lit_xai's former 11-point grid. Every layer needs its own gradients per α:
+  the α values of one layer run as one batch whose prefix (the layers before the scaled one) is not recomputed but
+  replayed from the clean pass (:mod:`lit_xai.pathways.layer_scaling`); the suffix and its backward run once per
+  (layer, α).
 - Conductance along the input path (an explicitly named alternative, not Eq. 4): the input is scaled by α, all
   layers move at once, ``c = |Σ_k Δa_k · ∂y/∂a|`` — ``steps`` forward+backward passes for every layer together.
 
@@ -16,12 +19,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from lit_xai.attribution.activations import ReLUInterceptor, require_relus
 from lit_xai.attribution.base import AttributionError, target_scores
-from lit_xai.pathways.layer_scaling import SharedPrefixScaling
+from lit_xai.pathways.layer_scaling import ForwardTrace, ReplayMismatch, SharedPrefixScaling
 from lit_xai.pathways.neurons import NeuronTensors, expand_per_sample, relu_activations
 
 
@@ -40,15 +44,70 @@ def _gradients(scores: Tensor, tensors: list[Tensor]) -> list[Tensor]:
     return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, tensors, strict=True)]
 
 
-def mct_contributions(model: nn.Module, inputs: Tensor, target: Tensor | None, method: str) -> NeuronContributions:
-    """NeuronMCT ``|a·∂y_t/∂a|`` for every ReLU output element, from one forward + backward (seed 001 Eq. 2)."""
+def mct_contributions(
+    model: nn.Module, inputs: Tensor, target: Tensor | None, method: str, trace: ForwardTrace | None = None
+) -> NeuronContributions:
+    """NeuronMCT ``|a·∂y_t/∂a|`` for every ReLU output element, from one forward + backward (seed 001 Eq. 2).
+
+    With ``trace`` (a :class:`ForwardTrace` of ``inputs``) the pass is recorded there for prefix replay.
+    """
     # the input requires grad so the activations are in the graph even when the parameters are frozen
-    logits, activations = relu_activations(model, inputs.detach().requires_grad_(True), method)
+    x = inputs.detach().requires_grad_(True)
+    if trace is None:
+        logits, activations = relu_activations(model, x, method)
+    else:
+        with trace.recording(x):
+            logits = model(x)
+        require_relus(len(trace.activations), method)
+        activations = trace.activations
     scores, target = target_scores(logits, target)
     grads = _gradients(scores, activations)
     activations = [a.detach() for a in activations]
-    contributions = [(a * g).abs() for a, g in zip(activations, grads, strict=True)]
+    contributions = [(a * g).abs_() for a, g in zip(activations, grads, strict=True)]
     return NeuronContributions(contributions, activations, logits.detach(), target)
+
+
+INTGRAD_RULES = ("midpoint", "gausslegendre", "trapezoid", "closed", "reference")
+INTGRAD_RULE = "midpoint"  # the measured choice: docs/pathways.md, benchmarks/bench_intgrad_rules.py
+INTGRAD_STEPS = 5  # the measured choice (docs/pathways.md, "NeuronIntGrad's α rule")
+# conductance along the input path: the 11-point grid on [0, 1] (10 intervals) that NeuronIntGrad used before; no
+# paper defines this variant; its accuracy against a fine grid is measured next to NeuronIntGrad's (docs/pathways.md)
+CONDUCTANCE_STEPS = 11
+
+
+def intgrad_alphas(rule: str, steps: int) -> tuple[Tensor, Tensor]:
+    """Points α_k and weights w_k of NeuronIntGrad's quadrature ``Σ_k w_k ∂y/∂a'(α_k·a)`` (float64).
+
+    - ``"midpoint"``: α_k = (k − ½)/S, w_k = 1/S — the integral of Eq. 4, never evaluating the degenerate α = 0.
+    - ``"gausslegendre"``: Gauss–Legendre nodes and weights on [0, 1].
+    - ``"trapezoid"``: α_k = k/(S−1), the end points weighted ½.
+    - ``"closed"``: α_k = k/(S−1), w_k = 1/S (both ends weighted fully; lit_xai's former default with S = 11, the
+      grid docs/reference.md ascribes to the reference code).
+    - ``"reference"``: the authors' published code (PathwayGrad ``src/Pruner.py``, ``_calc_integrad_scores``), whose
+      α mask *accumulates* ``j/(S−1)`` for j = 0..S−1: α_j = j(j+1) / (2(S−1)) (0, 0.1, 0.3, …, 5.5 for S = 11),
+      w_j = 1/S. It extends α beyond 1, so it is not an integral over [0, 1]; use it only to reproduce their numbers.
+    """
+    if rule not in INTGRAD_RULES:
+        raise ValueError(f"NeuronIntGrad rule must be one of {INTGRAD_RULES}, got {rule!r}")
+    minimum = 2 if rule in ("trapezoid", "closed", "reference") else 1
+    if steps < minimum:
+        raise ValueError(f"NeuronIntGrad rule {rule!r} needs at least {minimum} α steps, got {steps}")
+    n = steps
+    weights = np.full(n, 1.0 / n)
+    if rule == "midpoint":
+        alphas = (np.arange(n) + 0.5) / n
+    elif rule == "gausslegendre":
+        nodes, gl_weights = np.polynomial.legendre.leggauss(n)
+        alphas, weights = (nodes + 1.0) / 2.0, gl_weights / 2.0
+    elif rule == "reference":
+        j = np.arange(n)
+        alphas = j * (j + 1) / (2.0 * (n - 1))
+    else:
+        alphas = np.linspace(0.0, 1.0, n)
+        if rule == "trapezoid":
+            weights = np.full(n, 1.0 / (n - 1))
+            weights[[0, -1]] = 0.5 / (n - 1)
+    return torch.as_tensor(alphas, dtype=torch.float64), torch.as_tensor(weights, dtype=torch.float64)
 
 
 class _ScaleOneCall:
@@ -67,22 +126,31 @@ class _ScaleOneCall:
 
 
 def _layer_gradient_sum_full(
-    model: nn.Module, inputs: Tensor, target: Tensor, index: int, alphas: Tensor, rows_per_pass: int, method: str
+    model: nn.Module,
+    inputs: Tensor,
+    target: Tensor,
+    index: int,
+    alphas: Tensor,
+    weights: Tensor,
+    rows_per_pass: int,
+    method: str,
+    trace: ForwardTrace | None,
 ) -> Tensor:
-    """``Σ_α ∂y/∂a'`` for ReLU call ``index``, forwarding all (α, image) rows through the whole network."""
+    """``Σ_k w_k ∂y/∂a'(α_k)`` for ReLU call ``index``, forwarding all (α, image) rows through the whole network."""
     batch = inputs.shape[0]
     rep_inputs = inputs.detach().repeat(len(alphas), *([1] * (inputs.dim() - 1))).requires_grad_(True)
     rep_target = target.repeat(len(alphas))
     rep_alphas = alphas.repeat_interleave(batch)
+    rep_weights = weights.repeat_interleave(batch)
     grad_sum: Tensor | None = None
     for start in range(0, rep_inputs.shape[0], rows_per_pass):
         stop = min(start + rows_per_pass, rep_inputs.shape[0])
         scaler = _ScaleOneCall(index, rep_alphas[start:stop])
-        with ReLUInterceptor(scaler) as mode:
+        with ReLUInterceptor(scaler, method) as mode:
             logits = model(rep_inputs[start:stop])
         require_relus(mode.calls, method)
         scores, _ = target_scores(logits, rep_target[start:stop])
-        (grad,) = _gradients(scores, [scaler.scaled])
+        (grad,) = _gradients(scores * rep_weights[start:stop].to(scores.dtype), [scaler.scaled])
         if grad_sum is None:
             grad_sum = grad.new_zeros(batch, *grad.shape[1:])
         sample = torch.arange(start, stop, device=inputs.device) % batch
@@ -90,27 +158,53 @@ def _layer_gradient_sum_full(
     return grad_sum
 
 
+def _scaled_pass(
+    model: nn.Module, images: Tensor, index: int, alphas: Tensor, trace: ForwardTrace | None, rows: slice, method: str
+) -> tuple[Tensor, Tensor]:
+    """(logits ``[S·B, K]``, the scaled leaf) of one :class:`SharedPrefixScaling` forward of ``images``."""
+    scaling = SharedPrefixScaling(index, alphas, images, trace, rows)
+    with scaling:
+        logits = model(images)
+    require_relus(scaling.calls, method)
+    if scaling.scaled is None:
+        raise AttributionError(f"{method}: ReLU call {index} was not reached in the forward pass")
+    return logits, scaling.scaled
+
+
 def _layer_gradient_sum_shared(
-    model: nn.Module, inputs: Tensor, target: Tensor, index: int, alphas: Tensor, rows_per_pass: int, method: str
+    model: nn.Module,
+    inputs: Tensor,
+    target: Tensor,
+    index: int,
+    alphas: Tensor,
+    weights: Tensor,
+    rows_per_pass: int,
+    method: str,
+    trace: ForwardTrace | None,
 ) -> Tensor:
-    """As :func:`_layer_gradient_sum_full`, but the prefix before call ``index`` runs once per image chunk
+    """As :func:`_layer_gradient_sum_full`, but the prefix before call ``index`` is replayed from ``trace`` (the
+    clean pass) where :meth:`ForwardTrace.replayable`, else computed once per image chunk
     (:class:`SharedPrefixScaling`); chunks hold all α of ``rows_per_pass // S`` images (or, if fewer rows are
     allowed than α values, one image and ``rows_per_pass`` α values)."""
     images_per_pass = max(1, rows_per_pass // len(alphas))
     alphas_per_pass = max(1, min(len(alphas), rows_per_pass // images_per_pass))
+    if trace is not None and not trace.replayable(index):
+        trace = None
     sums = []
-    for images, labels in zip(inputs.split(images_per_pass), target.split(images_per_pass), strict=True):
-        images = images.detach()
+    for start in range(0, inputs.shape[0], images_per_pass):
+        rows = slice(start, min(start + images_per_pass, inputs.shape[0]))
+        images, labels = inputs[rows].detach(), target[rows]
         grad_sum: Tensor | None = None
-        for alpha_chunk in alphas.split(alphas_per_pass):
-            scaling = SharedPrefixScaling(index, alpha_chunk, images)
-            with scaling:
-                logits = model(images)
-            require_relus(scaling.calls, method)
-            if scaling.scaled is None:
-                raise AttributionError(f"{method}: ReLU call {index} was not reached in the forward pass")
+        chunks = zip(alphas.split(alphas_per_pass), weights.split(alphas_per_pass), strict=True)
+        for alpha_chunk, weight_chunk in chunks:
+            try:
+                logits, scaled = _scaled_pass(model, images, index, alpha_chunk, trace, rows, method)
+            except ReplayMismatch:
+                trace = None  # the forward does not follow the recorded trace: compute the prefix from now on
+                logits, scaled = _scaled_pass(model, images, index, alpha_chunk, None, rows, method)
             scores, _ = target_scores(logits, labels.repeat(len(alpha_chunk)))
-            (grad,) = _gradients(scores, [scaling.scaled])
+            row_weights = weight_chunk.to(scores.dtype).repeat_interleave(images.shape[0])
+            (grad,) = _gradients(scores * row_weights, [scaled])
             grad = grad.detach().view(len(alpha_chunk), images.shape[0], *grad.shape[1:]).sum(0)
             grad_sum = grad if grad_sum is None else grad_sum + grad
         sums.append(grad_sum)
@@ -122,25 +216,30 @@ def intgrad_contributions(
     inputs: Tensor,
     target: Tensor | None,
     method: str,
-    steps: int = 11,
+    steps: int = INTGRAD_STEPS,
     internal_batch_size: int = 64,
     share_prefix: bool = True,
+    rule: str = INTGRAD_RULE,
 ) -> NeuronContributions:
-    """NeuronIntGrad (seed 001 Eq. 4): per layer, ``|a · mean over α of ∂y/∂a'|`` at ``a' = α·a``.
+    """NeuronIntGrad (seed 001 Eq. 4): per layer, ``|a · Σ_k w_k ∂y/∂a'|`` at ``a' = α_k·a``.
 
-    ``steps`` α values on a uniform grid over [0, 1] (both ends included, as in the reference code); at most
-    ``internal_batch_size`` (α, image) rows per pass. ``share_prefix`` computes the layers before the scaled call
-    once per image instead of once per (α, image) row (same result; a fallback for models whose per-sample
-    tensors :class:`SharedPrefixScaling` cannot track).
+    ``steps`` α values of the quadrature ``rule`` (:func:`intgrad_alphas`); at most ``internal_batch_size``
+    (α, image) rows per pass. ``share_prefix`` replays the layers before the scaled call from the clean pass (or,
+    where that is not possible, computes them once per image) instead of forwarding every (α, image) row through
+    them (same result; ``False`` is the fallback for models whose per-sample tensors :class:`SharedPrefixScaling`
+    cannot track).
     """
-    if steps < 2:
-        raise ValueError(f"NeuronIntGrad needs at least 2 α steps, got {steps}")
-    clean = mct_contributions(model, inputs, target, method)
-    alphas = torch.linspace(0.0, 1.0, steps, device=inputs.device)
+    alphas, weights = intgrad_alphas(rule, steps)
+    alphas, weights = alphas.to(inputs.device), weights.to(inputs.device)
+    trace = ForwardTrace(method) if share_prefix else None
+    clean = mct_contributions(model, inputs, target, method, trace)
     gradient_sum = _layer_gradient_sum_shared if share_prefix else _layer_gradient_sum_full
     rows_per_pass = max(1, internal_batch_size)
     contributions = [
-        (activation * gradient_sum(model, inputs, clean.target, index, alphas, rows_per_pass, method) / steps).abs()
+        (
+            activation
+            * gradient_sum(model, inputs, clean.target, index, alphas, weights, rows_per_pass, method, trace)
+        ).abs_()
         for index, activation in enumerate(clean.activations)
     ]
     return NeuronContributions(contributions, clean.activations, clean.logits, clean.target)
@@ -151,7 +250,7 @@ def input_path_conductance(
     inputs: Tensor,
     target: Tensor | None,
     method: str,
-    steps: int = 11,
+    steps: int = CONDUCTANCE_STEPS,
     internal_batch_size: int = 64,
 ) -> NeuronContributions:
     """Signed conductance of every neuron along the input path ``α·x`` (Dhamdhere et al.):
@@ -206,7 +305,7 @@ def conductance_contributions(
     inputs: Tensor,
     target: Tensor | None,
     method: str,
-    steps: int = 11,
+    steps: int = CONDUCTANCE_STEPS,
     internal_batch_size: int = 64,
 ) -> NeuronContributions:
     """``|conductance|`` along the input path (:func:`input_path_conductance`), zero for neurons dead at x.
@@ -229,15 +328,19 @@ def neuron_contributions(
     target: Tensor | None,
     method: str,
     contribution: str = "mct",
-    steps: int = 11,
+    steps: int | None = None,
     internal_batch_size: int = 64,
     share_prefix: bool = True,
+    rule: str = INTGRAD_RULE,
 ) -> NeuronContributions:
-    """Dispatch on ``contribution`` ∈ {"mct", "intgrad", "conductance"} (``share_prefix``: intgrad only)."""
+    """Dispatch on ``contribution`` ∈ {"mct", "intgrad", "conductance"} (``share_prefix``, ``rule``: intgrad only;
+    ``steps=None``: each contribution's own default)."""
     if contribution == "mct":
         return mct_contributions(model, inputs, target, method)
     if contribution == "intgrad":
-        return intgrad_contributions(model, inputs, target, method, steps, internal_batch_size, share_prefix)
+        steps = INTGRAD_STEPS if steps is None else steps
+        return intgrad_contributions(model, inputs, target, method, steps, internal_batch_size, share_prefix, rule)
     if contribution == "conductance":
+        steps = CONDUCTANCE_STEPS if steps is None else steps
         return conductance_contributions(model, inputs, target, method, steps, internal_batch_size)
     raise ValueError(f"contribution must be one of {CONTRIBUTION_KINDS}, got {contribution!r}")
