@@ -94,7 +94,7 @@ def bench_model(
             lambda: quantus_pf(model=model, x_batch=x_np, y_batch=y_np, a_batch=a_np, device="cpu", batch_size=batch),
             batch * k,
         ),
-        "Deletion": (ours(lambda: Deletion(num_steps=steps, chunk_size=chunk)), None, batch * k),
+        "Deletion": (ours(lambda: Deletion(baseline="zero", num_steps=steps, chunk_size=chunk)), None, batch * k),
         "Insertion (blur canvas)": (
             ours(lambda: Insertion(num_steps=steps, chunk_size=chunk)), None, batch * k
         ),

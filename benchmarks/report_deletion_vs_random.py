@@ -62,10 +62,12 @@ def main() -> None:
     target = torch.cat(labels)[: callback.get("max_samples")]
     height, width = inputs.shape[-2:]
     metric = Deletion(**deletion)  # the config's protocol: its step schedule, baseline and channel reduction
+    metric.set_data_normalisation(datamodule.mean, datamodule.std)  # the "black" fill is pixel 0 of this data
     metric.prepare(model, (height, width))
     fractions = metric.curve_axis()
     counts = (fractions * height * width).round().long()
-    base = baseline_images(inputs, metric.baseline, metric.blur_kernel_size, metric.blur_sigma)
+    base = baseline_images(inputs, metric.baseline, metric.blur_kernel_size, metric.blur_sigma,
+                           data_mean=metric.data_mean, data_std=metric.data_std)
     specs = list(callback["methods"]) + [{"name": "random", "label": "random"}]
     auc: dict[str, torch.Tensor] = {}
     for spec in specs:
