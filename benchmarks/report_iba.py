@@ -121,7 +121,7 @@ def score_maps(
     model: nn.Module, x: Tensor, y: Tensor, boxes: Tensor, maps: Tensor, black: Tensor
 ) -> dict[str, Tensor | float]:
     size = (x.shape[-2], x.shape[-1])
-    ehr = EffectiveHeatRatio()
+    ehr = EffectiveHeatRatio(normalize="max", channel_reduction="abs_sum")  # raw maps: per-image max (as before)
     ehr.update(model, x, y, maps, boxes=boxes)
     return {
         "deletion": curve_aucs(model, x, y, maps, "remove", "zero", 10),
