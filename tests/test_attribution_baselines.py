@@ -22,6 +22,7 @@ NEW_METHODS = {
     "lime": {"n_samples": 20, "grid": 2},
     "kernel_shap": {"n_samples": 20, "grid": 2},
     "lrp": {},
+    "excitation_backprop": {},
     "prune_pgd_dead": {"steps": 2},
 }
 
@@ -243,6 +244,59 @@ def test_lrp_epsilon_is_conservative_on_a_bias_free_relu_net():
         build("lrp", composite="zplus")
 
 
+# ---------------------------------------------------------------- Excitation Backprop
+
+
+def _eb_down(p: torch.Tensor, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """One Excitation Backprop step through a dense layer (Zhang et al. 2016 Eq. 7), written out."""
+    wp = w.clamp(min=0)
+    return a * ((p / (a @ wp.T + 1e-20)) @ wp)
+
+
+def test_excitation_backprop_matches_the_equations_on_an_mlp():
+    """P(a_j) = Σ_i a_j w⁺_ij / (Σ_k a_k w⁺_ik) P(a_i) layer by layer, ReLU keeping its gradient; the contrastive
+    map subtracts the pass with the classifier negated at the classifier's input and keeps the positive part.
+    No peer library is installed (TorchRay is not packaged for current torch): the reference is written out here.
+    Tolerance 1e-5."""
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(128, 16), nn.ReLU(), nn.Linear(16, 12), nn.ReLU(),
+                        nn.Linear(12, 3)).eval()
+    x = torch.rand(3, 2, 8, 8, generator=torch.Generator().manual_seed(3))
+    w1, w2, w3 = net[1].weight, net[3].weight, net[5].weight
+    with torch.no_grad():
+        z1 = net[1](x.flatten(1))
+        a1 = z1.relu()
+        z2 = net[3](a1)
+        a2 = z2.relu()
+        onehot = F.one_hot(torch.tensor([0, 1, 2]), 3).float()
+        p2 = _eb_down(onehot, a2, w3)
+        contrast = _eb_down(onehot, a2, -w3)
+
+        def to_input(p: torch.Tensor) -> torch.Tensor:
+            p1 = _eb_down(p * (z2 > 0), a1, w2)
+            return _eb_down(p1 * (z1 > 0), x.flatten(1), w1).view(3, 2, 8, 8).sum(1, keepdim=True)
+
+        expected, expected_contrastive = to_input(p2), to_input(p2 - contrast).clamp(min=0)
+    ours = build("excitation_backprop")(net, x, torch.tensor([0, 1, 2]))
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(ours.sum((1, 2, 3)), torch.ones(3), rtol=1e-5, atol=1e-5)  # probabilities sum to 1
+    contrastive = build("excitation_backprop", contrastive=True)(net, x, torch.tensor([0, 1, 2]))
+    torch.testing.assert_close(contrastive, expected_contrastive, rtol=1e-5, atol=1e-7)
+
+
+def test_excitation_backprop_at_a_layer_and_through_convolutions():
+    """At a hidden layer the map has the layer's resolution; on a conv net with positive inputs and no residual
+    additions the winning probabilities still sum to one."""
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(6, 3)).eval()
+    x = torch.rand(2, 2, 8, 8, generator=torch.Generator().manual_seed(4))
+    at_input = build("excitation_backprop")(net, x, 2)
+    torch.testing.assert_close(at_input.sum((1, 2, 3)), torch.ones(2), rtol=1e-4, atol=1e-4)
+    assert build("excitation_backprop", layer="3")(net, x, 2).shape == (2, 1, 4, 4)
+
+
 # ---------------------------------------------------------------- PrunePGD_50*
 
 
@@ -323,7 +377,7 @@ def test_contract_clear_errors(name):
         method(net, images(), 3)
 
 
-@pytest.mark.parametrize("name", ["deeplift", "deepshap", "prune_pgd_dead"])
+@pytest.mark.parametrize("name", ["deeplift", "deepshap", "prune_pgd_dead", "lrp", "excitation_backprop"])
 def test_relu_methods_reject_models_without_relus(name):
     net = nn.Sequential(nn.Conv2d(2, 3, 3), nn.GELU(), nn.Flatten(), nn.Linear(3 * 36, 3))
     with pytest.raises(AttributionError, match=f"{name} acts on ReLU neurons only, but the model calls nn.GELU"):
@@ -342,6 +396,7 @@ def test_methods_build_from_yaml():
     - {name: kernel_shap, kwargs: {n_samples: 30, grid: 4}}
     - {name: prune_pgd_dead, kwargs: {steps: 3}}
     - {name: lrp, kwargs: {composite: epsilon_gamma_box, low: -3.0, high: 3.0, gamma: 0.25}}
+    - {name: excitation_backprop, kwargs: {layer: conv2, contrastive: true}}
     - {name: guided_ig, kwargs: {steps: 4, fraction: 0.25, max_dist: 0.02, baseline: 0.0}}
     """)
     net, x = MixedReLUNet().eval(), images()

@@ -7,6 +7,7 @@ from lit_xai.attribution import (  # noqa: F401  (importing registers the method
     cam,
     deeplift,
     dga,
+    excitation,
     extremal,
     fullgrad,
     gradient_shap,

@@ -70,7 +70,7 @@ def neg(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.clamp(max=0)
 
 
-class _Relevance(torch.autograd.Function):
+class Relevance(torch.autograd.Function):
     """Value ``value``; backward ``R ↦ backward_fn(R)`` (the rule's input relevance)."""
 
     @staticmethod
@@ -176,7 +176,7 @@ class LRPMode(TorchFunctionMode):
 
     def affine(self, x: Tensor, layer: Affine, rule: str) -> Tensor:
         value = layer(x, layer.weight, layer.bias).detach()
-        out = _Relevance.apply(x, value, self.params.backward(rule, layer, x.detach()))
+        out = Relevance.apply(x, value, self.params.backward(rule, layer, x.detach()))
         self.last = (out, x, layer, rule)
         return out
 
@@ -206,7 +206,7 @@ class LRPMode(TorchFunctionMode):
             value = func(*args, **kwargs).detach()
             layer = Affine(lambda i, w, b: func(i, *args[1:], **kwargs), x, None)
             st = self.params.stabilizer
-            return _Relevance.apply(x, value, lambda r: branch_relevance(
+            return Relevance.apply(x, value, lambda r: branch_relevance(
                 layer, [(x.detach(), x, None)], lambda o: [r / stabilize(o[0], st)], True))
         return func(*args, **kwargs)
 
