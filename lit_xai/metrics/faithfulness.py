@@ -1,0 +1,318 @@
+"""Faithfulness beyond curves: Faithfulness Correlation, Monotonicity (Arya / Nguyen), Infidelity.
+
+All score the map per input *feature* (C×H×W; a 1-channel map is repeated over the channels and layer maps are
+upsampled, as Quantus 0.6 broadcasts ``a_batch`` to ``x_batch``) and perturb the inputs by replacing features with a
+*fill* (:mod:`lit_xai.metrics.baselines`; ``image_min`` is Quantus' ``perturb_baseline="black"``). The perturbed
+images of a batch are built on the device with one ``torch.where`` per chunk and evaluated ``chunk_size`` at a time
+(``None``: the batch size), one forward per chunk: the cost is the forwards the protocol needs. Random choices come
+from per-image generators seeded with (``seed``, the image's content) (:mod:`lit_xai.attribution.noise`), so a score
+does not depend on the batch, its order, the device or the DDP rank.
+
+- :class:`FaithfulnessCorrelation` (Bhatt et al. 2020 Eq. 3): Pearson correlation, over ``num_runs`` random subsets
+  S of ``subset_size`` features, between ``Σ_{i∈S} a_i`` and ``f(x) − f(x_{S←fill})``. Higher is better.
+- :class:`Monotonicity` (Arya et al. 2019, AIX360 ``monotonicity_metric``; Quantus ``Monotonicity``): start from the
+  fill, insert the input's features in increasing order of relevance ``features_in_step`` at a time; 1 if the target
+  probability never falls, else 0. Higher is better.
+- :class:`MonotonicityCorrelation` (Nguyen & Martínez 2020 §4; Quantus ``MonotonicityCorrelation``): for each step's
+  features, the variance ``E[(f(x_{S←u}) − f(x))²] / f(x)²`` over ``num_samples`` uniform fills u, Spearman-correlated
+  with the step's relevance. Higher is better.
+- :class:`Infidelity` (Yeh et al. 2019 Eq. 2, with Quantus 0.6's perturbation): square patches in raster order are
+  replaced by the fill one after another, cumulatively; the mean over steps of
+  ``(Σ a·(x − x̃) − (f(x) − f(x̃)))²``, averaged over the patch sizes. Lower is better.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lit_xai.attribution.noise import sample_generators
+from lit_xai.metrics.base import Explainer, resolve_chunk_size
+from lit_xai.metrics.baselines import Fill, baseline_images, check_fill
+from lit_xai.metrics.complexity import ImageScoreMean, feature_maps, prepared_maps
+from lit_xai.metrics.perturbation import pixel_ranks
+from lit_xai.metrics.similarity import centred_unit, spearman
+
+OUTPUTS = ("logit", "probability")
+
+
+def class_outputs(logits: Tensor, target: Tensor, output: str) -> Tensor:
+    """The explained class's logit or softmax probability ``[N]`` (float32)."""
+    if output == "logit":
+        return logits.float().gather(1, target[:, None]).squeeze(1)
+    return logits.float().log_softmax(1).gather(1, target[:, None]).squeeze(1).exp()
+
+
+def chunked_outputs(model: nn.Module, build: Callable[[Tensor], tuple[Tensor, Tensor]], rows: int,
+                    chunk_size: int, output: str, device: torch.device) -> Tensor:
+    """``[rows]`` class outputs of the perturbed images ``build(row_indices) -> (images, target)``, one forward per
+    chunk of ``chunk_size`` rows."""
+    result = torch.empty(rows, device=device)
+    for begin in range(0, rows, chunk_size):
+        index = torch.arange(begin, min(begin + chunk_size, rows), device=device)
+        images, target = build(index)
+        result[index] = class_outputs(model(images), target, output)
+    return result
+
+
+def pearson(a: Tensor, b: Tensor) -> Tensor:
+    """Pearson correlation of matching rows ``[B, N]`` (0 where a row is constant; scipy gives NaN there)."""
+    return (centred_unit(a) * centred_unit(b)).sum(-1).float()
+
+
+class FilledPerturbation(ImageScoreMean):
+    """The fill and output arguments shared by this module's metrics."""
+
+    def __init__(self, baseline: Fill, output: str, chunk_size: int | None, data_mean: Sequence[float] | None,
+                 data_std: Sequence[float] | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        check_fill(baseline, data_mean, data_std)
+        if output not in OUTPUTS:
+            raise ValueError(f"output={output!r}: expected one of {OUTPUTS}")
+        resolve_chunk_size(chunk_size, 1)
+        self.baseline, self.output, self.chunk_size = baseline, output, chunk_size
+        self.data_mean = None if data_mean is None else tuple(float(m) for m in data_mean)
+        self.data_std = None if data_std is None else tuple(float(s) for s in data_std)
+
+    def set_data_normalisation(self, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
+        if self.data_mean is None and mean is not None and std is not None:
+            check_fill(self.baseline, mean, std)
+            self.data_mean, self.data_std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+    def fill(self, inputs: Tensor) -> Tensor:
+        """The fill image of every input ``[B, C, H, W]``."""
+        return baseline_images(inputs, self.baseline, data_mean=self.data_mean, data_std=self.data_std)
+
+
+class FaithfulnessCorrelation(FilledPerturbation):
+    """Faithfulness Correlation (Bhatt et al. 2020 Eq. 3); see the module docstring.
+
+    Args:
+        num_runs: random subsets per image, 100 (Quantus default ``nr_runs``; the paper gives no number).
+        subset_size: features per subset |S|, 224 (Quantus default; the paper gives no number). Must be < C·H·W.
+        baseline: the fill, ``image_min`` (Quantus default ``perturb_baseline="black"`` = the image's minimum).
+        output: ``logit`` (Quantus default ``softmax=False``) or ``probability``.
+        absolute: ``|a|`` first, ``False`` (Quantus default: signed attributions).
+        normalise: divide by the image's max |a|, ``True`` (Quantus default; Pearson is scale-free, so no effect).
+        seed: base seed of the subsets (ours; Quantus draws from NumPy's global generator).
+        chunk_size: perturbed images per forward (``None``: the update's batch size, one forward per run).
+        data_mean, data_std: the data's normalisation, for the ``black`` fill.
+    """
+
+    higher_is_better = True
+
+    def __init__(self, num_runs: int = 100, subset_size: int = 224, baseline: Fill = "image_min",
+                 output: str = "logit", absolute: bool = False, normalise: bool = True, seed: int = 0,
+                 chunk_size: int | None = None, data_mean: Sequence[float] | None = None,
+                 data_std: Sequence[float] | None = None, **kwargs: Any) -> None:
+        super().__init__(baseline, output, chunk_size, data_mean, data_std, **kwargs)
+        if num_runs < 2 or subset_size < 1:
+            raise ValueError(f"num_runs must be ≥ 2 and subset_size ≥ 1, got {num_runs} and {subset_size}")
+        self.num_runs, self.subset_size, self.seed = num_runs, subset_size, seed
+        self.absolute, self.normalise = absolute, normalise
+
+    def subsets(self, inputs: Tensor) -> Tensor:
+        """The random feature subsets ``[B, num_runs, subset_size]`` (indices into C·H·W) of every image."""
+        features = inputs[0].numel()
+        if self.subset_size >= features:
+            raise ValueError(f"subset_size={self.subset_size} must be smaller than the {features} features per image")
+        draws = [torch.rand(self.num_runs, features, generator=g).topk(self.subset_size, dim=1).indices
+                 for g in sample_generators(inputs, self.seed, "faithfulness_correlation")]
+        return torch.stack(draws).to(inputs.device)
+
+    def _image_scores(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor,
+                      method: Explainer | None) -> Tensor:
+        batch = inputs.shape[0]
+        relevance = prepared_maps(feature_maps(maps, inputs), self.absolute, self.normalise).flatten(1)
+        subsets = self.subsets(inputs)
+        flat, fill = inputs.flatten(1), self.fill(inputs).flatten(1)
+
+        def build(rows: Tensor) -> tuple[Tensor, Tensor]:
+            run, image = rows // batch, rows % batch
+            removed = torch.zeros_like(flat[image], dtype=torch.bool).scatter_(1, subsets[image, run], True)
+            return torch.where(removed, fill[image], flat[image]).view(-1, *inputs.shape[1:]), target[image]
+
+        chunk = resolve_chunk_size(self.chunk_size, batch)
+        perturbed = chunked_outputs(model, build, self.num_runs * batch, chunk, self.output, inputs.device)
+        deltas = class_outputs(model(inputs), target, self.output)[:, None] - perturbed.view(self.num_runs, batch).T
+        sums = relevance.gather(1, subsets.flatten(1)).view(batch, self.num_runs, -1).sum(-1)
+        return pearson(sums, deltas)
+
+
+class Monotonicity(FilledPerturbation):
+    """Monotonicity (Arya et al. 2019); see the module docstring. Score per image: 1.0 or 0.0.
+
+    Quantus 0.6 ``Monotonicity`` replaces the step's features of its baseline image by the baseline value again
+    (never by the input's), so its curve is flat and every image scores True; ours inserts the input's values, as
+    AIX360's ``monotonicity_metric`` (``x_copy[ind] = x[ind]``) and Quantus' docstring describe.
+
+    Args:
+        features_in_step: features inserted per step, 1 (Arya: one at a time; Quantus default). Cost: C·H·W /
+            ``features_in_step`` forwards per image.
+        baseline: the start image, ``image_min`` (Quantus default ``perturb_baseline="black"``; AIX360 takes a
+            user-given ``base``).
+        output: ``probability`` (AIX360 ``predict_proba``; Quantus default ``softmax=True``) or ``logit``.
+        absolute: order by ``|a|``, ``True`` (Quantus default; AIX360 sorts the signed coefficients: ``False``).
+        chunk_size, data_mean, data_std: as :class:`FaithfulnessCorrelation`.
+    """
+
+    higher_is_better = True
+
+    def __init__(self, features_in_step: int = 1, baseline: Fill = "image_min", output: str = "probability",
+                 absolute: bool = True, chunk_size: int | None = None, data_mean: Sequence[float] | None = None,
+                 data_std: Sequence[float] | None = None, **kwargs: Any) -> None:
+        super().__init__(baseline, output, chunk_size, data_mean, data_std, **kwargs)
+        if features_in_step < 1:
+            raise ValueError(f"features_in_step must be ≥ 1, got {features_in_step}")
+        self.features_in_step, self.absolute = features_in_step, absolute
+
+    def curves(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor) -> Tensor:
+        """The class output after each insertion step ``[B, ceil(C·H·W / features_in_step)]``."""
+        batch = inputs.shape[0]
+        relevance = prepared_maps(feature_maps(maps, inputs), self.absolute, False).flatten(1)
+        ranks = pixel_ranks(relevance, "lerf")  # 0 = least relevant = inserted first (stable: ties by index)
+        flat, fill = inputs.flatten(1), self.fill(inputs).flatten(1)
+        steps = math.ceil(flat.shape[1] / self.features_in_step)
+
+        def build(rows: Tensor) -> tuple[Tensor, Tensor]:
+            step, image = rows // batch, rows % batch
+            inserted = ranks[image] < ((step + 1) * self.features_in_step)[:, None]
+            return torch.where(inserted, flat[image], fill[image]).view(-1, *inputs.shape[1:]), target[image]
+
+        chunk = resolve_chunk_size(self.chunk_size, batch)
+        return chunked_outputs(model, build, steps * batch, chunk, self.output, inputs.device).view(steps, batch).T
+
+    def _image_scores(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor,
+                      method: Explainer | None) -> Tensor:
+        return (self.curves(model, inputs, target, maps).diff(dim=1) >= 0).all(1).float()
+
+
+class MonotonicityCorrelation(FilledPerturbation):
+    """Monotonicity Correlation (Nguyen & Martínez 2020); see the module docstring.
+
+    Step s holds the features ranked ``[s·k, (s+1)·k)`` in increasing relevance (k = ``features_in_step``); in each
+    of ``num_samples`` draws they all take one value u ~ U[``uniform_low``, ``uniform_high``) of the image (Quantus'
+    ``perturb_baseline="uniform"``), the rest of the image is the input. The variance is divided by ``f(x)²`` where
+    ``|f(x)| ≥ eps`` (Quantus). The score is Spearman's ρ between the step relevances and variances (0 where either is
+    constant; scipy, and so Quantus, give NaN there).
+
+    Args:
+        features_in_step: k, 1 (Quantus default). Cost: ``num_samples`` · C·H·W / k forwards per image.
+        num_samples: uniform draws per step, 100 (Quantus default ``nr_samples``; the paper gives no number).
+        uniform_low, uniform_high: the fill's range, [0, 1) (Quantus ``uniform_low``/``uniform_high`` defaults).
+        eps: 1e-5 (Quantus default).
+        output: ``probability`` (Quantus default ``softmax=True``; the paper's "probability estimation").
+        absolute: ``|a|``, ``True`` (Nguyen: "absolute values of the attributions"; Quantus default).
+        seed: base seed of the uniform draws (ours; Quantus draws from NumPy's global generator).
+        chunk_size: as :class:`FaithfulnessCorrelation`.
+    """
+
+    higher_is_better = True
+
+    def __init__(self, features_in_step: int = 1, num_samples: int = 100, uniform_low: float = 0.0,
+                 uniform_high: float = 1.0, eps: float = 1e-5, output: str = "probability", absolute: bool = True,
+                 seed: int = 0, chunk_size: int | None = None, **kwargs: Any) -> None:
+        super().__init__(0.0, output, chunk_size, None, None, **kwargs)
+        if features_in_step < 1 or num_samples < 1 or not uniform_low < uniform_high:
+            raise ValueError(f"features_in_step={features_in_step}, num_samples={num_samples}, uniform range "
+                             f"[{uniform_low}, {uniform_high}): expected ≥ 1, ≥ 1 and low < high")
+        self.features_in_step, self.num_samples, self.eps = features_in_step, num_samples, eps
+        self.uniform_low, self.uniform_high, self.absolute, self.seed = uniform_low, uniform_high, absolute, seed
+
+    def fills(self, inputs: Tensor, steps: int) -> Tensor:
+        """The uniform fill values ``[B, steps, num_samples]`` of every image."""
+        draws = [torch.rand(steps, self.num_samples, generator=g, dtype=torch.float64)
+                 for g in sample_generators(inputs, self.seed, "monotonicity_correlation")]
+        scale = self.uniform_high - self.uniform_low
+        return (torch.stack(draws) * scale + self.uniform_low).to(inputs.device, inputs.dtype)
+
+    def _image_scores(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor,
+                      method: Explainer | None) -> Tensor:
+        batch, samples = inputs.shape[0], self.num_samples
+        relevance = prepared_maps(feature_maps(maps, inputs), self.absolute, False).flatten(1)
+        step_of = pixel_ranks(relevance, "lerf") // self.features_in_step  # [B, F]: the step of every feature
+        steps = math.ceil(relevance.shape[1] / self.features_in_step)
+        fills, flat = self.fills(inputs, steps), inputs.flatten(1)
+
+        def build(rows: Tensor) -> tuple[Tensor, Tensor]:  # row = (step · samples + sample) · B + image
+            image, draw = rows % batch, rows // batch
+            step, sample = draw // samples, draw % samples
+            value = fills[image, step, sample][:, None]
+            images = torch.where(step_of[image] == step[:, None], value, flat[image])
+            return images.view(-1, *inputs.shape[1:]), target[image]
+
+        chunk = resolve_chunk_size(self.chunk_size, batch)
+        outputs = chunked_outputs(model, build, steps * samples * batch, chunk, self.output, inputs.device)
+        clean = class_outputs(model(inputs), target, self.output)
+        weight = torch.where(clean.abs() >= self.eps, clean.double().abs().clamp_min(self.eps) ** -2, 1.0)
+        squared = (outputs.view(steps, samples, batch).double() - clean.double()) ** 2
+        variance = squared.mean(1).T * weight[:, None]  # [B, steps]
+        step_relevance = torch.zeros(batch, steps, dtype=torch.float64, device=inputs.device)
+        step_relevance.scatter_add_(1, step_of, relevance.double())
+        return spearman(step_relevance, variance)
+
+
+class Infidelity(FilledPerturbation):
+    """Infidelity (Yeh et al. 2019 Eq. 2) with Quantus 0.6's deterministic square-patch perturbation.
+
+    For patch size p, the image is tiled into p×p patches (raster order, partial patches at the right/bottom edge);
+    step j replaces patches 0…j by the fill (cumulatively, all channels), ``x̃_j``; the per-image score is
+    ``mean_j (Σ a·(x − x̃_j) − (f(x) − f(x̃_j)))²``, averaged over ``patch_sizes``. Cost: Σ_p ⌈H/p⌉·⌈W/p⌉ forwards.
+
+    Quantus repeats this deterministic loop ``n_perturb_samples`` = 10 times and averages identical numbers; we run it
+    once (same score). Quantus pads the image (edge mode) to a multiple of p and then indexes the unpadded image, so
+    it agrees with ours only where p divides H and W. Yeh et al.'s random perturbations (Gaussian noise, random
+    squares) are not this protocol.
+
+    Args:
+        patch_sizes: square sizes, ``(4,)`` (Quantus default ``perturb_patch_sizes=[4]``; Yeh's code draws squares).
+        baseline: the fill, ``image_min`` (Quantus default ``perturb_baseline="black"``).
+        output: ``logit`` (Quantus default ``softmax=False``) or ``probability``.
+        absolute, normalise: applied to the map first, both ``False`` (Quantus defaults; the score depends on the
+            map's scale, as Yeh's Eq. 2).
+        chunk_size, data_mean, data_std: as :class:`FaithfulnessCorrelation`.
+    """
+
+    higher_is_better = False
+
+    def __init__(self, patch_sizes: Sequence[int] = (4,), baseline: Fill = "image_min", output: str = "logit",
+                 absolute: bool = False, normalise: bool = False, chunk_size: int | None = None,
+                 data_mean: Sequence[float] | None = None, data_std: Sequence[float] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(baseline, output, chunk_size, data_mean, data_std, **kwargs)
+        self.patch_sizes = tuple(int(p) for p in patch_sizes)
+        if not self.patch_sizes or min(self.patch_sizes) < 1:
+            raise ValueError(f"patch_sizes must be positive integers, got {list(patch_sizes)}")
+        self.absolute, self.normalise = absolute, normalise
+
+    def _patch_loss(self, model: nn.Module, inputs: Tensor, target: Tensor, weighted: Tensor, fill: Tensor,
+                    clean: Tensor, patch: int) -> Tensor:
+        batch, _, height, width = inputs.shape
+        rows, cols = math.ceil(height / patch), math.ceil(width / patch)
+        patch_of = ((torch.arange(height, device=inputs.device) // patch)[:, None] * cols
+                    + torch.arange(width, device=inputs.device) // patch)  # [H, W]
+        padded = torch.nn.functional.pad(weighted, (0, cols * patch - width, 0, rows * patch - height))
+        explained = padded.view(batch, rows, patch, cols, patch).sum((2, 4)).flatten(1).cumsum(1)  # [B, steps]
+
+        def build(index: Tensor) -> tuple[Tensor, Tensor]:
+            step, image = index // batch, index % batch
+            removed = (patch_of <= step[:, None, None])[:, None]
+            return torch.where(removed, fill[image], inputs[image]), target[image]
+
+        chunk = resolve_chunk_size(self.chunk_size, batch)
+        outputs = chunked_outputs(model, build, rows * cols * batch, chunk, self.output, inputs.device)
+        deltas = clean[:, None] - outputs.view(rows * cols, batch).T
+        return ((explained.double() - deltas.double()) ** 2).mean(1)
+
+    def _image_scores(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor,
+                      method: Explainer | None) -> Tensor:
+        relevance = prepared_maps(feature_maps(maps, inputs), self.absolute, self.normalise)
+        fill = self.fill(inputs)
+        weighted = (relevance * (inputs - fill)).sum(1)  # [B, H, W]: Σ_c a·(x − fill) per pixel
+        clean = class_outputs(model(inputs), target, self.output)
+        losses = [self._patch_loss(model, inputs, target, weighted, fill, clean, p) for p in self.patch_sizes]
+        return torch.stack(losses).mean(0).float()
