@@ -24,6 +24,12 @@ SMALL = {
     "randomisation": {"max_steps": 2},
     "ehr": {},
     "pointing_game": {},
+    "sparseness": {},
+    "complexity": {},
+    "faithfulness_correlation": {"num_runs": 4, "subset_size": 16},
+    "monotonicity": {"features_in_step": 16},
+    "monotonicity_correlation": {"features_in_step": 16, "num_samples": 2},
+    "infidelity": {},
 }
 
 

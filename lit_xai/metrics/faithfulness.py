@@ -191,7 +191,7 @@ class Monotonicity(FilledPerturbation):
         return (self.curves(model, inputs, target, maps).diff(dim=1) >= 0).all(1).float()
 
 
-class MonotonicityCorrelation(FilledPerturbation):
+class MonotonicityCorrelation(ImageScoreMean):
     """Monotonicity Correlation (Nguyen & Martínez 2020); see the module docstring.
 
     Step s holds the features ranked ``[s·k, (s+1)·k)`` in increasing relevance (k = ``features_in_step``); in each
@@ -216,11 +216,15 @@ class MonotonicityCorrelation(FilledPerturbation):
     def __init__(self, features_in_step: int = 1, num_samples: int = 100, uniform_low: float = 0.0,
                  uniform_high: float = 1.0, eps: float = 1e-5, output: str = "probability", absolute: bool = True,
                  seed: int = 0, chunk_size: int | None = None, **kwargs: Any) -> None:
-        super().__init__(0.0, output, chunk_size, None, None, **kwargs)
+        super().__init__(**kwargs)
+        if output not in OUTPUTS:
+            raise ValueError(f"output={output!r}: expected one of {OUTPUTS}")
+        resolve_chunk_size(chunk_size, 1)
         if features_in_step < 1 or num_samples < 1 or not uniform_low < uniform_high:
             raise ValueError(f"features_in_step={features_in_step}, num_samples={num_samples}, uniform range "
                              f"[{uniform_low}, {uniform_high}): expected ≥ 1, ≥ 1 and low < high")
         self.features_in_step, self.num_samples, self.eps = features_in_step, num_samples, eps
+        self.output, self.chunk_size = output, chunk_size
         self.uniform_low, self.uniform_high, self.absolute, self.seed = uniform_low, uniform_high, absolute, seed
 
     def fills(self, inputs: Tensor, steps: int) -> Tensor:

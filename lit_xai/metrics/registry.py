@@ -9,6 +9,8 @@ from functools import partial
 from typing import Any
 
 from lit_xai.metrics.base import AttributionMetric
+from lit_xai.metrics.complexity import Complexity, Sparseness
+from lit_xai.metrics.faithfulness import FaithfulnessCorrelation, Infidelity, Monotonicity, MonotonicityCorrelation
 from lit_xai.metrics.localisation import EffectiveHeatRatio, PointingGame
 from lit_xai.metrics.perturbation import Deletion, Insertion, PixelPerturbation
 from lit_xai.metrics.randomisation import ParameterRandomisation
@@ -23,6 +25,12 @@ METRICS: dict[str, Callable[..., AttributionMetric]] = {
     "randomisation": ParameterRandomisation,
     "ehr": EffectiveHeatRatio,
     "pointing_game": PointingGame,
+    "sparseness": Sparseness,
+    "complexity": Complexity,
+    "faithfulness_correlation": FaithfulnessCorrelation,
+    "monotonicity": Monotonicity,
+    "monotonicity_correlation": MonotonicityCorrelation,
+    "infidelity": Infidelity,
 }
 
 
