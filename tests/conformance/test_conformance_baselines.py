@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from captum.attr import DeepLift as CaptumDeepLift
@@ -291,3 +292,29 @@ def test_lrp_matches_zennit_on_the_foreign_nets(foreign_net, images):
         theirs = zennit_relevance(separate, images, composite)
         assert correlation(ours, theirs) >= 0.9999, name
         assert (ours - theirs).abs().max() <= 1e-4 * theirs.abs().max(), name
+
+
+def test_excitation_backprop_matches_torchray(images):
+    """TorchRay's ``excitation_backprop`` / ``contrastive_excitation_backprop`` (contrast at the classifier's input)
+    at two hidden layers of a plain conv net. TorchRay is not a declared test dependency (``pip install --no-deps
+    torchray``): without it this case skips and the equations written out in tests/test_attribution_baselines.py
+    remain.
+    Tolerance: 1e-5 · max |map| (float32)."""
+    excitation = pytest.importorskip("torchray.attribution.excitation_backprop")
+    torch.manual_seed(3)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 5),
+    ).eval()
+    x = images.abs()
+    for layer in ("3", "6"):
+        ours = build("excitation_backprop", layer=layer)(net, x, TARGET)
+        theirs = torch.cat([excitation.excitation_backprop(net, x[i : i + 1], int(TARGET[i]), saliency_layer=layer)
+                            for i in range(len(x))])
+        assert (ours - theirs).abs().max() <= 1e-5 * theirs.abs().max()
+        ours = build("excitation_backprop", layer=layer, contrastive=True)(net, x, TARGET)
+        theirs = torch.cat([excitation.contrastive_excitation_backprop(
+            net, x[i : i + 1], int(TARGET[i]), saliency_layer=layer, contrast_layer="12", classifier_layer="13")
+            for i in range(len(x))])
+        assert (ours - theirs).abs().max() <= 1e-5 * theirs.abs().max()
