@@ -1,0 +1,164 @@
+"""Complexity, faithfulness, robustness and Random Logit metrics: closed forms, seeding, contract.
+
+Closed forms on a linear model ``f(x) = w·x`` (one logit per class) pin each protocol independently of Quantus
+(the Quantus comparison is ``tests/conformance/test_conformance_quantus_families.py``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from lit_xai.metrics.complexity import Complexity, Sparseness
+from lit_xai.metrics.faithfulness import FaithfulnessCorrelation, Infidelity, Monotonicity, MonotonicityCorrelation
+
+
+class Linear(nn.Module):
+    """``f(x)_k = Σ w_k·x``: the gradient is ``w``, every removal changes the logit by ``Σ w·Δx``."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bchw,kchw->bk", x, self.weight)
+
+
+def _linear(seed: int = 0, classes: int = 2) -> Linear:
+    return Linear(torch.randn(classes, 3, 8, 8, generator=torch.Generator().manual_seed(seed))).eval()
+
+
+def _inputs(seed: int = 1, batch: int = 4) -> torch.Tensor:
+    return torch.randn(batch, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_gini_and_entropy_closed_forms() -> None:
+    """One-hot map: Gini (n − 1)/n, entropy 0; constant map: Gini 0, entropy ln n (n = 3·8·8 entries)."""
+    n = 3 * 8 * 8
+    one_hot = torch.zeros(2, 3, 8, 8)
+    one_hot[:, 1, 2, 3] = -5.0  # sign dropped by |·|
+    constant = torch.full((2, 3, 8, 8), 0.7)
+    inputs, target, model = _inputs(batch=2), torch.zeros(2, dtype=torch.long), nn.Identity()
+    assert torch.allclose(Sparseness().image_scores(model, inputs, target, one_hot), torch.tensor((n - 1) / n),
+                          atol=1e-5)
+    assert torch.allclose(Sparseness().image_scores(model, inputs, target, constant), torch.tensor(0.0), atol=1e-6)
+    assert torch.allclose(Complexity().image_scores(model, inputs, target, one_hot), torch.tensor(0.0), atol=1e-6)
+    assert torch.allclose(Complexity().image_scores(model, inputs, target, constant), torch.tensor(math.log(n)),
+                          rtol=1e-6)
+    assert Sparseness.higher_is_better and not Complexity.higher_is_better
+
+
+def test_faithfulness_correlation_is_one_for_input_times_gradient_on_a_linear_model() -> None:
+    """Fill 0, logits: ``f(x) − f(x_{S←0}) = Σ_S w·x`` = the sum of the Input×Gradient map over S, so ρ = 1;
+    a map unrelated to the model scores far below."""
+    model, inputs = _linear(), _inputs()
+    target = torch.tensor([0, 1, 0, 1])
+    exact = inputs * model.weight[target]
+    metric = FaithfulnessCorrelation(num_runs=20, subset_size=32, baseline=0.0)
+    assert torch.allclose(metric.image_scores(model, inputs, target, exact), torch.ones(4), atol=1e-5)
+    noise = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(9))
+    assert metric.image_scores(model, inputs, target, noise).abs().max() < 0.9
+
+
+def test_infidelity_is_zero_for_the_gradient_on_a_linear_model() -> None:
+    """``Σ w·(x − x̃) = f(x) − f(x̃)`` for every patch removal, whatever the fill: infidelity 0; a scaled map is off
+    by (s − 1)²·mean_j Δ_j²."""
+    model, inputs = _linear(), _inputs()
+    target = torch.tensor([0, 1, 1, 0])
+    gradient = model.weight[target].detach()
+    for baseline in ("image_min", 0.0, "image_mean"):
+        metric = Infidelity(baseline=baseline, patch_sizes=(3, 4))
+        assert metric.image_scores(model, inputs, target, gradient).abs().max() < 1e-8
+    assert (Infidelity().image_scores(model, inputs, target, 2 * gradient) > 1e-3).all()
+
+
+def test_monotonicity_inserts_the_input_values() -> None:
+    """Logit output, fill 0: inserting feature i changes the logit by ``w_i x_i``. All contributions positive:
+    monotone whatever the order (1); one negative contribution: the curve falls once (0). A metric that re-filled
+    with the baseline (Quantus 0.6) would give 1 for both."""
+    model, inputs = _linear(), _inputs(batch=2)
+    target = torch.tensor([0, 0])
+    model.weight.data = model.weight.data.abs()
+    positive = inputs.abs()
+    maps = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    maps[:, :, 0, 0] = 2.0  # inserted in the last step (the curve has no point before the first insertion)
+    metric = Monotonicity(baseline=0.0, output="logit", features_in_step=8)
+    assert metric.image_scores(model, positive, target, maps).tolist() == [1.0, 1.0]
+    negative = positive.clone()
+    negative[:, 0, 0, 0] = -5.0
+    assert metric.image_scores(model, negative, target, maps).tolist() == [0.0, 0.0]
+
+
+def test_monotonicity_correlation_ranks_the_variance_of_a_linear_model() -> None:
+    """Logit output: ``E[(f(x_{S←u}) − f(x))²]`` grows with ``|w|`` over S for fills u far from x; a map equal to
+    ``|w|`` gives a Spearman ρ close to 1, its reverse close to −1."""
+    model = _linear()
+    inputs = torch.zeros(2, 3, 8, 8)  # Δ = u·Σ_S w with u ~ U[0, 1): variance ∝ (Σ_S w)²
+    model.weight.data = model.weight.data.abs()
+    target = torch.tensor([0, 0])
+    maps = model.weight[0].detach().expand(2, -1, -1, -1)
+    metric = MonotonicityCorrelation(features_in_step=24, num_samples=50, output="logit")
+    assert (metric.image_scores(model, inputs, target, maps) > 0.8).all()
+    assert (metric.image_scores(model, inputs, target, -maps + maps.max() + 1) < -0.8).all()
+
+
+@pytest.mark.parametrize("factory", [
+    lambda: FaithfulnessCorrelation(num_runs=5, subset_size=16),
+    lambda: MonotonicityCorrelation(features_in_step=32, num_samples=3),
+])
+def test_random_draws_are_per_image_and_seeded(factory) -> None:  # noqa: ANN001
+    """An image's score does not depend on its batch or position (per-image generators), the global generator is
+    untouched, and another seed draws otherwise."""
+    model, inputs = _linear(), _inputs(batch=4)
+    target = torch.tensor([0, 1, 0, 1])
+    maps = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    state = torch.random.get_rng_state()
+    whole = factory().image_scores(model, inputs, target, maps)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    order = torch.tensor([3, 1, 0, 2])
+    shuffled = factory().image_scores(model, inputs[order], target[order], maps[order])
+    halves = torch.cat([factory().image_scores(model, inputs[:2], target[:2], maps[:2]),
+                        factory().image_scores(model, inputs[2:], target[2:], maps[2:])])
+    torch.testing.assert_close(shuffled, whole[order], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(halves, whole, rtol=1e-5, atol=1e-6)
+    other = factory()
+    other.seed = 1
+    assert not torch.allclose(other.image_scores(model, inputs, target, maps), whole)
+
+
+@pytest.mark.parametrize("factory", [
+    Sparseness, Complexity, lambda: FaithfulnessCorrelation(num_runs=4, subset_size=16),
+    lambda: Monotonicity(features_in_step=32), lambda: MonotonicityCorrelation(features_in_step=64, num_samples=2),
+    Infidelity,
+])
+def test_states_sum_over_ranks_and_the_model_is_left_alone(factory) -> None:  # noqa: ANN001
+    """Two "ranks" on disjoint halves, states summed (``dist_reduce_fx="sum"``) = one process on the whole batch;
+    the model's parameters, gradient flags and mode are untouched."""
+    model, inputs = _linear(), _inputs(batch=4)
+    target, maps = torch.tensor([0, 1, 0, 1]), torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    before = [p.detach().clone() for p in model.parameters()]
+    whole, first, second = factory(), factory(), factory()
+    whole.update(model, inputs, target, maps)
+    first.update(model, inputs[:2], target[:2], maps[:2])
+    second.update(model, inputs[2:], target[2:], maps[2:])
+    merged = (first.score_sum + second.score_sum) / (first.count + second.count)
+    torch.testing.assert_close(merged.float(), whole.compute()["score"], rtol=1e-5, atol=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert all(p.requires_grad and p.grad is None for p in model.parameters()) and not model.training
+
+
+def test_bad_input_is_a_clear_error() -> None:
+    model, inputs, target = _linear(), _inputs(batch=2), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="subset_size=500 must be smaller than the 192 features"):
+        FaithfulnessCorrelation(subset_size=500).update(model, inputs, target, torch.rand(2, 1, 8, 8))
+    with pytest.raises(ValueError, match="maps must have 1 or 3 channels"):
+        Infidelity().update(model, inputs, target, torch.rand(2, 2, 8, 8))
+    with pytest.raises(ValueError, match="non-finite"):
+        Sparseness().update(model, inputs, target, torch.full((2, 1, 8, 8), float("nan")))
+    with pytest.raises(ValueError, match="patch_sizes"):
+        Infidelity(patch_sizes=(0,))
+    with pytest.raises(ValueError, match="output="):
+        Monotonicity(output="softmax")
