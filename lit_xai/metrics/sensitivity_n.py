@@ -187,7 +187,8 @@ class SensitivityN(AttributionMetric):
         sets = self._sets.to(inputs.device)
         num_sizes, num_masks, _ = sets.shape
         batch = inputs.shape[0]
-        attribution_sums = torch.einsum("bc,kmc->bkm", self._cell_scores(maps), sets.float())
+        cell_scores = self._cell_scores(maps)  # one set size at a time: a [M, cells] float copy, not [K, M, cells]
+        attribution_sums = torch.stack([cell_scores @ sets[k].T.to(cell_scores.dtype) for k in range(num_sizes)], 1)
         base = baseline_images(inputs, self.baseline, self.blur_kernel_size, self.blur_sigma,
                                data_mean=self.data_mean, data_std=self.data_std)
         clean = self._target_output(model(inputs), target)
