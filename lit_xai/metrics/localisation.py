@@ -90,12 +90,12 @@ class EffectiveHeatRatio(AttributionMetric):
 
     def __init__(
         self,
-        num_quantiles: int = 11,
-        min_value: float = 0.1,
-        max_threshold: float = 0.99,
-        max_box_fraction: float = 0.33,
-        normalize: str = "none",
-        channel_reduction: str = "mean",
+        num_quantiles: int = 11,  # reference code: np.linspace(0, 1.0, 11)
+        min_value: float = 0.1,  # reference code: base_threshold=0.1
+        max_threshold: float = 0.99,  # reference code: min(quantile, max_heat * 0.99)
+        max_box_fraction: float = 0.33,  # §4.5: "bounding box covering less than 33% of the whole image"
+        normalize: str = "none",  # App. F, Fig. 11: cases (a) > (b), (c) need one absolute scale
+        channel_reduction: str = "mean",  # reference code: heatmap.mean(0)
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -167,7 +167,11 @@ class PointingGame(AttributionMetric):
     higher_is_better = True
 
     def __init__(
-        self, tolerance: float = 0, channel_reduction: str = "sum", ties: str = "first", **kwargs: Any
+        self,
+        tolerance: float = 0,  # lit_xai choice for small images (Zhang et al./TorchRay: 15 at 224²)
+        channel_reduction: str = "sum",  # Zhang et al.: the maximum point of the (signed) map
+        ties: str = "first",  # TorchRay: argmax, the first maximum in row-major order
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if tolerance < 0:

@@ -305,7 +305,13 @@ class PixelPerturbation(PerturbationCurve):
     """MoRF / LeRF pixel perturbation (Samek et al.): remove pixels in relevance order to the fill, by default
     ``zero`` — 0 in normalised space, the dataset mean (seeds 000/001/004, reference.md "Pixel perturbation")."""
 
-    def __init__(self, order: str = "morf", baseline: Fill = "zero", output: str = "probability", **kwargs: Any):
+    def __init__(
+        self,
+        order: str = "morf",
+        baseline: Fill = "zero",  # reference.md "Pixel perturbation": 0 in normalised space (seeds 000/001/004)
+        output: str = "probability",  # Samek et al.: the target softmax
+        **kwargs: Any,
+    ):
         super().__init__(order=order, mode="remove", baseline=baseline, output=output, **kwargs)
 
 
@@ -318,7 +324,11 @@ class Deletion(PerturbationCurve):
     """
 
     def __init__(
-        self, baseline: Fill = "black", pixels_per_step: int | None = 10, num_steps: int | None = None, **kwargs: Any
+        self,
+        baseline: Fill = "black",  # App. D.3: "replacing it with black pixel"
+        pixels_per_step: int | None = 10,  # App. D.3: "we set the batch size to be 10"
+        num_steps: int | None = None,
+        **kwargs: Any,
     ):
         pixels_per_step = None if num_steps is not None else pixels_per_step
         super().__init__(
@@ -332,7 +342,11 @@ class Insertion(PerturbationCurve):
     a blurred canvas ("Gaussian blur with kernel size equal to 29, standard deviation ... 15")."""
 
     def __init__(
-        self, baseline: Fill = "blur", pixels_per_step: int | None = 10, num_steps: int | None = None, **kwargs: Any
+        self,
+        baseline: Fill = "blur",  # App. D.3: blurred canvas, kernel 29, σ 15 (PerturbationCurve's blur defaults)
+        pixels_per_step: int | None = 10,  # App. D.3: "we set the batch size to be 10"
+        num_steps: int | None = None,
+        **kwargs: Any,
     ):
         pixels_per_step = None if num_steps is not None else pixels_per_step
         super().__init__(

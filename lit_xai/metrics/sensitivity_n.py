@@ -90,18 +90,18 @@ class SensitivityN(AttributionMetric):
     def __init__(
         self,
         n_values: list[int] | None = None,
-        num_n: int = 45,
-        max_fraction: float = INPUTIBA_MAX_FRACTION,
-        num_masks: int = 200,
+        num_n: int = 45,  # InputIBA code: logspace(0, 4.5, 45)
+        max_fraction: float = INPUTIBA_MAX_FRACTION,  # InputIBA code: 10^4.5 cells at 224²
+        num_masks: int = 200,  # dissertation §4.4.1: "200 index sets for each n"
         patch_size: int = 1,
-        baseline: Fill = "zero",
-        output: str = "logit",
+        baseline: Fill = "zero",  # InputIBA code: input * (1 − mask) on normalised inputs
+        output: str = "logit",  # Ancona et al.: the target output before the softmax
         channel_reduction: str = "sum",
         seed: int = 0,
         chunk_size: int | None = None,
         blur_kernel_size: int = 29,
         blur_sigma: float = 15.0,
-        n_rounding: str = "truncate",
+        n_rounding: str = "truncate",  # InputIBA code: np.logspace(..., dtype=int)
         data_mean: list[float] | None = None,
         data_std: list[float] | None = None,
         **kwargs: Any,
