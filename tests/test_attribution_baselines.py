@@ -380,7 +380,7 @@ def test_contract_clear_errors(name):
 @pytest.mark.parametrize("name", ["deeplift", "deepshap", "prune_pgd_dead", "lrp", "excitation_backprop"])
 def test_relu_methods_reject_models_without_relus(name):
     net = nn.Sequential(nn.Conv2d(2, 3, 3), nn.GELU(), nn.Flatten(), nn.Linear(3 * 36, 3))
-    with pytest.raises(AttributionError, match=f"{name} acts on ReLU neurons only, but the model calls nn.GELU"):
+    with pytest.raises(AttributionError, match=rf"{name} .*ReLU.*the model calls nn\.GELU"):
         build(name, **NEW_METHODS[name])(net, images(), 0)
     with pytest.raises(AttributionError, match="needs a network with ReLU activations"):
         build(name, **NEW_METHODS[name])(nn.Sequential(nn.Flatten(), nn.Linear(128, 3)), images(), 0)
