@@ -297,3 +297,13 @@ def test_feature_ranking_switches_single_channel_values() -> None:
     pixel = PixelPerturbation("morf", output="logit", pixels_per_step=1)  # channel sums 3, 3: tie → index order
     pixel.update(model, inputs, torch.tensor([0]), maps)
     torch.testing.assert_close(pixel.compute()["curve/logit"], torch.tensor([15.0, 10.0, 0.0]))
+
+
+def test_registered_defaults_pin_their_sources() -> None:
+    """Insertion: App. D.3 canvas (kernel 29, σ 15), 10 pixels per step; MoRF/LeRF: 0 in normalised space, softmax;
+    every curve: the fraction AUC with the clean point, pixel ranking."""
+    insertion, morf = build_metric("insertion"), build_metric("morf")
+    assert (insertion.baseline, insertion.blur_kernel_size, insertion.blur_sigma, insertion.pixels_per_step) == (
+        "blur", 29, 15.0, 10)
+    assert (morf.baseline, morf.output, morf.auc, morf.rank_by, morf.blur_padding) == (
+        "zero", "probability", "fraction", "pixel", "replicate")

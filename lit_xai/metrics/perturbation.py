@@ -170,9 +170,9 @@ class PerturbationCurve(AttributionMetric):
         max_fraction: float = 1.0,
         auc: str = "fraction",
         rank_by: str = "pixel",
-        blur_kernel_size: int = 29,
-        blur_sigma: float = 15.0,
-        blur_padding: str = "replicate",
+        blur_kernel_size: int = 29,  # App. D.3: "kernel size equal to 29"
+        blur_sigma: float = 15.0,  # App. D.3: "standard deviation for Gaussian kernel is 15"
+        blur_padding: str = "replicate",  # lit_xai choice (images smaller than the kernel); RISE zeros, torchvision reflect
         data_mean: Sequence[float] | None = None,
         data_std: Sequence[float] | None = None,
         channel_reduction: str = "sum",
