@@ -172,7 +172,7 @@ class PerturbationCurve(AttributionMetric):
         rank_by: str = "pixel",
         blur_kernel_size: int = 29,  # App. D.3: "kernel size equal to 29"
         blur_sigma: float = 15.0,  # App. D.3: "standard deviation for Gaussian kernel is 15"
-        blur_padding: str = "replicate",  # lit_xai choice (images smaller than the kernel); RISE zeros, torchvision reflect
+        blur_padding: str = "replicate",  # lit_xai choice (small images); RISE code: zeros, torchvision: reflect
         data_mean: Sequence[float] | None = None,
         data_std: Sequence[float] | None = None,
         channel_reduction: str = "sum",
