@@ -19,6 +19,11 @@ does not depend on the batch, its order, the device or the DDP rank.
 - :class:`Infidelity` (Yeh et al. 2019 Eq. 2, with Quantus 0.6's perturbation): square patches in raster order are
   replaced by the fill one after another, cumulatively; the mean over steps of
   ``(Σ a·(x − x̃) − (f(x) − f(x̃)))²``, averaged over the patch sizes. Lower is better.
+- :class:`ROAD` (Rong et al. 2022): the top ``p``% pixels (MoRF) are replaced by *noisy linear imputation* (each
+  removed pixel the weighted mean of its 8 neighbours, solved jointly, plus N(0, ``noise``²)); the score is the mean
+  over the percentages of "still predicted as the target". Lower is better (MoRF).
+- :class:`IROF` (Rieger & Hansen 2020): superpixels (SLIC) removed cumulatively in decreasing mean relevance to the
+  fill; the area over the curve of ``f(x̃)/f(x)``. Higher is better.
 """
 
 from __future__ import annotations
@@ -28,10 +33,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_xai.attribution.noise import sample_generators
-from lit_xai.metrics.base import Explainer, resolve_chunk_size
+from lit_xai.attribution.noise import sample_generators, sample_seeds
+from lit_xai.metrics.base import Explainer, pixel_scores, resolve_chunk_size
 from lit_xai.metrics.baselines import Fill, baseline_images, check_fill
 from lit_xai.metrics.complexity import ImageScoreMean, feature_maps, prepared_maps
 from lit_xai.metrics.perturbation import pixel_ranks
@@ -299,7 +305,7 @@ class Infidelity(FilledPerturbation):
         rows, cols = math.ceil(height / patch), math.ceil(width / patch)
         patch_of = ((torch.arange(height, device=inputs.device) // patch)[:, None] * cols
                     + torch.arange(width, device=inputs.device) // patch)  # [H, W]
-        padded = torch.nn.functional.pad(weighted, (0, cols * patch - width, 0, rows * patch - height))
+        padded = F.pad(weighted, (0, cols * patch - width, 0, rows * patch - height))
         explained = padded.view(batch, rows, patch, cols, patch).sum((2, 4)).flatten(1).cumsum(1)  # [B, steps]
 
         def build(index: Tensor) -> tuple[Tensor, Tensor]:
@@ -320,3 +326,150 @@ class Infidelity(FilledPerturbation):
         clean = class_outputs(model(inputs), target, self.output)
         losses = [self._patch_loss(model, inputs, target, weighted, fill, clean, p) for p in self.patch_sizes]
         return torch.stack(losses).mean(0).float()
+
+
+#: ROAD's imputation stencil (Rong et al. 2022 code ``NoisyLinearImputer``; Quantus ``noisy_linear_imputation``):
+#: direct neighbours 1/6, diagonal ones 1/12
+ROAD_STENCIL = ((1 / 12, 1 / 6, 1 / 12), (1 / 6, 0.0, 1 / 6), (1 / 12, 1 / 6, 1 / 12))
+
+
+def linear_imputation(images: Tensor, removed: Tensor, tol: float = 1e-10, max_iter: int | None = None) -> Tensor:
+    """Removed pixels replaced by the solution of ROAD's linear system, batched: ``[N, C, H, W]``, ``removed``
+    ``[N, 1, H, W]`` (bool).
+
+    Each removed pixel equals the stencil-weighted mean of its in-image neighbours (known ones fixed), i.e.
+    ``(D − W) v = W_known x`` with D the sum of the in-image neighbour weights — the system Quantus solves with
+    ``scipy.sparse.linalg.spsolve``. It is symmetric positive definite wherever a removed region touches a known
+    pixel, so conjugate gradients on the whole batch (the operator is one 3×3 convolution) solve it to ``tol``
+    (relative residual); at most ``max_iter`` iterations (``None``: the pixel count, CG's exact-arithmetic bound).
+    Computed in float64 (float32 on MPS, which has none).
+    """
+    dtype = torch.float32 if images.device.type == "mps" else torch.float64
+    channels = images.shape[1]
+    kernel = torch.tensor(ROAD_STENCIL, dtype=dtype, device=images.device).expand(channels, 1, 3, 3)
+    unknown = removed.expand_as(images).to(dtype)
+    known = images.to(dtype) * (1 - unknown)
+
+    def neighbours(v: Tensor) -> Tensor:
+        return F.conv2d(v, kernel, padding=1, groups=channels)
+
+    degree = neighbours(torch.ones_like(known[:1]))
+
+    def operator(v: Tensor) -> Tensor:
+        return unknown * (degree * v - neighbours(v))
+
+    rhs = unknown * neighbours(known)
+    solution = torch.zeros_like(rhs)
+    residual = rhs.clone()
+    direction = residual.clone()
+    norm = residual.flatten(1).pow(2).sum(1)
+    bound = rhs.flatten(1).norm(dim=1).clamp_min(torch.finfo(dtype).tiny) * tol
+    for _ in range(max_iter or images[0, 0].numel()):
+        if bool((norm.sqrt() <= bound).all()):
+            break
+        step = operator(direction)
+        curvature = (direction * step).flatten(1).sum(1)
+        alpha = torch.where(curvature > 0, norm / curvature.clamp_min(torch.finfo(dtype).tiny), 0.0)
+        solution = solution + alpha.view(-1, 1, 1, 1) * direction
+        residual = residual - alpha.view(-1, 1, 1, 1) * step
+        new_norm = residual.flatten(1).pow(2).sum(1)
+        beta = torch.where(norm > 0, new_norm / norm.clamp_min(torch.finfo(dtype).tiny), 0.0)
+        direction = residual + beta.view(-1, 1, 1, 1) * direction
+        norm = new_norm
+    return torch.where(removed, solution.to(images.dtype), images)
+
+
+class ROAD(ImageScoreMean):
+    """ROAD: RemOve And Debias (Rong et al. 2022) with noisy linear imputation; see the module docstring.
+
+    Pixels (channels together, maps reduced over channels by ``channel_reduction``) are ranked most relevant first
+    (``order="morf"``) or least (``lerf``); at percentage p the first ``int(H·W·p/100)`` are imputed (Quantus'
+    count) and the noise ``noise · ε`` (ε ~ N(0, 1) per channel and pixel, per image and percentage) is added to
+    them. The curve is the fraction of images still classified as ``target``; the score is its mean.
+
+    Quantus 0.6 ``ROAD`` ranks C·H·W features but imputes H·W pixels, so it fails (IndexError) on images with more
+    than one channel; on 1-channel images it equals ours (``tests/conformance``).
+
+    Args:
+        percentages: the removal percentages, 1, 3, …, 99 (Quantus default ``range(1, 100, 2)``).
+        noise: standard deviation of the imputation noise, 0.01 (Quantus default; the ROAD code's
+            ``NoisyLinearImputer(noise=0.01)``).
+        order: ``morf`` (Quantus; lower is better) or ``lerf`` (higher is better).
+        channel_reduction: how maps are reduced over channels before ranking pixels, ``sum`` (ours, as the pixel
+            perturbation metrics).
+        seed: base seed of the noise (ours; Quantus draws from NumPy's global generator).
+        tol: relative residual of the imputation's linear solve, 1e-10 (ours; Quantus solves directly).
+        chunk_size: imputed images per solve and forward (``None``: the batch size).
+    """
+
+    curve_label = "removed pixels (%)"
+
+    def __init__(self, percentages: Sequence[float] = tuple(range(1, 100, 2)), noise: float = 0.01,
+                 order: str = "morf", channel_reduction: str = "sum", seed: int = 0, tol: float = 1e-10,
+                 chunk_size: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.percentages = tuple(float(p) for p in percentages)
+        if not self.percentages or not all(0 <= p < 100 for p in self.percentages):
+            raise ValueError(f"percentages must be in [0, 100), got {list(percentages)}")
+        if order not in ("morf", "lerf") or noise < 0:
+            raise ValueError(f"order={order!r}, noise={noise}: expected 'morf' or 'lerf' and noise ≥ 0")
+        resolve_chunk_size(chunk_size, 1)
+        self.noise, self.order, self.channel_reduction = noise, order, channel_reduction
+        self.seed, self.tol, self.chunk_size = seed, tol, chunk_size
+        self.add_state("curve_sum", torch.zeros(len(self.percentages), dtype=torch.float64), dist_reduce_fx="sum")
+
+    @property
+    def higher_is_better(self) -> bool:  # type: ignore[override]
+        """MoRF: a faithful map makes the accuracy fall fast (low); LeRF: slowly (high)."""
+        return self.order == "lerf"
+
+    def noise_draws(self, inputs: Tensor, rows: Tensor) -> Tensor:
+        """The noise ``[N, C, H·W]`` of the (percentage, image) ``rows`` (``p · B + b``), by pixel rank (entry r: the
+        pixel ranked r): row (p, b) draws from a generator seeded with image b's seed (``seed``, its content) + p."""
+        batch, channels = inputs.shape[:2]
+        seeds = sample_seeds(inputs, self.seed, "road")
+        draws = [torch.randn(channels, inputs[0, 0].numel(), dtype=torch.float64,
+                             generator=torch.Generator().manual_seed((seeds[row % batch] + row // batch) % 2**64))
+                 for row in rows.tolist()]
+        return torch.stack(draws).to(inputs.device, inputs.dtype) * self.noise
+
+    def imputed(self, inputs: Tensor, maps: Tensor, rows: Tensor | None = None) -> Tensor:
+        """The imputed images of the (percentage, image) ``rows`` (``p · B + b``; default: all), ``[N, C, H, W]``."""
+        batch, channels, height, width = inputs.shape
+        ranks = pixel_ranks(pixel_scores(maps, (height, width), self.channel_reduction), self.order)
+        counts = torch.tensor([int(height * width * p / 100) for p in self.percentages], device=inputs.device)
+        rows = torch.arange(len(self.percentages) * batch, device=inputs.device) if rows is None else rows
+        step, image = rows // batch, rows % batch
+        removed = ranks[image] < counts[step, None]  # [N, H·W]
+        noise = self.noise_draws(inputs, rows).gather(2, ranks[image, None].expand(-1, channels, -1))
+        filled = linear_imputation(inputs[image], removed.view(-1, 1, height, width), self.tol)
+        return torch.where(removed[:, None], filled.flatten(2) + noise, filled.flatten(2)).view(-1, channels, height,
+                                                                                               width)
+
+    def curves(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor) -> Tensor:
+        """1.0 where the imputed image is still classified as ``target``, ``[B, P]``."""
+        batch = inputs.shape[0]
+        result = torch.empty(len(self.percentages) * batch, device=inputs.device)
+        chunk = resolve_chunk_size(self.chunk_size, batch)
+        for begin in range(0, result.shape[0], chunk):
+            rows = torch.arange(begin, min(begin + chunk, result.shape[0]), device=inputs.device)
+            result[rows] = (model(self.imputed(inputs, maps, rows)).argmax(1) == target[rows % batch]).float()
+        return result.view(-1, batch).T
+
+    def _image_scores(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor,
+                      method: Explainer | None) -> Tensor:
+        return self.curves(model, inputs, target, maps).mean(1)
+
+    def _update(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor, **extras: Any) -> None:
+        curves = self.curves(model, inputs, target, maps)
+        self.curve_sum += curves.double().sum(0)
+        self.score_sum += curves.double().mean(1).sum()
+        self.count += curves.shape[0]
+
+    def curve_axis(self) -> Tensor:
+        return torch.tensor(self.percentages)
+
+    def compute(self) -> dict[str, Tensor]:
+        result = super().compute()
+        result["curve/accuracy"] = (self.curve_sum / self.count).float()
+        return result

@@ -15,7 +15,13 @@ import torch
 from torch import nn
 
 from lit_xai.metrics.complexity import Complexity, Sparseness
-from lit_xai.metrics.faithfulness import FaithfulnessCorrelation, Infidelity, Monotonicity, MonotonicityCorrelation
+from lit_xai.metrics.faithfulness import (
+    ROAD,
+    FaithfulnessCorrelation,
+    Infidelity,
+    Monotonicity,
+    MonotonicityCorrelation,
+)
 
 quantus = pytest.importorskip("quantus")
 
@@ -129,3 +135,46 @@ def test_infidelity_equals_quantus(foreign_net: nn.Module, images: torch.Tensor,
     ours = Infidelity(patch_sizes=patch_sizes)
     np.testing.assert_allclose(ours.image_scores(foreign_net, images, target, maps).numpy(), reference, rtol=1e-5,
                                atol=1e-7)
+
+
+def test_linear_imputation_equals_quantus_sparse_solve() -> None:
+    """Our batched conjugate-gradient solve of ROAD's system equals Quantus' ``noisy_linear_imputation`` (scipy
+    ``spsolve``) with noise 0, per image and removal set, 3 channels. Tolerance: 1e-8 (float64 both)."""
+    from quantus.functions.perturb_func import noisy_linear_imputation
+
+    from lit_xai.metrics.faithfulness import linear_imputation
+
+    generator = torch.Generator().manual_seed(6)
+    images = torch.randn(3, 3, 12, 10, generator=generator, dtype=torch.float64)
+    removed = torch.rand(3, 1, 12, 10, generator=generator) < torch.tensor([0.1, 0.5, 0.95]).view(3, 1, 1, 1)
+    ours = linear_imputation(images, removed)
+    for i in range(3):
+        indices = removed[i, 0].flatten().nonzero()[:, 0].numpy()
+        reference = noisy_linear_imputation(images[i].numpy(), indices, noise=0.0)
+        np.testing.assert_allclose(ours[i].numpy(), reference, rtol=1e-8, atol=1e-8)
+
+
+def test_road_equals_quantus_on_grey_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Quantus' ROAD (1-channel images: it fails on more, see ROAD's docstring) fed our noise (one
+    ``np.random.randn`` per image and percentage): equal accuracy curves. Exact (0/1 decisions away from ties)."""
+    from tests.conformance.conftest import FunctionalReLUNet
+
+    torch.manual_seed(0)
+    net = FunctionalReLUNet(in_chans=1).eval()
+    images = torch.randn(6, 1, 16, 16, generator=torch.Generator().manual_seed(7))
+    target = net(images).argmax(1)
+    maps = _maps((6, 1, 16, 16), seed=8)
+    percentages = (5, 25, 50, 75, 95)
+    ours = ROAD(percentages=percentages, noise=0.05)
+    rows = torch.arange(len(percentages) * 6)
+    noise = (ours.noise_draws(images, rows) / 0.05).numpy()
+    counts = [int(256 * p / 100) for p in percentages]
+    draws = (noise[r, 0, :counts[r // 6]] for r in range(len(rows)))
+    monkeypatch.setattr(np.random, "randn", lambda *shape: next(draws).reshape(shape))
+    reference = quantus.ROAD(percentages=list(percentages), noise=0.05, disable_warnings=True)(
+        model=net, x_batch=images.numpy(), y_batch=target.numpy(), a_batch=maps.numpy(), device="cpu")
+    monkeypatch.undo()
+    ours.update(net, images, target, maps)
+    curve = ours.compute()["curve/accuracy"].numpy()
+    np.testing.assert_allclose(curve, [reference[p] for p in percentages], atol=1e-12)
+    assert 0 < curve.min() < curve.max() <= 1  # the decisions change along the curve: the comparison can fail
