@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
+from global_state import restore_changed, snapshot_switches
 
 os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -23,34 +23,6 @@ torch.set_num_threads(1)
 TEST_SEED = 0
 
 
-def _cudnn_flags() -> tuple[bool, bool]:
-    return torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
-
-
-def _set_cudnn_flags(flags: tuple[bool, bool]) -> None:
-    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = flags
-
-
-def _deterministic_algorithms() -> tuple[bool, bool]:
-    return torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-
-
-def _set_deterministic_algorithms(flags: tuple[bool, bool]) -> None:
-    torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
-
-
-#: name → (read, restore) of the process-wide torch settings a test must not change
-GLOBAL_SWITCHES: dict[str, tuple[Callable[[], Any], Callable[[Any], None]]] = {
-    "num_threads": (torch.get_num_threads, torch.set_num_threads),
-    "grad_enabled": (torch.is_grad_enabled, torch.set_grad_enabled),
-    "default_dtype": (torch.get_default_dtype, torch.set_default_dtype),
-    "deterministic_algorithms": (_deterministic_algorithms, _set_deterministic_algorithms),
-    "anomaly_detection": (torch.is_anomaly_enabled, torch.set_anomaly_enabled),
-    "cudnn": (_cudnn_flags, _set_cudnn_flags),
-    "float32_matmul_precision": (torch.get_float32_matmul_precision, torch.set_float32_matmul_precision),
-}
-
-
 @pytest.fixture(autouse=True)
 def isolated_global_state() -> Iterator[None]:
     """Seed Python's, NumPy's and torch's global generators with ``TEST_SEED`` (an unseeded draw gives the same
@@ -58,12 +30,7 @@ def isolated_global_state() -> Iterator[None]:
     random.seed(TEST_SEED)
     np.random.seed(TEST_SEED)
     torch.manual_seed(TEST_SEED)
-    before = {name: read() for name, (read, _) in GLOBAL_SWITCHES.items()}
+    before = snapshot_switches()
     yield
-    leaked = {}
-    for name, (read, restore) in GLOBAL_SWITCHES.items():
-        now = read()
-        if now != before[name]:
-            leaked[name] = (before[name], now)
-            restore(before[name])
+    leaked = restore_changed(before)
     assert not leaked, f"the test changed global torch settings (before, after), now restored: {leaked}"

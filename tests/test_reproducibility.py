@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+from global_state import restore_changed, snapshot_switches
 from torch import nn
 
 from lit_xai.attribution import available, build, get_class
@@ -162,3 +163,17 @@ def test_no_method_touches_the_global_generator(name):
         maps = method(model, images(2, seed=4, dtype=torch.float32), torch.tensor([1, 2]))
     assert maps.shape[0] == 2
     assert torch.equal(torch.random.get_rng_state(), state), f"{name} drew from the global torch generator"
+
+
+def test_the_suite_fixture_reports_and_restores_global_switches():
+    """Issue 19 item 15: tests/conftest.py's autouse fixture fails a test that leaks a global torch setting."""
+    before = snapshot_switches()
+    torch.set_num_threads(before["num_threads"] + 1)
+    torch.set_grad_enabled(False)
+    try:
+        leaked = restore_changed(before)
+    finally:
+        torch.set_num_threads(before["num_threads"])
+        torch.set_grad_enabled(before["grad_enabled"])
+    assert set(leaked) == {"num_threads", "grad_enabled"}
+    assert snapshot_switches() == before
