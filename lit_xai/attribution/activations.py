@@ -87,8 +87,9 @@ def check_activation(func: Any, args: tuple, kwargs: dict, method: str) -> None:
     name = unsupported_activation(func, args, kwargs)
     if name is not None:
         raise AttributionError(
-            f"{method or 'this ReLU-based method'} acts on ReLU neurons only, but the model calls {name}: its "
-            "neurons would be treated as plain layers and the attribution would silently cover only the ReLU calls. "
+            f"{method or 'this ReLU-based method'} needs a network with ReLU activations only (it acts on ReLU "
+            f"neurons), but the model calls {name}: those neurons would be treated as plain layers and the "
+            "attribution would silently cover only the ReLU calls. "
             "Use a network whose activations are all ReLU, or a method that does not act on neurons "
             "(e.g. gradient, integrated_gradients, gradcam)"
         )

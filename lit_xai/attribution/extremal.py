@@ -114,7 +114,14 @@ class SmoothMask:
         self.padding = 1 + math.ceil((margin + sigma) / step)  # grid points beyond the image border
         self.grid_shape = (math.ceil(height / step), math.ceil(width / step))
         diameter = 2 * self.radius + 1
-        cells = [g + 2 * self.padding - diameter + 1 for g in self.grid_shape]  # neighbourhoods per axis
+        # neighbourhoods per axis: TorchRay's count, plus whole cells on the far side where its canvas would end
+        # before the image does (TorchRay fails there with a shape mismatch, e.g. step 4, σ 6 on 20 px)
+        cells = []
+        for grid, size in zip(self.grid_shape, (height, width)):
+            count = grid + 2 * self.padding - diameter + 1
+            count += max(0, math.ceil((self.offset + size - (step * count - step + 1)) / step))
+            cells.append(count)
+        self.cells = tuple(cells)
         self.canvas_shape = (step * cells[0] - step + 1, step * cells[1] - step + 1)
         offsets = torch.arange(diameter, dtype=torch.float32, device=device) - self.padding
 
@@ -132,9 +139,12 @@ class SmoothMask:
     def canvas(self, params: Tensor) -> Tensor:
         """``params [N, 1, gh, gw]`` → mask on the margin-extended canvas ``[N, 1, h, w]``, clamped to [0, 1]."""
         batch, taps, step = params.shape[0], (2 * self.radius + 1) ** 2, self.step
-        rows = self.grid_shape[0] + 2 * self.padding - 2 * self.radius
-        neighbours = F.unfold(params, 2 * self.radius + 1, padding=self.padding)  # [N, D², cells]
-        neighbours = neighbours.view(batch, taps, rows, 1, -1, 1)
+        rows, cols = self.cells
+        extra_rows = rows - (self.grid_shape[0] + 2 * self.padding - 2 * self.radius)
+        extra_cols = cols - (self.grid_shape[1] + 2 * self.padding - 2 * self.radius)
+        padded = F.pad(params, (self.padding, self.padding + extra_cols, self.padding, self.padding + extra_rows))
+        neighbours = F.unfold(padded, 2 * self.radius + 1)  # [N, D², rows · cols]
+        neighbours = neighbours.view(batch, taps, rows, 1, cols, 1)
         # every pixel of a step × step cell shares its cell's neighbourhood (nearest upsampling), cropped to the canvas
         neighbours = neighbours.expand(-1, -1, -1, step, -1, step).reshape(batch, taps, rows * step, -1)
         neighbours = neighbours[:, :, : self.canvas_shape[0], : self.canvas_shape[1]]
