@@ -86,10 +86,14 @@ class NeuronGate:
                 f"pathway mask of ReLU call {index} has shape {tuple(keep.shape)}, "
                 f"the activation has shape {tuple(activation.shape)}"
             )
-        keep = keep.to(activation.dtype)
-        out = activation * keep
-        if self.replacement == "constant":
-            out = out + self.constants[index] * (1 - keep)
+        if keep.dtype == torch.bool:  # one pass, no float copy of the mask: a·keep, or a·keep + c·(1−keep)
+            other = self.constants[index] if self.replacement == "constant" else activation.new_zeros(())
+            out = torch.where(keep, activation, other)
+        else:
+            keep = keep.to(activation.dtype)
+            out = activation * keep
+            if self.replacement == "constant":
+                out = out + self.constants[index] * (1 - keep)
         if self.record:
             self.outputs.append(out)
         return out
@@ -98,7 +102,7 @@ class NeuronGate:
 @contextlib.contextmanager
 def gated(gate: NeuronGate, method: str) -> Iterator[ReLUInterceptor]:
     """Run the block with ``gate`` applied to every ReLU call; check the call count on exit."""
-    with ReLUInterceptor(gate) as mode:
+    with ReLUInterceptor(gate, method) as mode:
         yield mode
     require_relus(mode.calls, method)
     if mode.calls != len(gate.keep):
