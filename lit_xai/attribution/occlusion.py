@@ -35,10 +35,22 @@ def patch_masks(height: int, width: int, patch: int, stride: int, device: torch.
 @register("occlusion")
 class Occlusion(AttributionMethod):
     """Occlusion sensitivity with a ``patch × patch`` window moved by ``stride``; ``baseline`` is the fill value
-    (0 = the dataset mean in normalised space) or a tensor broadcastable to one input ``[C, H, W]``.
-    Output ``[B, C, H, W]`` (the same value in every channel)."""
+    (0 = the dataset mean in normalised space: Zeiler & Fergus occlude "with a grey square") or a tensor broadcastable
+    to one input ``[C, H, W]``. Output ``[B, C, H, W]`` (the same value in every channel).
 
-    def __init__(self, patch: int = 8, stride: int = 4, baseline: float | Tensor = 0.0, max_batch: int = 256) -> None:
+    ``patch=8, stride=4`` is lit_xai's choice, not a published default (neither the paper nor Captum, whose
+    ``sliding_window_shapes``/``strides`` are required, fixes one): a quarter of the side of the project's 32² inputs,
+    half-overlapping windows. Scale it with the input (e.g. Captum's ImageNet tutorial uses 15/8 on 224²).
+    ``captum.attr.Occlusion(model).attribute(x, sliding_window_shapes=(C, patch, patch), strides=stride,
+    baselines=baseline, target=t)`` gives the same map (``tests/test_attribution_captum.py``)."""
+
+    def __init__(
+        self,
+        patch: int = 8,  # lit_xai's choice for 32² inputs (see the class docstring)
+        stride: int = 4,  # lit_xai's choice: half-overlapping windows
+        baseline: float | Tensor = 0.0,  # grey = the dataset mean in normalised space (Zeiler & Fergus 2014, §4.2)
+        max_batch: int = 256,  # memory bound only; does not change the map
+    ) -> None:
         if patch < 1 or stride < 1:
             raise AttributionError(f"occlusion: patch and stride must be ≥ 1, got patch={patch}, stride={stride}")
         self.patch = patch
