@@ -162,3 +162,51 @@ def test_bad_input_is_a_clear_error() -> None:
         Infidelity(patch_sizes=(0,))
     with pytest.raises(ValueError, match="output="):
         Monotonicity(output="softmax")
+
+
+def test_linear_imputation_reproduces_a_linear_ramp_inside_the_image() -> None:
+    """The stencil is symmetric, so a linear function is its own weighted neighbour mean: removed pixels away from
+    the border get the ramp's values back exactly (the border rows, with missing neighbours, are kept)."""
+    from lit_xai.metrics.faithfulness import linear_imputation
+
+    rows, cols = torch.meshgrid(torch.arange(10.0, dtype=torch.float64), torch.arange(12.0, dtype=torch.float64),
+                                indexing="ij")
+    ramp = (0.3 * rows - 0.7 * cols + 2.0).expand(2, 3, -1, -1)
+    removed = torch.zeros(2, 1, 10, 12, dtype=torch.bool)
+    removed[0, :, 2:8, 3:9] = True
+    removed[1, :, 1:9, 1:11] = torch.rand(8, 10, generator=torch.Generator().manual_seed(0)) < 0.8
+    torch.testing.assert_close(linear_imputation(ramp, removed), ramp, rtol=0, atol=1e-8)
+
+
+def test_road_removes_the_ranked_pixels_with_seeded_noise() -> None:
+    """At p% the first ``int(H·W·p/100)`` pixels by rank change (imputation + noise) and no other pixel does."""
+    from lit_xai.metrics.faithfulness import ROAD
+
+    inputs = _inputs(batch=2)
+    maps = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    metric = ROAD(percentages=(10, 50))
+    imputed = metric.imputed(inputs, maps).view(2, 2, 3, 64)  # [p, b, C, H·W]
+    changed = (imputed != inputs.flatten(2)[None]).any(2)  # [p, b, H·W]
+    top = maps.flatten(1).argsort(1, descending=True)
+    for p, count in enumerate((6, 32)):
+        expected = torch.zeros(2, 64, dtype=torch.bool).scatter_(1, top[:, :count], True)
+        assert torch.equal(changed[p], expected)
+    assert torch.equal(ROAD(percentages=(10, 50)).imputed(inputs, maps), metric.imputed(inputs, maps))
+    assert ROAD.higher_is_better is not None and not metric.higher_is_better and ROAD(order="lerf").higher_is_better
+
+
+def test_irof_of_a_model_that_ignores_its_input_is_one() -> None:
+    """Every ratio ``f(x̃)/f(x)`` is 1, so the area over n points is ``n − (n − 1) = 1`` whatever the segments."""
+    from lit_xai.metrics.faithfulness import IROF
+
+    class Constant(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.tensor([[1.0, 2.0, 0.5]]).expand(x.shape[0], -1)
+
+    inputs, target = _inputs(batch=3), torch.tensor([0, 1, 2])
+    maps = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    segments = (torch.arange(64).view(8, 8) // 16).expand(3, -1, -1).clone()
+    segments[2] = segments[2].clamp(max=1)  # an image with 2 superpixels next to ones with 4
+    curve, counts = IROF().curves(Constant(), inputs, target, maps, segments)
+    assert counts.tolist() == [4, 4, 2] and torch.equal(curve[2, 2:], torch.zeros(2))
+    torch.testing.assert_close(IROF(n_segments=4).image_scores(Constant(), inputs, target, maps), torch.ones(3))

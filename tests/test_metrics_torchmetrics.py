@@ -30,6 +30,8 @@ SMALL = {
     "monotonicity": {"features_in_step": 16},
     "monotonicity_correlation": {"features_in_step": 16, "num_samples": 2},
     "infidelity": {},
+    "road": {"percentages": (10, 50, 90)},
+    "irof": {"n_segments": 4},
 }
 
 

@@ -10,7 +10,14 @@ from typing import Any
 
 from lit_xai.metrics.base import AttributionMetric
 from lit_xai.metrics.complexity import Complexity, Sparseness
-from lit_xai.metrics.faithfulness import FaithfulnessCorrelation, Infidelity, Monotonicity, MonotonicityCorrelation
+from lit_xai.metrics.faithfulness import (
+    IROF,
+    ROAD,
+    FaithfulnessCorrelation,
+    Infidelity,
+    Monotonicity,
+    MonotonicityCorrelation,
+)
 from lit_xai.metrics.localisation import EffectiveHeatRatio, PointingGame
 from lit_xai.metrics.perturbation import Deletion, Insertion, PixelPerturbation
 from lit_xai.metrics.randomisation import ParameterRandomisation
@@ -31,6 +38,8 @@ METRICS: dict[str, Callable[..., AttributionMetric]] = {
     "monotonicity": Monotonicity,
     "monotonicity_correlation": MonotonicityCorrelation,
     "infidelity": Infidelity,
+    "road": ROAD,
+    "irof": IROF,
 }
 
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from lit_xai.metrics.complexity import Complexity, Sparseness
 from lit_xai.metrics.faithfulness import (
+    IROF,
     ROAD,
     FaithfulnessCorrelation,
     Infidelity,
@@ -178,3 +179,25 @@ def test_road_equals_quantus_on_grey_images(monkeypatch: pytest.MonkeyPatch) -> 
     curve = ours.compute()["curve/accuracy"].numpy()
     np.testing.assert_allclose(curve, [reference[p] for p in percentages], atol=1e-12)
     assert 0 < curve.min() < curve.max() <= 1  # the decisions change along the curve: the comparison can fail
+
+
+def _fill_zero(arr: np.ndarray, mask: np.ndarray, **kwargs: object) -> np.ndarray:
+    """Quantus' ``baseline_replacement_by_mask`` with the mask broadcast over the channels (Quantus' own asserts
+    ``arr.shape == mask.shape`` and so fails on multi-channel images) and the constant fill 0."""
+    return np.where(mask, 0.0, arr)
+
+
+def test_irof_equals_quantus_on_single_images_with_a_constant_fill(foreign_net: nn.Module,
+                                                                    images: torch.Tensor) -> None:
+    """Same SLIC call, superpixels ordered by mean relevance, cumulative removal to 0, softmax ratio, Quantus' area
+    ``n − trapz``: equal per image (one-image batches: Quantus pads shorter images inside its trapezoid). Quantus'
+    shipped perturb_func fails on 3-channel images (pinned). Tolerance: rel. 1e-5."""
+    target = foreign_net(images).argmax(1)
+    maps = _maps((images.shape[0], 1, 16, 16), seed=9)
+    metric = quantus.IROF(perturb_func=_fill_zero, return_aggregate=False, disable_warnings=True)
+    reference = np.concatenate([metric(**_common(foreign_net, images[i:i + 1], target[i:i + 1], maps[i:i + 1]))
+                                for i in range(len(images))])
+    ours = IROF(baseline=0.0).image_scores(foreign_net, images, target, maps)
+    np.testing.assert_allclose(ours.numpy(), reference, rtol=1e-5)
+    with pytest.raises(AssertionError, match="shape of arr must be the same as the mask"):
+        quantus.IROF(disable_warnings=True)(**_common(foreign_net, images[:1], target[:1], maps[:1]))
