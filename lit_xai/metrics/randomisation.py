@@ -50,7 +50,8 @@ from lit_xai.metrics.similarity import (
     normalize_max_abs,
     spearman_against,
     spearman_reference,
-    ssim,
+    ssim_against,
+    ssim_reference,
 )
 
 PROTOCOLS = ("normal", "normal_all", "xavier", "reset")
@@ -231,23 +232,26 @@ class ParameterRandomisation(AttributionMetric):
         self._cascades = []
 
     # ---------------------------------------------------------------- evaluation
-    def _reference(self, maps: Tensor) -> dict[str, Tensor]:
-        """What every step compares with, prepared once per batch: the original map's ranks and normalised map."""
-        a = normalize_max_abs(reduce_channels(maps.float(), self.channel_reduction))[:, None]
-        return {"map": a, "spearman": spearman_reference(a.flatten(1)),
-                "spearman_abs": spearman_reference(a.abs().flatten(1))}
+    def _ssim_layout(self, maps: Tensor) -> Tensor:
+        return maps.flatten(2)[:, :, None] if self.ssim_layout == "flat" else maps
 
-    def _similarities(self, reference: dict[str, Tensor], new_maps: Tensor, method: Explainer) -> dict[str, Tensor]:
+    def _reference(self, maps: Tensor) -> dict[str, Any]:
+        """What every step compares with, prepared once per batch: the original map's ranks and SSIM statistics."""
+        a = normalize_max_abs(reduce_channels(maps.float(), self.channel_reduction))[:, None]
+        return {"shape": a.shape, "spearman": spearman_reference(a.flatten(1)),
+                "spearman_abs": spearman_reference(a.abs().flatten(1)),
+                "ssim": ssim_reference(self._ssim_layout(a), self.ssim_window)}
+
+    def _similarities(self, reference: dict[str, Any], new_maps: Tensor, method: Explainer) -> dict[str, Tensor]:
         check_finite(new_maps, method)  # e.g. a method that divides by a vanishing score of the randomised model
         b = normalize_max_abs(reduce_channels(new_maps.float(), self.channel_reduction))[:, None]
-        if b.shape != reference["map"].shape:
+        if b.shape != reference["shape"]:
             raise ValueError(f"ParameterRandomisation: on the randomised model the method returned maps of shape "
                              f"{tuple(new_maps.shape)}, not comparable with the maps passed to update")
-        a, b_ssim = (m.flatten(2)[:, :, None] if self.ssim_layout == "flat" else m for m in (reference["map"], b))
         return {
             "spearman": spearman_against(reference["spearman"], b.flatten(1)),
             "spearman_abs": spearman_against(reference["spearman_abs"], b.abs().flatten(1)),
-            "ssim": ssim(a, b_ssim, self.ssim_window, self.ssim_data_range),
+            "ssim": ssim_against(reference["ssim"], self._ssim_layout(b), self.ssim_data_range),
         }
 
     def _update(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor, **extras: Any) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -15,9 +18,11 @@ def average_ranks(values: Tensor) -> Tensor:
     """Ranks along the last dim (0-based, float64), ties sharing their average rank (as ``scipy.stats.rankdata``).
 
     One sort; a tie group spans sorted positions ``[first, last]`` and every member gets ``(first + last) / 2``:
-    ``first`` is a running maximum of group starts, ``last`` a reversed running minimum of group ends.
+    ``first`` is a running maximum of group starts, ``last`` a reversed running minimum of group ends. The order
+    within a tie group does not matter, so the sort need not be stable.
     """
-    ordered, order = values.sort(dim=-1)
+    order = _argsort(values)
+    ordered = values.gather(-1, order)
     n = values.shape[-1]
     position = torch.arange(n, device=values.device).expand_as(ordered)
     boundary = ordered[..., 1:] != ordered[..., :-1]  # a new tie group starts at i + 1
@@ -28,6 +33,14 @@ def average_ranks(values: Tensor) -> Tensor:
     last = torch.where(ends, position, n - 1).flip(-1).cummin(-1).values.flip(-1)
     mean_rank = (first + last).to(torch.float64) / 2
     return torch.empty_like(mean_rank).scatter_(-1, order, mean_rank)
+
+
+def _argsort(values: Tensor) -> Tensor:
+    """``values.argsort(-1)``; on the CPU through NumPy, whose vectorised quicksort is ~4× faster than ``torch.sort``
+    there (2 × 50176 floats, 1 thread: 3 vs 12 ms)."""
+    if values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64):
+        return torch.from_numpy(np.argsort(values.detach().contiguous().numpy(), axis=-1))
+    return values.argsort(dim=-1)
 
 
 def centred_unit(rows: Tensor, eps: float = 1e-12) -> Tensor:
@@ -65,9 +78,55 @@ def check_data_range(data_range: float | str) -> float | str:
     return data_range
 
 
-def ssim(
-    a: Tensor, b: Tensor, window: int = 5, data_range: float | str = 2.0, k1: float = 0.01, k2: float = 0.03
+@dataclass
+class SSIMReference:
+    """One side of many SSIM comparisons, pooled once: the map (float64), its local means and mean squares."""
+
+    maps: Tensor
+    mean: Tensor
+    square: Tensor
+    window: tuple[int, int]
+
+
+def _box(t: Tensor, window: tuple[int, int]) -> Tensor:
+    return F.avg_pool2d(t, window, stride=1)
+
+
+def ssim_reference(a: Tensor, window: int = 5) -> SSIMReference:
+    """Prepare ``[B, C, H, W]`` maps for :func:`ssim_against`; maps of one row (``H = 1``) are 1-D signals."""
+    kernel = (1 if a.shape[-2] == 1 else window, window)
+    if a.dim() != 4 or a.shape[-2] < kernel[0] or a.shape[-1] < window:
+        raise ValueError(f"SSIM window {window} needs [B, C, H, W] maps at least that large, got {tuple(a.shape)}")
+    a = a.double()
+    return SSIMReference(a, _box(a, kernel), _box(a * a, kernel), kernel)
+
+
+def ssim_against(
+    reference: SSIMReference, b: Tensor, data_range: float | str = 2.0, k1: float = 0.01, k2: float = 0.03
 ) -> Tensor:
+    """Mean SSIM of each map of ``b`` with the matching reference map (float32; see :func:`ssim`)."""
+    a, b = reference.maps, b.double()
+    if b.shape != a.shape:
+        raise ValueError(f"SSIM needs maps of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if check_data_range(data_range) == "pair":
+        both = torch.cat([a.flatten(1), b.flatten(1)], 1)
+        value_range = (both.amax(1) - both.amin(1)).view(-1, 1, 1, 1)
+    else:
+        value_range = torch.tensor(float(data_range), dtype=torch.float64, device=a.device)
+    n = reference.window[0] * reference.window[1]
+    mu_b, square_b, product = _box(torch.cat([b, b * b, a * b], 1), reference.window).chunk(3, 1)
+    mu_a, correction = reference.mean, n / (n - 1)
+    var_a = (reference.square - mu_a.square()) * correction
+    var_b = (square_b - mu_b.square()) * correction
+    cov = (product - mu_a * mu_b) * correction
+    c1, c2 = (k1 * value_range) ** 2, (k2 * value_range) ** 2
+    numerator = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
+    denominator = (mu_a.square() + mu_b.square() + c1) * (var_a + var_b + c2)
+    index = torch.where(denominator > 0, numerator / denominator.where(denominator > 0, 1.0), 1.0)
+    return index.flatten(1).mean(1).float()
+
+
+def ssim(a: Tensor, b: Tensor, window: int = 5, data_range: float | str = 2.0) -> Tensor:
     """Mean SSIM (Wang et al. 2004) per pair of ``[B, C, H, W]`` maps, uniform ``window×window`` filter.
 
     Same definition as ``skimage.metrics.structural_similarity(win_size=window, data_range=data_range)``: sample
@@ -76,27 +135,7 @@ def ssim(
     arrays). ``data_range`` is a number, or ``"pair"``: max − min over both maps of each pair, Quantus 0.6's
     ``similarity_func.ssim`` convention (two equal constant maps, range 0, score 1).
     """
-    kernel = (1 if a.shape[-2] == 1 else window, window)
-    if a.shape[-2] < kernel[0] or a.shape[-1] < window:
-        raise ValueError(f"SSIM window {window} is larger than the maps ({tuple(a.shape[-2:])})")
-    a, b = a.double(), b.double()
-    if check_data_range(data_range) == "pair":
-        both = torch.cat([a.flatten(1), b.flatten(1)], 1)
-        value_range = (both.amax(1) - both.amin(1)).view(-1, 1, 1, 1)
-    else:
-        value_range = torch.tensor(float(data_range), dtype=torch.float64, device=a.device)
-    n = kernel[0] * kernel[1]
-    pool = lambda t: F.avg_pool2d(t, kernel, stride=1)  # noqa: E731
-    mu_a, mu_b = pool(a), pool(b)
-    correction = n / (n - 1)
-    var_a = (pool(a * a) - mu_a.square()) * correction
-    var_b = (pool(b * b) - mu_b.square()) * correction
-    cov = (pool(a * b) - mu_a * mu_b) * correction
-    c1, c2 = (k1 * value_range) ** 2, (k2 * value_range) ** 2
-    numerator = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
-    denominator = (mu_a.square() + mu_b.square() + c1) * (var_a + var_b + c2)
-    index = torch.where(denominator > 0, numerator / denominator.where(denominator > 0, 1.0), 1.0)
-    return index.flatten(1).mean(1).float()
+    return ssim_against(ssim_reference(a, window), b, data_range)
 
 
 def normalize_max_abs(maps: Tensor, eps: float = 1e-12) -> Tensor:
