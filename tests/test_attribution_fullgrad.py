@@ -87,7 +87,7 @@ def test_fullgrad_map_is_the_reference_post_processing_of_the_terms():
     def process(term: torch.Tensor) -> torch.Tensor:
         flat = term.abs().flatten(1)
         low, high = flat.min(1).values, flat.max(1).values
-        scaled = (term.abs() - low.view(-1, 1, 1, 1)) / (high - low).view(-1, 1, 1, 1)
+        scaled = (term.abs() - low.view(-1, 1, 1, 1)) / (high - low + 1e-6).view(-1, 1, 1, 1)
         return F.interpolate(scaled, size=(16, 16), mode="bilinear", align_corners=True).sum(1, keepdim=True)
 
     expected = process(terms.input_grad * x) + sum(process(t) for t in terms.bias_terms if t.dim() == 4)
@@ -97,14 +97,15 @@ def test_fullgrad_map_is_the_reference_post_processing_of_the_terms():
 
 
 def reference_fullgrad(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The reference code's order: every term abs → per-sample min-max → every channel upsampled → channel sum."""
+    """The reference code's order (idiap/fullgrad-saliency ``FullGrad.saliency``): every term abs → per-sample
+    ``(t − min)/(max − min + 1e-6)`` → every channel upsampled → channel sum."""
     with preserved_model_state(model):
         terms = bias_gradient_terms(model, x, target)
 
     def process(term: torch.Tensor) -> torch.Tensor:
         flat = term.abs().flatten(1)
         low, high = flat.min(1).values, flat.max(1).values
-        scaled = (term.abs() - low.view(-1, 1, 1, 1)) / (high - low).clamp_min(1e-12).view(-1, 1, 1, 1)
+        scaled = (term.abs() - low.view(-1, 1, 1, 1)) / (high - low + 1e-6).view(-1, 1, 1, 1)
         return F.interpolate(scaled, size=x.shape[-2:], mode="bilinear", align_corners=True).sum(1, keepdim=True)
 
     return process(terms.input_grad * x) + sum(process(t) for t in terms.bias_terms if t.dim() == 4)
@@ -127,3 +128,16 @@ def test_fullgrad_sums_channels_before_upsampling_and_equals_the_reference_order
     maps = build("fullgrad")(model, x, target)
     torch.testing.assert_close(maps, expected, rtol=0, atol=1e-5 * expected.max().item())
     assert sorted(calls) == [(2, 1, s, s) for s in (2, 4, 8, 16, 32)]
+
+
+def test_fullgrad_min_max_adds_the_reference_eps():
+    """The reference ``_postProcess`` divides by ``max − min + 1e-6``: a term whose range is 1e-6 is halved, not
+    stretched to [0, 1] (before: a 1e-12 floor, i.e. 2× the reference value on such terms)."""
+    model = nn.Sequential(nn.Conv2d(1, 1, 1, bias=False), nn.Flatten(), nn.Linear(4, 2))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[2].weight.copy_(torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 0.0]]))
+    x = torch.full((1, 1, 2, 2), 1e-6)  # |x ⊙ ∂y/∂x| = 1e-6 · [1, 2, 3, 4]: range 3e-6
+    maps = build("fullgrad")(model, x, 0)
+    expected = (1e-6 * torch.tensor([0.0, 1.0, 2.0, 3.0]) / (3e-6 + 1e-6)).view(1, 1, 2, 2)
+    torch.testing.assert_close(maps, expected, rtol=1e-5, atol=0)

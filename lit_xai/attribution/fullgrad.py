@@ -28,8 +28,6 @@ from lit_xai.attribution.layers import capture_outputs
 from lit_xai.attribution.registry import register
 
 BIAS_LAYER_TYPES: tuple[type[nn.Module], ...] = (_ConvNd, _BatchNorm, nn.Linear)
-#: the denominator floor of the per-sample min-max (as :func:`lit_xai.attribution.postprocess.normalize`)
-NORMALIZE_EPS = 1e-12
 
 
 @dataclass(frozen=True)
@@ -124,17 +122,18 @@ def bias_gradient_terms(model: nn.Module, inputs: Tensor, target: Tensor | None)
     return BiasGradients(grads[0], terms, names, logits.detach(), target)
 
 
-def _channel_summed_scaled(term: Tensor) -> Tensor:
+def _channel_summed_scaled(term: Tensor, eps: float) -> Tensor:
     """``Σ_c minmax(|term|)_c`` per sample, ``[B, 1, h, w]`` — ψ before upsampling.
 
-    The reference ψ is abs → per-sample min-max over (C, h, w) → bilinear upsampling → channel sum. Min-max is one
-    affine map per sample and bilinear upsampling is linear and keeps constants, so summing the channels first,
-    ``(Σ_c |t|_c − C·min) / (max − min)``, and upsampling the single channel afterwards gives the same map with C×
-    less upsampling work (``tests/test_attribution_fullgrad.py`` keeps the reference order and compares).
+    The reference ψ (``FullGrad._postProcess`` of idiap/fullgrad-saliency) is abs → per-sample
+    ``(|t| − min) / (max − min + eps)`` over (C, h, w) → bilinear upsampling → channel sum. Min-max is one affine map
+    per sample and bilinear upsampling is linear and keeps constants, so summing the channels first,
+    ``(Σ_c |t|_c − C·min) / (max − min + eps)``, and upsampling the single channel afterwards gives the same map with
+    C× less upsampling work (``tests/test_attribution_fullgrad.py`` keeps the reference order and compares).
     """
     magnitude = term.abs()
     low, high = torch.aminmax(magnitude.flatten(1), dim=1)
-    scale = (high - low).clamp_min(NORMALIZE_EPS)[:, None, None, None]
+    scale = (high - low + eps)[:, None, None, None]
     summed = magnitude.sum(dim=1, keepdim=True) - magnitude.shape[1] * low[:, None, None, None]
     return summed / scale
 
@@ -143,13 +142,21 @@ def _channel_summed_scaled(term: Tensor) -> Tensor:
 class FullGrad(AttributionMethod):
     """FullGrad saliency ``ψ(|x ⊙ ∂y/∂x|) + Σ_l ψ(|b_l ⊙ ∂y/∂z_l|)`` (Srinivas & Fleuret 2019, Eq. 5).
 
-    ψ = abs → per-sample min-max → bilinear upsampling to the input size → channel sum; only spatial (conv and
-    BatchNorm) terms enter the map, linear-layer biases count only for completeness (as in the reference code).
-    Output ``[B, 1, H, W]``, non-negative.
+    ψ = abs → per-sample ``(t − min)/(max − min + eps)`` → bilinear upsampling to the input size → channel sum; only
+    spatial (conv and BatchNorm) terms enter the map, linear-layer biases count only for completeness. Every step and
+    default is the reference code's (idiap/fullgrad-saliency ``saliency/fullgrad.py``: ``_postProcess(eps=1e-6)``,
+    ``F.interpolate(..., align_corners=True)``, "Select only Conv layers"). Output ``[B, 1, H, W]``, non-negative.
     """
 
-    def __init__(self, align_corners: bool = True) -> None:  # the reference code: align_corners=True
+    def __init__(
+        self,
+        align_corners: bool = True,  # reference code: F.interpolate(..., mode="bilinear", align_corners=True)
+        eps: float = 1e-6,  # reference code: _postProcess(input, eps=1e-6), added to the min-max denominator
+    ) -> None:
+        if eps < 0:
+            raise AttributionError(f"fullgrad: eps must be ≥ 0, got {eps}")
         self.align_corners = align_corners
+        self.eps = eps
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Tensor:
         terms = bias_gradient_terms(model, inputs, target)
@@ -158,7 +165,7 @@ class FullGrad(AttributionMethod):
         by_size: dict[tuple[int, int], Tensor] = {}
         for term in [terms.input_grad * inputs, *(t for t in terms.bias_terms if t.dim() == 4)]:
             key = (term.shape[-2], term.shape[-1])
-            scaled = _channel_summed_scaled(term)
+            scaled = _channel_summed_scaled(term, self.eps)
             by_size[key] = scaled if key not in by_size else by_size[key] + scaled
         saliency = by_size.pop(size, None)
         for summed in by_size.values():
