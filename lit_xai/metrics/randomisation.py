@@ -174,28 +174,31 @@ class ParameterRandomisation(AttributionMetric):
 
     # ---------------------------------------------------------------- randomised parameters, built once per model
     def _draw(self, module: nn.Module, seed: int) -> dict[str, Tensor]:
-        """The randomised tensors of one layer (names relative to it), drawn on a CPU copy under a forked RNG."""
-        fresh = copy.deepcopy(module).cpu()
+        """The randomised tensors of one layer (names relative to it), drawn on the CPU under a forked, seeded RNG."""
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(seed)
             if self.protocol == "reset":
-                # take whatever reset_parameters() writes (parameters, running statistics, children's tensors)
+                # on a CPU copy, take whatever reset_parameters() writes (parameters, running statistics, children's)
+                fresh = copy.deepcopy(module).cpu()
                 tensors = dict(itertools.chain(fresh.named_parameters(), fresh.named_buffers()))
                 floating = {name: t for name, t in tensors.items() if t.is_floating_point()}
                 for t in floating.values():
                     t.fill_(float("nan"))
                 fresh.reset_parameters()  # type: ignore[operator]
                 return {name: t.detach().clone() for name, t in floating.items() if not t.isnan().all()}
-            for name, param in fresh.named_parameters(recurse=False):
+            drawn = {}
+            for name, param in module.named_parameters(recurse=False):
+                value = torch.empty(param.shape, dtype=param.dtype)
                 if self.protocol in ("normal", "normal_all"):
-                    nn.init.normal_(param, 0.0, self.normal_std if self.protocol == "normal" else self.normal_all_std)
+                    nn.init.normal_(value, 0.0, self.normal_std if self.protocol == "normal" else self.normal_all_std)
                 elif name == "bias":
-                    nn.init.zeros_(param)
-                elif isinstance(fresh, nn.Linear):
-                    nn.init.normal_(param, 0.0, self.linear_std)
+                    nn.init.zeros_(value)
+                elif isinstance(module, nn.Linear):
+                    nn.init.normal_(value, 0.0, self.linear_std)
                 else:
-                    nn.init.xavier_uniform_(param)
-            return {name: param.detach().clone() for name, param in fresh.named_parameters(recurse=False)}
+                    nn.init.xavier_uniform_(value)
+                drawn[name] = value
+            return drawn
 
     def _cascade(self, model: nn.Module) -> _Cascade:
         """The model copy and its randomised tensors, built on the first call of an evaluation for this model."""
