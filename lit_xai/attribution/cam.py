@@ -103,8 +103,8 @@ class _LayerCAM(AttributionMethod):
 class GradCAM(_LayerCAM):
     """GradCAM (Selvaraju et al. 2017, Eq. 1–2): ``ReLU(Σ_k α_k A_k)``, ``α_k = mean_ij ∂y_t/∂A_kij``.
 
-    ``layer``: module name (``None`` = the last convolutional feature map, §4 of the paper: ResNet last stage, VGG
-    last conv ReLU; a model without one, e.g. a ViT, raises); ``relu=False`` keeps the signed map;
+    ``layer``: module name (``None`` = "the last convolutional layer" of the paper: ResNet last stage, VGG last conv
+    ReLU; a model without a convolutional feature map, e.g. a ViT, raises); ``relu=False`` keeps the signed map;
     ``upsample=True`` resizes bilinearly to the input; ``reshape_transform`` (``"vit"``, ``"swin"`` or a callable)
     turns a token output into ``[B, C, h, w]``. Equals ``captum.attr.LayerGradCam`` and
     ``pytorch_grad_cam.GradCAM`` (before its min-max scaling).

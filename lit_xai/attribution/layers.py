@@ -110,9 +110,10 @@ def last_spatial_layer(recorder: _SpatialRecorder, method: str = "gradcam") -> t
     """Choose the automatic GradCAM layer: the last 4-D output that is not (the same tensor as) a pooling output.
 
     Completion order puts a container after its last child, so a ResNet yields its last stage (``layer4`` /
-    ``layer3``) and a VGG the last conv ReLU before the final max-pool (``features.29``) — the layers the
-    GradCAM paper (Selvaraju et al. 2017, §4: "the last convolutional layer") and pytorch-grad-cam's README
-    (``model.layer4[-1]``, ``model.features[-1]``) use (reference.md §2).
+    ``layer3``) and a VGG the last conv ReLU before the final max-pool (``features.29``, conv5_3): "the last
+    convolutional layer" of the GradCAM paper (Selvaraju et al. 2017) and reference.md §2. pytorch-grad-cam's README
+    takes the same ResNet layer (``model.layer4[-1]``) but, for VGG, ``model.features[-1]`` — the max-pool after
+    conv5_3 (7×7 instead of 14×14); pass ``layer="features.30"`` to reproduce it.
 
     The choice must be a convolutional feature map ``[B, C, h, w]``: its ``h × w`` must be the spatial size of a
     convolution's output. Otherwise — e.g. a vision transformer, whose last 4-D tensor is an attention
