@@ -210,3 +210,56 @@ def test_irof_of_a_model_that_ignores_its_input_is_one() -> None:
     curve, counts = IROF().curves(Constant(), inputs, target, maps, segments)
     assert counts.tolist() == [4, 4, 2] and torch.equal(curve[2, 2:], torch.zeros(2))
     torch.testing.assert_close(IROF(n_segments=4).image_scores(Constant(), inputs, target, maps), torch.ones(3))
+
+
+def _input_x_gradient(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    with torch.enable_grad():
+        x = inputs.detach().clone().requires_grad_(True)
+        (gradient,) = torch.autograd.grad(model(x).gather(1, target[:, None]).sum(), x)
+    return (x * gradient).detach()
+
+
+def test_robustness_closed_forms_on_a_linear_model() -> None:
+    """Input×Gradient of ``w·x`` is ``w⊙x``, so ``a(x + δ) − a(x) = w⊙δ``: Max-/Avg-Sensitivity are the max/mean of
+    ``‖w⊙δ_n‖/‖w⊙x‖`` and the Lipschitz estimate the max of ``‖w⊙δ_n‖/‖δ_n‖``, from the metric's own δ_n."""
+    from lit_xai.metrics.robustness import AvgSensitivity, LocalLipschitzEstimate, MaxSensitivity
+
+    model, inputs = _linear(), _inputs(batch=3)
+    target = torch.tensor([0, 1, 0])
+    weight = model.weight[target].detach()
+    maps = inputs * weight
+    for cls, reduce in ((MaxSensitivity, "max"), (AvgSensitivity, "mean")):
+        metric = cls(num_samples=5)
+        delta = metric.perturbations(inputs).view(5, 3, -1).double()
+        assert delta.abs().max() <= 0.2
+        expected = (delta * weight.flatten(1)).norm(dim=2) / maps.flatten(1).double().norm(dim=1)
+        expected = expected.amax(0) if reduce == "max" else expected.mean(0)
+        got = metric.image_scores(model, inputs, target, maps, method=_input_x_gradient)
+        torch.testing.assert_close(got, expected.float(), rtol=1e-4, atol=1e-6)
+    lipschitz = LocalLipschitzEstimate(num_samples=5, normalise=False)
+    delta = lipschitz.perturbations(inputs).view(5, 3, -1).double()
+    expected = ((delta * weight.flatten(1)).norm(dim=2) / delta.norm(dim=2)).amax(0)
+    got = lipschitz.image_scores(model, inputs, target, maps, method=_input_x_gradient)
+    torch.testing.assert_close(got, expected.float(), rtol=1e-4, atol=1e-6)
+    assert torch.equal(MaxSensitivity(num_samples=5).perturbations(inputs), MaxSensitivity(num_samples=5).perturbations(
+        inputs)) and not torch.equal(AvgSensitivity(num_samples=5).perturbations(inputs),
+                                     MaxSensitivity(num_samples=5).perturbations(inputs))
+
+
+def test_robustness_needs_the_method_and_leaves_the_model_alone() -> None:
+    from lit_xai.metrics.robustness import MaxSensitivity
+
+    model, inputs, target = _linear(), _inputs(batch=2), torch.tensor([0, 1])
+    maps = _input_x_gradient(model, inputs, target)
+    with pytest.raises(ValueError, match="needs method"):
+        MaxSensitivity(num_samples=2).update(model, inputs, target, maps)
+    state = torch.random.get_rng_state()
+    metric = MaxSensitivity(num_samples=3, chunk_size=4)  # chunks across samples: same δ, same score
+    metric.update(model, inputs, target, maps, method=_input_x_gradient)
+    reference = MaxSensitivity(num_samples=3).image_scores(model, inputs, target, maps, method=_input_x_gradient)
+    torch.testing.assert_close(metric.compute()["score"], reference.mean(), rtol=1e-5, atol=1e-7)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())
+    with pytest.raises(ValueError, match="non-finite"):
+        MaxSensitivity(num_samples=1).update(model, inputs, target, maps,
+                                             method=lambda m, x, t: torch.full_like(x, float("nan")))

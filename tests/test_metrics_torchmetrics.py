@@ -32,6 +32,9 @@ SMALL = {
     "infidelity": {},
     "road": {"percentages": (10, 50, 90)},
     "irof": {"n_segments": 4},
+    "max_sensitivity": {"num_samples": 2},
+    "avg_sensitivity": {"num_samples": 2},
+    "local_lipschitz": {"num_samples": 2},
 }
 
 

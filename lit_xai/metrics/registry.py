@@ -21,6 +21,7 @@ from lit_xai.metrics.faithfulness import (
 from lit_xai.metrics.localisation import EffectiveHeatRatio, PointingGame
 from lit_xai.metrics.perturbation import Deletion, Insertion, PixelPerturbation
 from lit_xai.metrics.randomisation import ParameterRandomisation
+from lit_xai.metrics.robustness import AvgSensitivity, LocalLipschitzEstimate, MaxSensitivity
 from lit_xai.metrics.sensitivity_n import SensitivityN
 
 METRICS: dict[str, Callable[..., AttributionMetric]] = {
@@ -40,6 +41,9 @@ METRICS: dict[str, Callable[..., AttributionMetric]] = {
     "infidelity": Infidelity,
     "road": ROAD,
     "irof": IROF,
+    "max_sensitivity": MaxSensitivity,
+    "avg_sensitivity": AvgSensitivity,
+    "local_lipschitz": LocalLipschitzEstimate,
 }
 
 

@@ -23,6 +23,7 @@ from lit_xai.metrics.faithfulness import (
     Monotonicity,
     MonotonicityCorrelation,
 )
+from lit_xai.metrics.robustness import AvgSensitivity, LocalLipschitzEstimate, MaxSensitivity
 
 quantus = pytest.importorskip("quantus")
 
@@ -201,3 +202,44 @@ def test_irof_equals_quantus_on_single_images_with_a_constant_fill(foreign_net: 
     np.testing.assert_allclose(ours.numpy(), reference, rtol=1e-5)
     with pytest.raises(AssertionError, match="shape of arr must be the same as the mask"):
         quantus.IROF(disable_warnings=True)(**_common(foreign_net, images[:1], target[:1], maps[:1]))
+
+
+def _input_x_gradient(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Input × Gradient written out here (an explainer both sides call), leaving the model as found."""
+    with torch.enable_grad():
+        x = inputs.detach().clone().requires_grad_(True)
+        (gradient,) = torch.autograd.grad(model(x).gather(1, target[:, None]).sum(), x)
+    return (x * gradient).detach()
+
+
+def _quantus_explain(model: nn.Module, inputs: np.ndarray, targets: np.ndarray, **kwargs: object) -> np.ndarray:
+    return _input_x_gradient(model, torch.as_tensor(inputs), torch.as_tensor(targets)).numpy()
+
+
+@pytest.mark.parametrize(("ours_cls", "peer_name", "sampler"), [
+    (MaxSensitivity, "MaxSensitivity", "uniform"),
+    (AvgSensitivity, "AvgSensitivity", "uniform"),
+    (LocalLipschitzEstimate, "LocalLipschitzEstimate", "normal"),
+])
+def test_robustness_equals_quantus_on_our_perturbations(
+    ours_cls: type, peer_name: str, sampler: str, foreign_net: nn.Module, images: torch.Tensor,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Quantus fed our seeded δ (one ``np.random.uniform``/``normal`` of shape [B, C·H·W] per sample) and the same
+    explainer: equal per-image scores. One-image batches for the Local Lipschitz estimate (Quantus normalises maps
+    by the batch max, ours per image). Tolerance: rel. 1e-4 (float32 maps of float32-rounded perturbed inputs)."""
+    target = foreign_net(images).argmax(1)
+    maps = _input_x_gradient(foreign_net, images, target)
+    ours = ours_cls(num_samples=4)
+    scores = ours.image_scores(foreign_net, images, target, maps, method=_input_x_gradient)
+    batches = [slice(i, i + 1) for i in range(len(images))] if peer_name == "LocalLipschitzEstimate" else [slice(None)]
+    reference = []
+    for part in batches:
+        count = len(images[part])
+        delta = ours.perturbations(images[part]).double().view(4, count, -1).numpy()
+        monkeypatch.setattr(np.random, sampler, _feed(iter(delta)))
+        peer = getattr(quantus, peer_name)(nr_samples=4, disable_warnings=True)
+        reference.append(peer(**_common(foreign_net, images[part], target[part], maps[part]),
+                              explain_func=_quantus_explain))
+        monkeypatch.undo()
+    np.testing.assert_allclose(scores.numpy(), np.concatenate(reference), rtol=1e-4)

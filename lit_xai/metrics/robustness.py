@@ -1,0 +1,161 @@
+"""Robustness of a method to small input perturbations: Max-/Avg-Sensitivity (Yeh et al. 2019) and the Local
+Lipschitz estimate (Alvarez-Melis & Jaakkola 2018).
+
+The method is re-run on ``num_samples`` perturbed copies ``x + δ_n`` of every image and its maps are compared with
+the given map ``a`` (entries of the map as given, flattened):
+
+- :class:`MaxSensitivity`: ``max_n ‖a(x + δ_n) − a(x)‖₂ / ‖a(x)‖₂`` with δ ~ U[−r, r] per feature (Yeh et al. 2019
+  Eq. 3 estimated by Monte Carlo, divided by ‖a‖ as Quantus 0.6 does); lower is better;
+- :class:`AvgSensitivity`: the mean over n instead of the max (Yeh et al. Eq. 4); lower is better;
+- :class:`LocalLipschitzEstimate`: ``max_n ‖a(x + δ_n) − a(x)‖₂ / (‖δ_n‖₂ + 1e-10)`` with δ ~ N(μ, σ²) per feature
+  (Alvarez-Melis & Jaakkola 2018 Eq. 5, sampled as Quantus 0.6); lower is better.
+
+Perturbations: row (n, b) draws from a CPU generator seeded with image b's seed (``seed``, its content;
+:mod:`lit_xai.attribution.noise`) + n, so an image's δ_n do not depend on the batch, the chunking, the device or the
+DDP rank, and the global generator is untouched. The method runs on chunks of ``chunk_size`` perturbed images
+(``None``: the batch size, one call per sample n, as Quantus): the cost is ``num_samples`` method calls per image.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lit_xai.attribution.noise import sample_seeds
+from lit_xai.metrics.base import Explainer, check_finite, resolve_chunk_size
+from lit_xai.metrics.complexity import ImageScoreMean, prepared_maps
+
+#: the denominator guard of Quantus 0.6 ``similarity_func.lipschitz_constant``
+LIPSCHITZ_EPS = 1e-10
+NOISES = ("uniform", "gaussian")
+REDUCTIONS = ("max", "mean")
+
+
+def row_noise(inputs: Tensor, seed: int, stream: str, rows: Tensor, kind: str, low: float, high: float) -> Tensor:
+    """The perturbations ``[N, C, H, W]`` of rows ``n · B + b``: U[low, high) or N(low, high²) (mean, std) per
+    feature, drawn from image b's generator seeded with (``seed``, stream, image content) + n."""
+    batch = inputs.shape[0]
+    seeds = sample_seeds(inputs, seed, stream)
+    draws = []
+    for row in rows.tolist():
+        generator = torch.Generator().manual_seed((seeds[row % batch] + row // batch) % 2**64)
+        if kind == "uniform":
+            draws.append(torch.rand(inputs.shape[1:], generator=generator, dtype=torch.float64) * (high - low) + low)
+        else:
+            draws.append(torch.randn(inputs.shape[1:], generator=generator, dtype=torch.float64) * high + low)
+    return torch.stack(draws).to(inputs.device, inputs.dtype)
+
+
+class InputPerturbationRobustness(ImageScoreMean):
+    """The shared loop: the method re-run on seeded perturbed inputs, per-sample ratios reduced per image."""
+
+    requires = frozenset({"method"})
+    higher_is_better = False
+    stream: str = ""
+
+    def __init__(self, num_samples: int, noise: str, low: float, high: float, reduction: str, absolute: bool,
+                 normalise: bool, seed: int, chunk_size: int | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if num_samples < 1 or noise not in NOISES or reduction not in REDUCTIONS:
+            raise ValueError(f"num_samples={num_samples}, noise={noise!r}, reduction={reduction!r}: expected ≥ 1, "
+                             f"one of {NOISES} and one of {REDUCTIONS}")
+        resolve_chunk_size(chunk_size, 1)
+        self.num_samples, self.noise, self.low, self.high = num_samples, noise, low, high
+        self.reduction, self.absolute, self.normalise = reduction, absolute, normalise
+        self.seed, self.chunk_size = seed, chunk_size
+
+    def perturbations(self, inputs: Tensor, rows: Tensor | None = None) -> Tensor:
+        """δ of the rows ``n · B + b`` (default: all ``num_samples · B``), ``[N, C, H, W]``."""
+        rows = torch.arange(self.num_samples * inputs.shape[0], device=inputs.device) if rows is None else rows
+        return row_noise(inputs, self.seed, self.stream, rows, self.noise, self.low, self.high)
+
+    def ratio(self, reference: Tensor, perturbed: Tensor, delta: Tensor) -> Tensor:
+        """The per-sample quantity ``[N]`` from flattened maps ``[N, M]`` and perturbations ``[N, F]``."""
+        raise NotImplementedError
+
+    def _image_scores(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor,
+                      method: Explainer | None) -> Tensor:
+        assert method is not None
+        batch = inputs.shape[0]
+        reference = prepared_maps(maps, self.absolute, self.normalise).flatten(1)
+        total = self.num_samples * batch
+        ratios = torch.empty(total, device=inputs.device, dtype=torch.float64)
+        chunk = resolve_chunk_size(self.chunk_size, batch)
+        for begin in range(0, total, chunk):
+            rows = torch.arange(begin, min(begin + chunk, total), device=inputs.device)
+            delta = self.perturbations(inputs, rows)
+            with torch.enable_grad():
+                new_maps = method(model, inputs[rows % batch] + delta, target[rows % batch]).detach()
+            check_finite(new_maps, method)
+            if new_maps.shape[1:] != maps.shape[1:]:
+                raise ValueError(f"the method's maps on perturbed inputs have shape {tuple(new_maps.shape[1:])}, "
+                                 f"the given maps {tuple(maps.shape[1:])}")
+            perturbed = prepared_maps(new_maps, self.absolute, self.normalise).flatten(1)
+            ratios[rows] = self.ratio(reference[rows % batch], perturbed, delta.flatten(1))
+        per_sample = ratios.view(self.num_samples, batch)
+        return (per_sample.amax(0) if self.reduction == "max" else per_sample.mean(0)).float()
+
+
+class Sensitivity(InputPerturbationRobustness):
+    """``‖a(x + δ) − a(x)‖₂ / ‖a(x)‖₂`` reduced over δ by max (:class:`MaxSensitivity`) or mean
+    (:class:`AvgSensitivity`). An all-zero map divides by 0 (inf or NaN), as in Quantus."""
+
+    def ratio(self, reference: Tensor, perturbed: Tensor, delta: Tensor) -> Tensor:
+        return (perturbed.double() - reference.double()).norm(dim=1) / reference.double().norm(dim=1)
+
+
+class MaxSensitivity(Sensitivity):
+    """Max-Sensitivity (Yeh et al. 2019 Eq. 3), Quantus 0.6's estimator; see the module docstring.
+
+    Args:
+        num_samples: perturbations per image, 200 (Quantus default ``nr_samples``).
+        radius: δ ~ U[−radius, radius] per feature, 0.2 (Quantus default ``lower_bound``; Yeh's r).
+        absolute, normalise: applied to every map first, both ``False`` (Quantus defaults).
+        seed: base seed of δ (ours; Quantus draws from NumPy's global generator).
+        chunk_size: perturbed images per method call (``None``: the batch size).
+    """
+
+    stream = "max_sensitivity"
+
+    def __init__(self, num_samples: int = 200, radius: float = 0.2, absolute: bool = False, normalise: bool = False,
+                 seed: int = 0, chunk_size: int | None = None, **kwargs: Any) -> None:
+        super().__init__(num_samples, "uniform", -radius, radius, "max", absolute, normalise, seed, chunk_size,
+                         **kwargs)
+
+
+class AvgSensitivity(Sensitivity):
+    """Avg-Sensitivity (Yeh et al. 2019 Eq. 4), Quantus 0.6's estimator; arguments as :class:`MaxSensitivity`."""
+
+    stream = "avg_sensitivity"
+
+    def __init__(self, num_samples: int = 200, radius: float = 0.2, absolute: bool = False, normalise: bool = False,
+                 seed: int = 0, chunk_size: int | None = None, **kwargs: Any) -> None:
+        super().__init__(num_samples, "uniform", -radius, radius, "mean", absolute, normalise, seed, chunk_size,
+                         **kwargs)
+
+
+class LocalLipschitzEstimate(InputPerturbationRobustness):
+    """Local Lipschitz estimate (Alvarez-Melis & Jaakkola 2018 Eq. 5), Quantus 0.6's sampled estimator.
+
+    Args:
+        num_samples: perturbations per image, 200 (Quantus default ``nr_samples``).
+        perturb_mean, perturb_std: δ ~ N(mean, std²) per feature, 0.0 and 0.1 (Quantus defaults).
+        absolute: ``|a|`` first, ``False`` (Quantus default).
+        normalise: divide every map by its image's max |a|, ``True`` (Quantus default; Quantus divides by the max
+            over the whole batch, ours per image: equal on one-image batches).
+        seed, chunk_size: as :class:`MaxSensitivity`.
+    """
+
+    stream = "local_lipschitz"
+
+    def __init__(self, num_samples: int = 200, perturb_mean: float = 0.0, perturb_std: float = 0.1,
+                 absolute: bool = False, normalise: bool = True, seed: int = 0, chunk_size: int | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(num_samples, "gaussian", perturb_mean, perturb_std, "max", absolute, normalise, seed,
+                         chunk_size, **kwargs)
+
+    def ratio(self, reference: Tensor, perturbed: Tensor, delta: Tensor) -> Tensor:
+        return ((perturbed.double() - reference.double()).norm(dim=1)
+                / (delta.double().norm(dim=1) + LIPSCHITZ_EPS))
