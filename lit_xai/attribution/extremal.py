@@ -6,8 +6,8 @@ output of the perturbed image (Eq. 6, "preservation"; ``variant="delete"`` minim
     m* = argmax_m  Φ_t(m ⊗ x)  −  λ ‖ sort(vec m) − r_a ‖²,     r_a = [0, …, 0, 1, …, 1] with a·|canvas| ones
 
 The reference algorithm is TorchRay's ``torchray.attribution.extremal_perturbation`` (v1.0.0.2, the authors' code);
-every default below is its value, and with ``jitter=True`` (the default) the masks equal TorchRay's to float
-precision (``tests/conformance/test_conformance_attribution.py``):
+every default below is its value, and the masks equal TorchRay's to float precision
+(``tests/conformance/test_conformance_attribution.py``):
 
 - ``m ⊗ x`` (§3.2): blur perturbation — a pyramid of ``levels`` Gaussian blurs of ``x``, σ_l = ``max_blur``·(1 −
   l/(L−1)) (σ = 20 px, kernel radius ⌈4σ⌉, zero padding, as TorchRay's ``imsmooth``); each pixel interpolates
@@ -15,8 +15,10 @@ precision (``tests/conformance/test_conformance_attribution.py``):
 - Smooth masks (§3.3): the optimised parameter lives on a coarse grid (spacing ``step`` = 7 px); the mask at pixel
   ``u`` is the softmax-pooled (temperature ``coldness`` = 20) maximum over grid parameters ``m̄(v)`` weighted by the
   bump ``k(‖u − v‖/σ) = exp(−2·max(‖u − v‖/σ − ½, 0)²)`` (``sigma`` = 21 px), clamped to [0, 1]. As in TorchRay the
-  mask is generated on a canvas extended by a margin of σ pixels on every side; the image sees the central crop and
-  the area constraint is measured on the whole canvas (so ``a`` is a fraction of the canvas, not of the image).
+  mask is generated on a canvas that begins a margin of σ pixels before the image and extends past it (TorchRay's
+  ``MaskGenerator.shape_out``, 260² at 224²); the image sees its crop and the area constraint is measured on the whole
+  canvas (so ``a`` is a fraction of the canvas, not of the image). Only deviation: where TorchRay's canvas would end
+  before the image does (e.g. step 4, σ 6 on 20 px, where TorchRay fails) whole grid cells are added.
 - Area rank constraint (§3.1) with weight λ = ``area_penalty`` (300) growing × ``penalty_growth`` (1.0035) per
   iteration; ``r_a`` has ⌊|canvas|·(1 − a)⌋ zeros.
 - Optimiser: SGD, lr 0.01, momentum 0.9 with dampening 0.9, parameters clamped to [0, 1] after each step, started
