@@ -53,7 +53,7 @@ def candidates(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace
 
     background = torch.randn(args.background, *x.shape[1:], generator=torch.Generator().manual_seed(1))
     grid = torch.arange(x.shape[-2] * x.shape[-1]).view(x.shape[-2:])
-    grid = (grid // x.shape[-1] * 8 // x.shape[-2]) * 8 + (grid % x.shape[-1]) * 8 // x.shape[-1]
+    grid = (grid // x.shape[-1] * 6 // x.shape[-2]) * 6 + (grid % x.shape[-1]) * 6 // x.shape[-1]  # our 6 × 6 default
     rise = build("rise", num_masks=args.masks, mask_resolution=7, max_batch=args.max_batch)
     grids, shifts = rise.grids_and_shifts(tuple(x.shape[-2:]))
     masks = rise.masks(grids, shifts, tuple(x.shape[-2:]))[:, None]

@@ -217,9 +217,13 @@ def test_surrogates_take_per_image_segmentations_and_reject_bad_ones():
         build("lime", segmentation=labels[0, :4])(net, x, 0)
 
 
-def test_kernel_shap_default_sample_count_is_shaps_auto_rule():
-    method = build("kernel_shap")
-    assert method.sample_count(64) == 2 * 64 + 2048
+def test_surrogate_defaults_are_pinned():
+    """KernelSHAP: shap's nsamples="auto" = 2M + 2048; LIME: the lime package's image defaults; a 6 × 6 grid."""
+    assert build("kernel_shap").sample_count(36) == 2 * 36 + 2048
+    lime = build("lime")
+    assert (lime.n_samples, lime.kernel_width, lime.ridge, lime.output, lime.grid) == (1000, 0.25, 1.0, "softmax", 6)
+    labels = lime.segments(torch.zeros(1, 3, 224, 224))
+    assert int(labels.max()) + 1 == 36 and torch.bincount(labels.flatten()).min() >= 37 * 37
 
 
 # ---------------------------------------------------------------- LRP
