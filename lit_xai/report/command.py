@@ -1,0 +1,171 @@
+"""``python -m lit_xai report --config configs/report_<…>.yaml [--shard i/n]``: the attribution report card.
+
+Steps: validate the config (names, arguments, files; ground truth for localisation) before any work; load the
+model (``model.weights`` is required) and the split; compute the missing cells (cached, resumable; with
+``--shard i/n`` only this shard's cells, then stop); merge all cells into per-image score vectors; statistics
+(:mod:`lit_xai.report.statistics`); write the page and files (:mod:`lit_xai.report.html`) and a W&B run. See
+docs/report.md.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from jsonargparse import Namespace
+from torch import nn
+
+from lit_xai.models.classifier import ConfigurationError
+from lit_xai.report.cells import Cell, chunks, compute_cells, load_cell, plan
+from lit_xai.report.config import CONTROL, MethodSpec, MetricSpec, build_parser, check_ground_truth, validate
+from lit_xai.report.statistics import MetricReport, metric_report
+
+
+def load_model(cfg: Namespace) -> nn.Module:
+    from lit_xai.models.backbones import build_backbone
+
+    model = build_backbone(cfg.model.name, num_classes=cfg.model.num_classes, in_chans=cfg.model.in_chans,
+                           weights=cfg.model.weights)
+    return model.to(cfg.device).eval()
+
+
+def load_split(cfg: Namespace, datamodule: Any) -> Any:
+    """The configured split, checked to hold ``num_images`` images."""
+    datamodule.prepare_data()
+    datamodule.setup("test" if cfg.split == "test" else "fit")
+    dataset = datamodule.dataset(cfg.split)
+    if len(dataset) < cfg.num_images:
+        raise ConfigurationError(f"report: num_images={cfg.num_images} but the {cfg.split} split has {len(dataset)}")
+    return dataset
+
+
+def context(cfg: Namespace, model: nn.Module) -> dict[str, Any]:
+    """What every cell key shares: weights fingerprint, data config, split, target rule, seed."""
+    from lit_xai.storage import weights_fingerprint
+
+    return {"weights": weights_fingerprint(model), "data": cfg.data.as_dict(), "split": cfg.split, "target": cfg.target,
+            "seed": cfg.seed}
+
+
+def select_shard(cells: list[Cell], shard: str | None) -> list[Cell]:
+    """Cell ``c`` belongs to shard ``c % n == i``; no shard: all cells."""
+    from lit_xai.roar.grid import parse_shard
+
+    if shard is None:
+        return cells
+    i, n = parse_shard(shard)
+    return [cell for position, cell in enumerate(cells) if position % n == i]
+
+
+def merge(cells: list[Cell], root: Path, methods: list[MethodSpec],
+          metrics: list[MetricSpec]) -> tuple[dict[str, dict[str, torch.Tensor]], torch.Tensor]:
+    """metric → method → per-image scores ``[N]`` (chunks in order), and the image indices ``[N]``."""
+    parts: dict[tuple[str, str], list[torch.Tensor]] = {}
+    index: dict[int, torch.Tensor] = {}
+    for cell in cells:
+        payload = load_cell(cell, root)
+        if payload is None:
+            raise RuntimeError(f"report: cell {cell.path(root)} is missing after computing; rerun to redo it")
+        parts.setdefault((cell.metric.name, cell.method.display), []).append(payload["scores"])
+        index[cell.chunk.index] = payload["index"]
+    scores = {s.name: {m.display: torch.cat(parts[(s.name, m.display)]) for m in methods} for s in metrics}
+    return scores, torch.cat([index[i] for i in sorted(index)])
+
+
+def directions(metrics: list[MetricSpec]) -> dict[str, bool | None]:
+    from lit_xai.metrics import build_metric
+
+    return {s.name: getattr(build_metric(s.name, **s.kwargs), "higher_is_better", None) for s in metrics}
+
+
+def run(cfg: Namespace) -> dict[str, Any]:
+    """The whole report for a parsed config; returns what was written (paths) and the metric reports."""
+    if not isinstance(cfg.data, Namespace):
+        raise TypeError("report.run expects the parsed (not instantiated) config")
+    init = build_parser().instantiate_classes(cfg)
+    methods, metrics = validate(init)
+    datamodule = init.data
+    dataset = load_split(cfg, datamodule)
+    check_ground_truth(metrics, dataset[0], type(datamodule).__name__)
+    model = load_model(cfg)
+    root = Path(cfg.output_dir)
+    cells = plan(context(cfg, model), methods, metrics, chunks(cfg.num_images, cfg.chunk_size))
+    mine = select_shard(cells, cfg.shard)
+    todo = [cell for cell in mine if load_cell(cell, root) is None]
+    print(f"[lit_xai report] {len(cells)} cells ({len(methods)} methods × {len(metrics)} metrics × "
+          f"{len(cells) // max(1, len(methods) * len(metrics))} chunks); this run: {len(mine)}, cached "
+          f"{len(mine) - len(todo)}, to compute {len(todo)}", flush=True)
+    normalisation = (getattr(datamodule, "mean", None), getattr(datamodule, "std", None))
+    for _ in compute_cells(todo, root, model, dataset, cfg.target, cfg.seed, normalisation, cfg.device,
+                           cfg.progress):
+        pass
+    if cfg.shard is not None:
+        print(f"[lit_xai report] shard {cfg.shard} done; run without --shard to merge", flush=True)
+        return {"cells": len(mine), "computed": len(todo)}
+    scores, index = merge(cells, root, methods, metrics)
+    hib = directions(metrics)
+    reports = [metric_report(s.family, s.name, scores[s.name], hib[s.name], CONTROL, cfg.bootstrap,
+                             cfg.confidence, cfg.seed) for s in metrics]
+    from lit_xai.report.html import examples, write_outputs
+
+    pictures = examples(model, dataset, methods, cfg.target, min(cfg.num_examples, cfg.num_images), cfg.device,
+                        cfg.seed, getattr(datamodule, "denormalize", None))
+    written = write_outputs(root, reports, scores, index, pictures, external_tables(cfg), cfg)
+    if cfg.wandb.enabled:
+        log_wandb(cfg, reports, scores, index, written)
+    print(f"[lit_xai report] {written['html']}", flush=True)
+    return {"cells": len(mine), "computed": len(todo), "reports": reports, "scores": scores, **written}
+
+
+def external_tables(cfg: Namespace) -> dict[str, Any]:
+    """ROAR and axiom results from finished runs (rows), or the reason they are absent."""
+    import csv
+
+    tables: dict[str, Any] = {}
+    for family, path, command in (("roar", cfg.roar_summary, "roar"), ("axioms", cfg.axioms_table, "axioms")):
+        if family not in cfg.families:
+            continue
+        if path is None:
+            option = "roar_summary" if family == "roar" else "axioms_table"
+            tables[family] = f"skipped: no finished {command} run given (set {option})"
+        elif path.endswith(".json"):
+            loaded = json.loads(Path(path).read_text())
+            tables[family] = loaded if isinstance(loaded, list) else [loaded]
+        else:
+            with open(path, newline="") as handle:
+                tables[family] = list(csv.DictReader(handle))
+    return tables
+
+
+def log_wandb(cfg: Namespace, reports: list[MetricReport], scores: dict[str, dict[str, torch.Tensor]],
+              index: torch.Tensor, written: dict[str, Any]) -> None:
+    """A W&B run (offline unless opted in): per-sample table, summary metrics with min/max by direction, images."""
+    import wandb
+
+    from lit_xai.loggers import wandb_mode
+
+    run = wandb.init(project=cfg.wandb.project, name=cfg.wandb.name, dir=str(Path(cfg.output_dir).absolute()),
+                     mode=wandb_mode(), config=json.loads(json.dumps(cfg.as_dict(), default=str)),
+                     job_type="report", settings=wandb.Settings(silent=True), reinit=True)
+    try:
+        rows = [[r.family, r.metric, method, int(i), float(v)]
+                for r in reports for method, values in scores[r.metric].items() for i, v in zip(index, values)]
+        run.log({"report/samples": wandb.Table(columns=["family", "metric", "method", "index", "score"], data=rows)})
+        for r in reports:
+            for row in r.rows:
+                key = f"report/{r.family}/{r.metric}/{row.method}"
+                if r.higher_is_better is not None:
+                    run.define_metric(key, summary="max" if r.higher_is_better else "min")
+                run.log({key: row.mean})
+                run.summary[f"{key}/rank"] = r.ranks.get(row.method)
+        run.log({"report/rank_plot": wandb.Image(str(written["rank_png"]))})
+    finally:
+        run.finish()
+
+
+def main(args: list[str] | None = None) -> None:
+    """Parse the command line / config and build the report."""
+    parser = build_parser()
+    run(parser.parse_args(args))
