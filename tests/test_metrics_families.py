@@ -263,3 +263,21 @@ def test_robustness_needs_the_method_and_leaves_the_model_alone() -> None:
     with pytest.raises(ValueError, match="non-finite"):
         MaxSensitivity(num_samples=1).update(model, inputs, target, maps,
                                              method=lambda m, x, t: torch.full_like(x, float("nan")))
+
+
+def test_random_logit_draws_other_classes_uniformly_and_scores_a_class_blind_method_one() -> None:
+    """The other class is never the target and covers the other classes evenly; a method that ignores the class
+    gives identical maps (SSIM 1); Input×Gradient of a linear model (maps w_c⊙x) scores below 1."""
+    from lit_xai.metrics.random_logit import RandomLogit
+
+    inputs = torch.randn(300, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    target = torch.arange(300) % 4
+    other = RandomLogit().other_classes(inputs, target, 4)
+    assert (other != target).all()
+    counts = torch.bincount(other[target == 0], minlength=4)[1:]
+    assert counts.min() > 15  # 75 images over 3 classes: ~25 each
+    model, small = _linear(classes=4), inputs[:3]
+    blind = RandomLogit().image_scores(model, small, target[:3], small, method=lambda m, x, t: x)
+    torch.testing.assert_close(blind, torch.ones(3))
+    maps = _input_x_gradient(model, small, target[:3])
+    assert (RandomLogit().image_scores(model, small, target[:3], maps, method=_input_x_gradient) < 0.9).all()

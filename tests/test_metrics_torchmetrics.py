@@ -35,6 +35,7 @@ SMALL = {
     "max_sensitivity": {"num_samples": 2},
     "avg_sensitivity": {"num_samples": 2},
     "local_lipschitz": {"num_samples": 2},
+    "random_logit": {},
 }
 
 

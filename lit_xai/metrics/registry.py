@@ -20,6 +20,7 @@ from lit_xai.metrics.faithfulness import (
 )
 from lit_xai.metrics.localisation import EffectiveHeatRatio, PointingGame
 from lit_xai.metrics.perturbation import Deletion, Insertion, PixelPerturbation
+from lit_xai.metrics.random_logit import RandomLogit
 from lit_xai.metrics.randomisation import ParameterRandomisation
 from lit_xai.metrics.robustness import AvgSensitivity, LocalLipschitzEstimate, MaxSensitivity
 from lit_xai.metrics.sensitivity_n import SensitivityN
@@ -44,6 +45,7 @@ METRICS: dict[str, Callable[..., AttributionMetric]] = {
     "max_sensitivity": MaxSensitivity,
     "avg_sensitivity": AvgSensitivity,
     "local_lipschitz": LocalLipschitzEstimate,
+    "random_logit": RandomLogit,
 }
 
 

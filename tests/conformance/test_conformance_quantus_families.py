@@ -23,6 +23,7 @@ from lit_xai.metrics.faithfulness import (
     Monotonicity,
     MonotonicityCorrelation,
 )
+from lit_xai.metrics.random_logit import RandomLogit
 from lit_xai.metrics.robustness import AvgSensitivity, LocalLipschitzEstimate, MaxSensitivity
 
 quantus = pytest.importorskip("quantus")
@@ -243,3 +244,23 @@ def test_robustness_equals_quantus_on_our_perturbations(
                               explain_func=_quantus_explain))
         monkeypatch.undo()
     np.testing.assert_allclose(scores.numpy(), np.concatenate(reference), rtol=1e-4)
+
+
+def test_random_logit_equals_quantus_on_our_classes(foreign_net: nn.Module, images: torch.Tensor,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Quantus fed our other-class draws (its ``np.random.randint(0, K − 1, B)``), one-image batches (Quantus
+    normalises by the batch max): equal SSIM of the flattened maps (skimage, window 7, pair range). Tol. 1e-5."""
+    target = foreign_net(images).argmax(1)
+    maps = _input_x_gradient(foreign_net, images, target)
+    ours = RandomLogit()
+    scores = ours.image_scores(foreign_net, images, target, maps, method=_input_x_gradient)
+    other = ours.other_classes(images, target, 5)
+    assert (other != target).all()
+    reference = []
+    for i in range(len(images)):
+        index = other[i] - (other[i] > target[i]).long()  # the position among the other classes
+        monkeypatch.setattr(np.random, "randint", lambda *args, index=index, **kwargs: np.array([int(index)]))
+        reference += quantus.RandomLogit(num_classes=5, disable_warnings=True)(
+            **_common(foreign_net, images[i:i + 1], target[i:i + 1], maps[i:i + 1]), explain_func=_quantus_explain)
+        monkeypatch.undo()
+    np.testing.assert_allclose(scores.numpy(), reference, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,84 @@
+"""Random Logit test (Sixt et al. 2020): does the map change when another class is explained?
+
+For every image the method is re-run for one other class ``c ≠ target``, drawn uniformly from the other classes,
+and the map of the target is compared with the map of ``c`` by SSIM; lower is better (a class-sensitive method).
+As Quantus 0.6 ``RandomLogit``: both maps normalised by their max |value| (``normalise``), SSIM over the flattened
+maps as 1-D signals (``layout="flat"``) with skimage's default window 7 and the pair's value range (``data_range=
+"pair"``); :func:`lit_xai.metrics.similarity.ssim` reproduces ``skimage.metrics.structural_similarity``.
+
+The other class is drawn per image from a generator seeded with (``seed``, the image's content)
+(:mod:`lit_xai.attribution.noise`); Quantus reseeds NumPy with ``seed`` per batch and draws for the batch positions,
+so its class for an image depends on the batch. The number of classes is read from the model's output (one forward);
+Quantus takes it as an argument (default 1000). Cost: one forward plus one method call per image.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lit_xai.attribution.noise import sample_generators
+from lit_xai.metrics.base import Explainer, check_finite, resolve_chunk_size
+from lit_xai.metrics.complexity import ImageScoreMean, prepared_maps
+from lit_xai.metrics.similarity import check_data_range, ssim
+
+LAYOUTS = ("flat", "2d")
+
+
+class RandomLogit(ImageScoreMean):
+    """SSIM between the target's map and a random other class's map (Sixt et al. 2020); see the module docstring.
+
+    Args:
+        seed: base seed of the other classes (ours; Quantus default ``seed=42`` reseeds NumPy per batch).
+        normalise: divide both maps by their image's max |value|, ``True`` (Quantus default; Quantus divides by the
+            max over the whole batch, ours per image: equal on one-image batches).
+        absolute: ``|a|`` first, ``False`` (Quantus default).
+        layout: ``flat`` (Quantus: the maps reshaped to vectors) or ``2d`` (SSIM over rows and columns, Wang et al.).
+        ssim_window: 7 (skimage's default ``win_size``, which Quantus uses).
+        ssim_data_range: ``"pair"`` (Quantus: max − min over both maps of the pair) or a number.
+        chunk_size: images per method call (``None``: the batch size).
+    """
+
+    requires = frozenset({"method"})
+    higher_is_better = False
+
+    def __init__(self, seed: int = 0, normalise: bool = True, absolute: bool = False, layout: str = "flat",
+                 ssim_window: int = 7, ssim_data_range: float | str = "pair", chunk_size: int | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout={layout!r}: expected one of {LAYOUTS}")
+        check_data_range(ssim_data_range)
+        resolve_chunk_size(chunk_size, 1)
+        self.seed, self.normalise, self.absolute, self.layout = seed, normalise, absolute, layout
+        self.ssim_window, self.ssim_data_range, self.chunk_size = ssim_window, ssim_data_range, chunk_size
+
+    def other_classes(self, inputs: Tensor, target: Tensor, num_classes: int) -> Tensor:
+        """One class ``≠ target`` per image ``[B]``, uniform over the other ``num_classes − 1``."""
+        if num_classes < 2:
+            raise ValueError(f"RandomLogit needs a model with ≥ 2 classes, got {num_classes}")
+        draws = torch.tensor([int(torch.randint(0, num_classes - 1, (1,), generator=g))
+                              for g in sample_generators(inputs, self.seed, "random_logit")], device=target.device)
+        return draws + (draws >= target).long()
+
+    def _layout(self, maps: Tensor) -> Tensor:
+        maps = prepared_maps(maps, self.absolute, self.normalise)
+        return maps.flatten(1)[:, None, None] if self.layout == "flat" else maps
+
+    def _image_scores(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor,
+                      method: Explainer | None) -> Tensor:
+        assert method is not None
+        other = self.other_classes(inputs, target, int(model(inputs).shape[1]))
+        chunk = resolve_chunk_size(self.chunk_size, inputs.shape[0])
+        parts = []
+        for begin in range(0, inputs.shape[0], chunk):
+            with torch.enable_grad():
+                parts.append(method(model, inputs[begin:begin + chunk], other[begin:begin + chunk]).detach())
+        other_maps = torch.cat(parts)
+        check_finite(other_maps, method)
+        if other_maps.shape != maps.shape:
+            raise ValueError(f"the method's maps for the other classes have shape {tuple(other_maps.shape)}, the "
+                             f"given maps {tuple(maps.shape)}")
+        return ssim(self._layout(maps), self._layout(other_maps), self.ssim_window, self.ssim_data_range)
