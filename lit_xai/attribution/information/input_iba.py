@@ -66,8 +66,8 @@ class GroupedCritic(nn.Module):
         self.groups = groups
         self.negative_slope = negative_slope
         widths = [(c, 2 * c, 4, 2, 1), (2 * c, 4 * c, 4, 2, 1), (4 * c, c, 3, 1, 1)]
-        self.convs = nn.ModuleList(
-            nn.Conv2d(g * cin, g * cout, k, s, p, groups=g) for cin, cout, k, s, p in widths
+        self.convs = nn.ModuleList(  # skip_init: no draw from the global generator; _initialise fills them
+            nn.utils.skip_init(nn.Conv2d, g * cin, g * cout, k, s, p, groups=g) for cin, cout, k, s, p in widths
         )
         self.norms = nn.ModuleList(nn.BatchNorm2d(g * cout) for _, cout, *_ in widths)
         dims = [c * h * w, *hidden, 1]
