@@ -252,7 +252,7 @@ def test_lrp_epsilon_is_conservative_on_a_bias_free_relu_net():
 
 
 def _eb_down(p: torch.Tensor, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """One Excitation Backprop step through a dense layer (Zhang et al. 2016 Eq. 7), written out."""
+    """One Excitation Backprop step through a dense layer (Zhang et al. 2016 §3.2), written out."""
     wp = w.clamp(min=0)
     return a * ((p / (a @ wp.T + 1e-20)) @ wp)
 

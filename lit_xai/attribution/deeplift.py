@@ -1,7 +1,7 @@
 """DeepLIFT with the Rescale rule (Shrikumar et al. 2017) and DeepSHAP (Lundberg & Lee 2017).
 
 DeepLIFT explains ``Δy = f(x) − f(x̄)`` against a reference ``x̄`` by back-propagating *multipliers*: through a
-ReLU ``a = max(z, 0)`` the multiplier is ``m = Δa / Δz`` (Rescale rule, Eq. 3.3/§3.5.2), ``Δz = z(x) − z(x̄)``,
+ReLU ``a = max(z, 0)`` the multiplier is ``m = Δa / Δz`` (Rescale rule, §3.5.2), ``Δz = z(x) − z(x̄)``,
 and the plain gradient where ``|Δz| < eps``; through affine layers (conv, linear, eval-mode BatchNorm, mean
 pooling) it is the weight, as for gradients. The map is ``(x − x̄) ⊙ m_{x→y}``, and summation-to-delta holds:
 ``Σ map = f(x) − f(x̄)`` on nets of affine layers and ReLUs. Max pooling keeps its gradient (the

@@ -1,7 +1,7 @@
 """Excitation Backprop and its contrastive variant (Zhang et al. 2016; TorchRay ``excitation_backprop``).
 
 Marginal winning probabilities flow back from a one-hot at the target. Through every conv/linear call the
-pseudo-gradient ``p`` becomes (Eq. 7, TorchRay's backward)::
+pseudo-gradient ``p`` becomes (§3.2, TorchRay's backward)::
 
     p' = x ⊙ f*(W⁺, p ⊘ (f(x; W⁺, no bias) + 1e-20))
 
@@ -88,7 +88,7 @@ def excite(layer: Any, x: Tensor, p: Tensor) -> Tensor:
 
 @register("excitation_backprop")
 class ExcitationBackprop(AttributionMethod):
-    """Excitation Backprop (Zhang et al. 2016, Eq. 7; TorchRay): ``Σ_c`` of the marginal winning probability at
+    """Excitation Backprop (Zhang et al. 2016, §3.2; TorchRay): ``Σ_c`` of the marginal winning probability at
     ``layer`` (a module name; ``None`` = the input, TorchRay's default ``saliency_layer=''``), ``[B, 1, h, w]``.
     ``contrastive=True`` gives contrastive Excitation Backprop (§3.3; TorchRay
     ``contrastive_excitation_backprop``) with the contrast at the classifier's input, positive part kept."""

@@ -1,4 +1,4 @@
-"""GradientSHAP / expected gradients (Lundberg & Lee 2017; Erion et al. 2021, Eq. 4; Captum ``GradientShap``).
+"""GradientSHAP / expected gradients (Lundberg & Lee 2017; Erion et al. 2021; Captum ``GradientShap``).
 
 SHAP values as an expectation over references ``x̄ ~ D`` (the background), path positions ``α ~ U[0, 1]`` and,
 optionally, SmoothGrad noise ``ε ~ N(0, σ²)``::

@@ -1,4 +1,4 @@
-"""RISE: Randomized Input Sampling for Explanation (Petsiuk et al. 2018, Eq. 6; reference code eclique/RISE).
+"""RISE: Randomized Input Sampling for Explanation (Petsiuk et al. 2018, §3; reference code eclique/RISE).
 
 ``N`` binary grids ``s × s`` with cells on with probability ``p`` are bilinearly upsampled to ``(s+1)·⌈H/s⌉``
 exactly as the reference code's ``skimage.transform.resize(order=1, mode="reflect")`` does (pixel-centre

@@ -106,8 +106,8 @@ def test_gradient_shap_is_complete_in_expectation(reused_relu_net, images):
 
 def test_rise_matches_the_reference_code_formula(foreign_net, images):
     """The authors' mask construction (``skimage.transform.resize(order=1, mode='reflect')`` of each grid, crop at
-    the shift) and Eq. 6 summed one mask and one image at a time, fed our seeded grids and shifts.
-    Tolerance: 1e-5 relative (float32 sums in another order)."""
+    the shift) and the paper's Monte-Carlo sum computed one mask and one image at a time, fed our seeded grids and
+    shifts. Tolerance: 1e-5 relative (float32 sums in another order)."""
     from skimage.transform import resize
 
     method = build("rise", num_masks=40, mask_resolution=5, p=0.5, max_batch=37)
