@@ -373,6 +373,16 @@ def test_contract_model_untouched_on_success_and_on_failure_midway(name):
 
 
 @pytest.mark.parametrize("name", sorted(NEW_METHODS))
+def test_methods_run_inside_inference_mode(name):
+    """Trainer.validate/test run under torch.inference_mode: the same map comes out."""
+    net, x = MixedReLUNet().eval(), images()
+    expected = build(name, **NEW_METHODS[name])(net, x, 1)
+    with torch.inference_mode():
+        got = build(name, **NEW_METHODS[name])(net, x.clone(), 1)
+    torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("name", sorted(NEW_METHODS))
 def test_contract_clear_errors(name):
     net, method = MixedReLUNet().eval(), build(name, **NEW_METHODS[name])
     with pytest.raises(AttributionError, match="NaN or inf"):
