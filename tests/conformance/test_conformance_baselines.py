@@ -2,7 +2,8 @@
 
 Captum's DeepLift hooks ``nn.ReLU`` *modules*: it cannot follow one in-place module called three times per block,
 nor functional ``F.relu``. For those nets Captum runs on an equivalent net with one separate, non-in-place ReLU
-module per call carrying the same weights (max pooling stays functional, so both sides keep its gradient).
+module per call carrying the same weights and ``nn.MaxPool2d``/``nn.AdaptiveMaxPool2d`` modules (on these Captum's
+DeepLift propagates the max-pool gradient, as we do).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class SeparateReLUs(nn.Module):
         super().__init__()
         self.net = net
         self.relus = nn.ModuleList(nn.ReLU() for _ in range(3))
+        self.pool, self.adaptive_pool = nn.MaxPool2d(2), nn.AdaptiveMaxPool2d(4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, r = self.net, self.relus
@@ -41,8 +43,8 @@ class SeparateReLUs(nn.Module):
             out = r[2](n.bn2(n.conv2(out)) + x)
             return n.head(out.mean((2, 3)))
         assert type(n).__name__ == "FunctionalReLUNet"
-        x = F.max_pool2d(r[0](n.conv1(x)), 2)
-        x = F.adaptive_max_pool2d(r[1](n.conv2(x)), 4)
+        x = self.pool(r[0](n.conv1(x)))
+        x = self.adaptive_pool(r[1](n.conv2(x)))
         return n.fc(x.flatten(1))
 
 
