@@ -82,10 +82,11 @@ def main() -> None:
         p.requires_grad_(False)
     with torch.no_grad():
         target = model(images).argmax(1)
+    print(f"trained; reference integral of {images.shape[0]} images ...", flush=True)
     ref = intgrad_contributions(model, images, target, "bench", steps=args.reference_steps, internal_batch_size=256)
     ref_path = select_pathway(ref.contributions, args.sparsity)
     print(f"{args.backbone}, {images.shape[0]} validation digits, reference: {args.reference_steps}-point midpoint; "
-          f"κ = {args.sparsity}; {torch.get_num_threads()} thread(s), median of {args.repeats}")
+          f"κ = {args.sparsity}; {torch.get_num_threads()} thread(s), median of {args.repeats}", flush=True)
     print("| rule | S | rel. L1 error | worst layer | pathway Jaccard | passes | seconds |")
     print("|---|---|---|---|---|---|---|")
     for rule, steps in CANDIDATES:
@@ -97,7 +98,7 @@ def main() -> None:
         error, worst = relative_errors(got.contributions, ref.contributions)
         overlap = float(jaccard(select_pathway(got.contributions, args.sparsity), ref_path).mean())
         print(f"| {rule} | {steps} | {error:.3f} | {worst:.3f} | {overlap:.3f} | {steps} | "
-              f"{statistics.median(times):.2f} |")
+              f"{statistics.median(times):.2f} |", flush=True)
 
 
 if __name__ == "__main__":

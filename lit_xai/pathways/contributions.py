@@ -69,7 +69,9 @@ def mct_contributions(
 
 INTGRAD_RULES = ("midpoint", "gausslegendre", "trapezoid", "closed", "reference")
 INTGRAD_RULE = "midpoint"  # the measured choice: docs/pathways.md, benchmarks/bench_intgrad_rules.py
-INTGRAD_STEPS = 5  # the measured choice (docs/pathways.md, "NeuronIntGrad's α rule")
+# S = 5 midpoint: relative error 0.037 / pathway overlap 0.971 against a 256-point integral on the trained digits CNN,
+# where the former 11-point closed grid gave 0.106 / 0.945 (docs/pathways.md, "NeuronIntGrad's α rule")
+INTGRAD_STEPS = 5
 # conductance along the input path: the 11-point grid on [0, 1] (10 intervals) that NeuronIntGrad used before; no
 # paper defines this variant; its accuracy against a fine grid is measured next to NeuronIntGrad's (docs/pathways.md)
 CONDUCTANCE_STEPS = 11
