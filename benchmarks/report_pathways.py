@@ -232,7 +232,7 @@ def main() -> None:
 
     if "pathways" in args.sections:
         statistics = PathwayStatistics(reference="neuron_intgrad")
-        statistics.update(select_pathways(model, images[: args.pathway_images], sparsity=0.9, routing_steps=300))
+        statistics.update(select_pathways(model, images[: args.pathway_images], sparsity=0.9))
         summary = statistics.summary()
         results["pathways"] = summary
         print("\n| pathway method (κ = 0.9) | originally dead neurons in pathway |\n|---|---|", flush=True)
