@@ -8,8 +8,8 @@ maps as 1-D signals (``layout="flat"``) with skimage's default window 7 and the 
 
 The other class is drawn per image from a generator seeded with (``seed``, the image's content)
 (:mod:`lit_xai.attribution.noise`); Quantus reseeds NumPy with ``seed`` per batch and draws for the batch positions,
-so its class for an image depends on the batch. The number of classes is read from the model's output (one forward);
-Quantus takes it as an argument (default 1000). Cost: one forward plus one method call per image.
+so its class for an image depends on the batch. The number of classes is ``num_classes`` or, by default, read from
+the model's output on one image (Quantus takes it as an argument, default 1000). Cost: one method call per image.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class RandomLogit(ImageScoreMean):
         layout: ``flat`` (Quantus: the maps reshaped to vectors) or ``2d`` (SSIM over rows and columns, Wang et al.).
         ssim_window: 7 (skimage's default ``win_size``, which Quantus uses).
         ssim_data_range: ``"pair"`` (Quantus: max − min over both maps of the pair) or a number.
+        num_classes: the model's number of classes; ``None`` (default): the width of its output on one image.
         chunk_size: images per method call (``None``: the batch size).
     """
 
@@ -45,8 +46,8 @@ class RandomLogit(ImageScoreMean):
     higher_is_better = False
 
     def __init__(self, seed: int = 0, normalise: bool = True, absolute: bool = False, layout: str = "flat",
-                 ssim_window: int = 7, ssim_data_range: float | str = "pair", chunk_size: int | None = None,
-                 **kwargs: Any) -> None:
+                 ssim_window: int = 7, ssim_data_range: float | str = "pair", num_classes: int | None = None,
+                 chunk_size: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if layout not in LAYOUTS:
             raise ValueError(f"layout={layout!r}: expected one of {LAYOUTS}")
@@ -54,6 +55,7 @@ class RandomLogit(ImageScoreMean):
         resolve_chunk_size(chunk_size, 1)
         self.seed, self.normalise, self.absolute, self.layout = seed, normalise, absolute, layout
         self.ssim_window, self.ssim_data_range, self.chunk_size = ssim_window, ssim_data_range, chunk_size
+        self.num_classes = num_classes
 
     def other_classes(self, inputs: Tensor, target: Tensor, num_classes: int) -> Tensor:
         """One class ``≠ target`` per image ``[B]``, uniform over the other ``num_classes − 1``."""
@@ -70,7 +72,8 @@ class RandomLogit(ImageScoreMean):
     def _image_scores(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor,
                       method: Explainer | None) -> Tensor:
         assert method is not None
-        other = self.other_classes(inputs, target, int(model(inputs).shape[1]))
+        classes = self.num_classes if self.num_classes is not None else int(model(inputs[:1]).shape[1])
+        other = self.other_classes(inputs, target, classes)
         chunk = resolve_chunk_size(self.chunk_size, inputs.shape[0])
         parts = []
         for begin in range(0, inputs.shape[0], chunk):

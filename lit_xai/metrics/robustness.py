@@ -33,11 +33,10 @@ NOISES = ("uniform", "gaussian")
 REDUCTIONS = ("max", "mean")
 
 
-def row_noise(inputs: Tensor, seed: int, stream: str, rows: Tensor, kind: str, low: float, high: float) -> Tensor:
+def row_noise(inputs: Tensor, seeds: list[int], rows: Tensor, kind: str, low: float, high: float) -> Tensor:
     """The perturbations ``[N, C, H, W]`` of rows ``n · B + b``: U[low, high) or N(low, high²) (mean, std) per
-    feature, drawn from image b's generator seeded with (``seed``, stream, image content) + n."""
+    feature, drawn from a generator seeded with image b's seed (:func:`sample_seeds`) + n."""
     batch = inputs.shape[0]
-    seeds = sample_seeds(inputs, seed, stream)
     draws = []
     for row in rows.tolist():
         generator = torch.Generator().manual_seed((seeds[row % batch] + row // batch) % 2**64)
@@ -66,10 +65,12 @@ class InputPerturbationRobustness(ImageScoreMean):
         self.reduction, self.absolute, self.normalise = reduction, absolute, normalise
         self.seed, self.chunk_size = seed, chunk_size
 
-    def perturbations(self, inputs: Tensor, rows: Tensor | None = None) -> Tensor:
-        """δ of the rows ``n · B + b`` (default: all ``num_samples · B``), ``[N, C, H, W]``."""
+    def perturbations(self, inputs: Tensor, rows: Tensor | None = None, seeds: list[int] | None = None) -> Tensor:
+        """δ of the rows ``n · B + b`` (default: all ``num_samples · B``), ``[N, C, H, W]``; ``seeds``: the images'
+        :func:`sample_seeds` when already computed."""
         rows = torch.arange(self.num_samples * inputs.shape[0], device=inputs.device) if rows is None else rows
-        return row_noise(inputs, self.seed, self.stream, rows, self.noise, self.low, self.high)
+        seeds = sample_seeds(inputs, self.seed, self.stream) if seeds is None else seeds
+        return row_noise(inputs, seeds, rows, self.noise, self.low, self.high)
 
     def ratio(self, reference: Tensor, perturbed: Tensor, delta: Tensor) -> Tensor:
         """The per-sample quantity ``[N]`` from flattened maps ``[N, M]`` and perturbations ``[N, F]``."""
@@ -83,9 +84,10 @@ class InputPerturbationRobustness(ImageScoreMean):
         total = self.num_samples * batch
         ratios = torch.empty(total, device=inputs.device, dtype=torch.float64)
         chunk = resolve_chunk_size(self.chunk_size, batch)
+        seeds = sample_seeds(inputs, self.seed, self.stream)
         for begin in range(0, total, chunk):
             rows = torch.arange(begin, min(begin + chunk, total), device=inputs.device)
-            delta = self.perturbations(inputs, rows)
+            delta = self.perturbations(inputs, rows, seeds)
             with torch.enable_grad():
                 new_maps = method(model, inputs[rows % batch] + delta, target[rows % batch]).detach()
             check_finite(new_maps, method)
