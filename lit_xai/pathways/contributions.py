@@ -72,8 +72,8 @@ INTGRAD_RULE = "midpoint"  # the measured choice: docs/pathways.md, benchmarks/b
 # S = 5 midpoint: relative error 0.037 / pathway overlap 0.971 against a 256-point integral on the trained digits CNN,
 # where the former 11-point closed grid gave 0.106 / 0.945 (docs/pathways.md, "NeuronIntGrad's α rule")
 INTGRAD_STEPS = 5
-# conductance along the input path: the 11-point grid on [0, 1] (10 intervals) that NeuronIntGrad used before; no
-# paper defines this variant; its accuracy against a fine grid is measured next to NeuronIntGrad's (docs/pathways.md)
+# conductance along the input path: no paper defines this variant; S = 11 (10 intervals) is kept from lit_xai's former
+# NeuronIntGrad grid, not re-measured (Captum's LayerConductance defaults to n_steps=50)
 CONDUCTANCE_STEPS = 11
 
 
