@@ -198,3 +198,35 @@ def test_bootstrap_ci_is_seeded_and_matches_a_numpy_percentile_bootstrap() -> No
     ref_low, ref_high = numpy.quantile(means, [0.05, 0.95])
     spread = ref_high - ref_low
     assert abs(low - ref_low) < 0.08 * spread and abs(high - ref_high) < 0.08 * spread
+
+
+def test_wandb_run_logs_samples_and_summary_direction(weights: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stand-in ``wandb`` module records the calls: per-sample table rows, define_metric min/max by direction."""
+    import sys
+    import types
+
+    calls: dict[str, list] = {"define": [], "log": []}
+
+    class Run:
+        summary: dict = {}
+
+        def define_metric(self, key: str, summary: str) -> None:
+            calls["define"].append((key, summary))
+
+        def log(self, values: dict) -> None:
+            calls["log"].append(values)
+
+        def finish(self) -> None:
+            calls["finished"] = [True]
+
+    fake = types.SimpleNamespace(init=lambda **kwargs: Run(), Settings=lambda **kwargs: None,
+                                 Table=lambda columns, data: (columns, data), Image=lambda path: path)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    cli_main(_args(weights, tmp_path, "--wandb.enabled", "true", "--families", "[complexity]", steps="{}"))
+    defined = dict(calls["define"])
+    assert defined["report/complexity/sparseness/gradient"] == "max"  # Sparseness ↑ (Chalasani et al. 2020)
+    assert defined["report/complexity/complexity/random"] == "min"  # Complexity (entropy) ↓ (Bhatt et al. 2020)
+    columns, rows = next(v["report/samples"] for v in calls["log"] if "report/samples" in v)
+    assert columns == ["family", "metric", "method", "index", "score"] and len(rows) == 3 * 2 * 8
+    assert calls["finished"] == [True]

@@ -148,7 +148,7 @@ def log_wandb(cfg: Namespace, reports: list[MetricReport], scores: dict[str, dic
 
     run = wandb.init(project=cfg.wandb.project, name=cfg.wandb.name, dir=str(Path(cfg.output_dir).absolute()),
                      mode=wandb_mode(), config=json.loads(json.dumps(cfg.as_dict(), default=str)),
-                     job_type="report", settings=wandb.Settings(silent=True), reinit=True)
+                     job_type="report", settings=wandb.Settings(silent=True), reinit="finish_previous")
     try:
         rows = [[r.family, r.metric, method, int(i), float(v)]
                 for r in reports for method, values in scores[r.metric].items() for i, v in zip(index, values)]
