@@ -97,7 +97,7 @@ class DistilledGradientAggregation(AttributionMethod):
         total = torch.zeros_like(inputs)
         for step in range(self.steps + 1):
             if step == 0:  # the distillation argument (Sec. 3.1) is about piecewise-linear ReLU networks
-                with ReLUInterceptor(lambda _index, activation: activation) as mode:
+                with ReLUInterceptor(lambda _index, activation: activation, self.name) as mode:
                     local, target = local_fn(model, distilled, target)
                 require_relus(mode.calls, self.name)
             else:
