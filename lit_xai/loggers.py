@@ -6,8 +6,9 @@ Offline runs land in ``<save_dir>/wandb/offline-run-*`` and can be uploaded late
 
 Project defaults beyond Lightning's ``WandbLogger``: W&B's own console output is silenced (``Settings(silent=True)``;
 the CLI prints one line with the run's folder instead of W&B's banners; ``quiet: false`` brings them back), and the
-best checkpoint is logged as a ``model`` artifact at the end of ``fit`` (``log_model: true``, Lightning's aliases
-``best``/``latest``; ``log_model: false`` opts out).
+checkpoints a ``ModelCheckpoint`` keeps (the default keeps the best only) are logged as a ``model`` artifact at the
+end of a successful ``fit`` with Lightning's aliases ``best``/``latest`` (``log_best_checkpoint: false`` opts out).
+Lightning's own ``log_model=True`` refuses offline runs; offline artifacts are staged and upload with ``wandb sync``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 
 MODE_VARIABLES = ("LIT_XAI_WANDB_MODE", "WANDB_MODE")
@@ -40,9 +42,10 @@ class LitXaiWandbLogger(WandbLogger):
         name: str | None = None,
         save_dir: str = "runs",
         offline: bool | None = None,
-        log_model: bool | str = True,
+        log_model: bool | str = False,
         group: str | None = None,
         quiet: bool = True,
+        log_best_checkpoint: bool = True,
         **kwargs: Any,
     ) -> None:
         mode = wandb_mode()
@@ -61,3 +64,10 @@ class LitXaiWandbLogger(WandbLogger):
         )
         if self._wandb_init.get("anonymous") is None:  # Lightning passes anonymous=None, which wandb warns about
             self._wandb_init.pop("anonymous", None)
+        self.log_best_checkpoint = log_best_checkpoint
+
+    def after_save_checkpoint(self, checkpoint_callback: ModelCheckpoint) -> None:
+        super().after_save_checkpoint(checkpoint_callback)
+        if self.log_best_checkpoint and not self._log_model:
+            # Lightning's finalize logs the checkpoints of the callbacks registered here (log_model=True's path)
+            self._checkpoint_callbacks[id(checkpoint_callback)] = checkpoint_callback

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import lightning as L
@@ -20,6 +21,16 @@ from lit_xai.data.synthetic import SyntheticShapesDataModule
 from lit_xai.models.classifier import ClassifierModule
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _finished_records(run_dir: Path, timeout: float = 60.0) -> list:
+    """The run file's records once W&B's service has written the exit record (it writes asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = wandb_reader.read_records(wandb_reader.run_file(run_dir))
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.5)
 
 
 def _trainer(tmp_path: Path, callback: AttributionEvaluation, inference_mode: bool = False, **kwargs) -> L.Trainer:
@@ -81,7 +92,7 @@ def test_every_metric_runs_on_ground_truth_data_with_wandb_offline(tmp_path: Pat
             {"name": "insertion", "kwargs": {"num_steps": 4}},
             {"name": "sensitivity_n", "kwargs": {"num_n": 3, "num_masks": 4}},
             {"name": "randomisation", "kwargs": {"max_steps": 2}},
-            {"name": "ehr"},
+            {"name": "ehr", "kwargs": {"normalize": "max"}},  # raw signed maps: per-image max scale
             {"name": "pointing_game"},
         ],
         stages=["test"], max_samples=6, num_grid_samples=2,
@@ -101,7 +112,7 @@ def test_every_metric_runs_on_ground_truth_data_with_wandb_offline(tmp_path: Pat
     assert "heatmaps" in names_on_disk and "summary" in names_on_disk and "curves" in names_on_disk
     assert "samples" in names_on_disk and "summary_plot" in names_on_disk
     run_dir = next(tmp_path.rglob("offline-run-*"))
-    records = wandb_reader.read_records(wandb_reader.run_file(run_dir))
+    records = _finished_records(run_dir)
     summaries = {r.metric.name: r.metric.summary for r in records if r.WhichOneof("record_type") == "metric"}
     assert summaries["attr/test/gradient/deletion"].min and not summaries["attr/test/gradient/deletion"].max
     assert summaries["attr/test/GradCAM/ehr"].max and summaries["attr/test/random/randomisation"].min
@@ -213,8 +224,6 @@ def test_stacking_and_layer_errors_come_before_any_training(tmp_path: Path, call
 def test_progress_rates_are_per_method(tmp_path: Path) -> None:
     """Each method's rate counts only its own maps and metric updates (before: a bar's rate included the methods
     before it). A method that sleeps 50 ms per batch shows ≥ 50 ms/batch; the plain gradient does not."""
-    import time
-
     from lit_xai.attribution import build
 
     class Slow:
@@ -230,3 +239,44 @@ def test_progress_rates_are_per_method(tmp_path: Path) -> None:
     _digits_test(tmp_path, [callback], limit_test_batches=1)
     (slow_seconds, slow_images), (fast_seconds, fast_images) = callback._rates["slow"], callback._rates["gradient"]
     assert slow_images == fast_images == 16 and slow_seconds >= 0.05 and fast_seconds < slow_seconds
+
+
+def test_best_checkpoint_is_logged_as_an_offline_wandb_artifact(tmp_path: Path, monkeypatch) -> None:
+    """Lightning's own log_model=True refuses offline runs; the project logger logs the best checkpoint anyway."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lit_xai.loggers import LitXaiWandbLogger
+
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "cache"))
+    logger = LitXaiWandbLogger(save_dir=str(tmp_path), name="artifact-test", offline=True)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/acc", mode="max", filename="best")
+    trainer = L.Trainer(
+        max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=logger, callbacks=[checkpoint],
+        accelerator="cpu", enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+    )
+    trainer.fit(ClassifierModule(backbone="digits_cnn"), DigitsDataModule(batch_size=16, image_size=8))
+    logger.experiment.finish()
+    assert (tmp_path / "ckpt" / "best.ckpt").is_file()
+    run_dir = next(tmp_path.rglob("offline-run-*"))
+    records = _finished_records(run_dir)
+    artifacts = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
+    assert [a.type for a in artifacts] == ["model"], sorted({r.WhichOneof("record_type") for r in records})
+    assert set(artifacts[0].aliases) >= {"best", "latest"}
+
+
+def test_per_image_scores_of_an_update_equal_a_separate_pass() -> None:
+    """The callback reuses the update's per-image areas; they equal ``image_scores`` recomputed (tolerance 1e-6)."""
+    from lit_xai.attribution import build
+    from lit_xai.metrics import build_metric
+
+    torch.manual_seed(0)
+    model = ClassifierModule(backbone="digits_cnn").net.eval()
+    inputs = torch.randn(6, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    target = torch.arange(6) % 10
+    maps = build("input_x_gradient")(model, inputs, target)
+    metric = build_metric("deletion", num_steps=6, baseline="zero")
+    metric.update(model, inputs, target, maps)
+    torch.testing.assert_close(metric.last_image_scores, metric.image_scores(model, inputs, target, maps),
+                               rtol=1e-6, atol=1e-6)

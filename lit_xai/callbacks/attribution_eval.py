@@ -363,7 +363,9 @@ class AttributionEvaluation(Callback):
             for label, metric in self.metrics[explainer.label].items():
                 metric.update(model, inputs, target, maps, method=explainer, **extras)
                 if explainer.label in self.image_scores and label in self.image_scores[explainer.label]:
-                    scores = metric.image_scores(model, inputs, target, maps, method=explainer)
+                    scores = getattr(metric, "last_image_scores", None)  # this update's, when the metric keeps them
+                    if scores is None or scores.shape[0] != inputs.shape[0]:
+                        scores = metric.image_scores(model, inputs, target, maps, method=explainer)
                     self.image_scores[explainer.label][label].update(scores, index)
             self._rates[explainer.label][0] += time.perf_counter() - started
             self._rates[explainer.label][1] += inputs.shape[0]
@@ -508,7 +510,7 @@ class AttributionEvaluation(Callback):
             (out_dir / "samples.json").write_text(json.dumps([s["values"] for s in samples], indent=1))
             for key, (fig, data) in pictures.items():
                 stem = out_dir / key.split(f"/{stage}/", 1)[1].replace("/", "_")
-                fig.savefig(stem.with_suffix(".png"), dpi=120)
+                fig.savefig(stem.with_suffix(".png"), dpi=100)
                 if data is not None:
                     stem.with_suffix(".json").write_text(json.dumps({"x": data["x"], "curves": data["curves"]}))
             return

@@ -287,6 +287,9 @@ class PerturbationCurve(AttributionMetric):
         self.curve_sum += curves[keep].sum(0)
         self.count += keep.sum()
         self.skipped += (~keep).sum()
+        # this update's per-image areas (= image_scores on the batch): the callback pairs methods image by image
+        # without a second pass over the curves (not a state: never synced or reset)
+        self.last_image_scores = curve_area(curves, self.curve_axis(), self.auc)
 
     def curve_axis(self) -> Tensor:
         if self._counts is None:
