@@ -6,7 +6,8 @@ ours / the floor the protocol needs (benchmarks/harness.py: warm-up, rotated int
 
 - perturbation metrics: their perturbed images pushed through gradient-free forwards in batches of the metric's
   chunk (the batch size), on prepared inputs;
-- robustness and Random Logit: their method calls (forward + input gradient per perturbed image) on prepared inputs;
+- robustness and Random Logit: their method calls on prepared inputs (the Gradient method; ``input_gradient_floor``
+  of the harness, its bare forward + input gradient, is printed once for scale);
 - Sparseness/Complexity need no model call: ours / Quantus only, on 256 maps (a batch of 8 small maps times only
   call overheads).
 
@@ -74,17 +75,12 @@ def forward_floor(model: torch.nn.Module, inputs: torch.Tensor, rows: int, chunk
     return run
 
 
-def method_floor(model: torch.nn.Module, inputs: torch.Tensor, target: torch.Tensor, calls: int,
-                 forwards: int = 0) -> Callable[[], None]:
-    """``calls`` forward + input-gradient passes of the batch (plus ``forwards`` plain forwards)."""
-    one = input_gradient_floor(model, inputs, target)
-
+def method_floor(method: Callable, model: torch.nn.Module, inputs: torch.Tensor, target: torch.Tensor,
+                 calls: int) -> Callable[[], None]:
+    """``calls`` calls of the method on the (prepared) batch: what a metric that re-runs the method needs."""
     def run() -> None:
         for _ in range(calls):
-            one()
-        with torch.no_grad():
-            for _ in range(forwards):
-                model(inputs)
+            method(model, inputs, target)
 
     return run
 
@@ -102,7 +98,7 @@ def arya_insertion(x_flat: np.ndarray) -> Callable[..., np.ndarray]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -172,19 +168,23 @@ def main() -> None:
         "Max-Sensitivity": (
             ours(lambda: MaxSensitivity(num_samples=SAMPLES), method=True),
             peer(quantus.MaxSensitivity(nr_samples=SAMPLES, **quiet), explain=True),
-            method_floor(model, inputs, target, SAMPLES), True),
+            method_floor(gradient, model, inputs, target, SAMPLES), True),
         "Avg-Sensitivity": (
             ours(lambda: AvgSensitivity(num_samples=SAMPLES), method=True),
             peer(quantus.AvgSensitivity(nr_samples=SAMPLES, **quiet), explain=True),
-            method_floor(model, inputs, target, SAMPLES), True),
+            method_floor(gradient, model, inputs, target, SAMPLES), True),
         "Local Lipschitz": (
             ours(lambda: LocalLipschitzEstimate(num_samples=SAMPLES), method=True),
             peer(quantus.LocalLipschitzEstimate(nr_samples=SAMPLES, **quiet), explain=True),
-            method_floor(model, inputs, target, SAMPLES), True),
+            method_floor(gradient, model, inputs, target, SAMPLES), True),
         "Random Logit": (
             ours(RandomLogit, method=True), peer(quantus.RandomLogit(num_classes=CLASSES, **quiet), explain=True),
-            method_floor(model, inputs, target, 1), True),
+            method_floor(gradient, model, inputs, target, 1), True),
     }
+    gradient_times = interleaved_times({"method": method_floor(gradient, model, inputs, target, 1),
+                                        "bare": input_gradient_floor(model, inputs, target)}, rounds=args.rounds)
+    method_ratio = paired_ratio(gradient_times["method"], gradient_times["bare"])
+    print(f"Gradient method / bare forward + input gradient: {method_ratio}")
     rows = []
     for label, (run_ours, run_peer, floor, floor_target) in cases.items():
         timed = {"ours": run_ours, "quantus": run_peer}
