@@ -148,6 +148,8 @@ def test_two_shards_and_merge_equal_one_process(weights: Path, tmp_path: Path, m
 @pytest.mark.parametrize(("extra", "message"), [
     (["--families", "[perturbaton]"], "unknown family 'perturbaton'"),
     (["--families", "[localisation]"], "family 'localisation' (metric 'ehr') needs ground-truth box"),
+    (["--families", "[localisation]", "--family_metrics", "{localisation: [pointing_game]}"],
+     "(metric 'pointing_game') needs ground-truth mask or box"),
     (["--methods", "[{name: gradiant}]"], "unknown attribution method 'gradiant'"),
     (["--metric_kwargs", "{deletion: {bogus: 1}}"], "unknown argument(s) bogus"),
     (["--family_metrics", "{perturbation: [iou]}"], "'iou' is not a registered metric of family 'perturbation'"),

@@ -200,6 +200,8 @@ def check_ground_truth(metrics: list[MetricSpec], sample: dict[str, Any], data_n
         needs = build_metric(spec.name, **spec.kwargs).requires
         missing = sorted(GROUND_TRUTH_KEYS[n] for n in needs if n in GROUND_TRUTH_KEYS and GROUND_TRUTH_KEYS[n]
                          not in sample)
+        if spec.family == "localisation" and not any(key in sample for key in GROUND_TRUTH_KEYS.values()):
+            missing = missing or ["mask or box"]  # e.g. the pointing game takes either
         if missing:
             raise ConfigurationError(
                 f"report: family {spec.family!r} (metric {spec.name!r}) needs ground-truth {'/'.join(missing)} "
