@@ -281,3 +281,14 @@ def test_random_logit_draws_other_classes_uniformly_and_scores_a_class_blind_met
     torch.testing.assert_close(blind, torch.ones(3))
     maps = _input_x_gradient(model, small, target[:3])
     assert (RandomLogit().image_scores(model, small, target[:3], maps, method=_input_x_gradient) < 0.9).all()
+
+
+def test_update_keeps_the_batch_image_scores_for_the_callback() -> None:
+    """``last_image_scores`` after an update = ``image_scores`` on that batch (the callback reuses them)."""
+    from lit_xai.metrics.faithfulness import ROAD
+
+    model, inputs, target = _linear(), _inputs(batch=3), torch.tensor([0, 1, 0])
+    maps = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(6))
+    for metric in (Sparseness(), FaithfulnessCorrelation(num_runs=4, subset_size=16), ROAD(percentages=(20, 60))):
+        metric.update(model, inputs, target, maps)
+        torch.testing.assert_close(metric.last_image_scores, metric.image_scores(model, inputs, target, maps))

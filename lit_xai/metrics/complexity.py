@@ -12,7 +12,8 @@ counts its h·w entries, a C-channel map its C·h·w entries), as Quantus 0.6 ``
 :class:`ImageScoreMean` is the state shared by the metrics of this family and of :mod:`faithfulness`,
 :mod:`robustness`, :mod:`random_logit`: the mean of per-image scores as a sum and a count (``dist_reduce_fx="sum"``),
 so DDP ranks that see disjoint images reduce to the single-process mean; :meth:`ImageScoreMean.image_scores` gives the
-per-image scores for paired comparisons.
+per-image scores for paired comparisons, and ``last_image_scores`` keeps the last update's (so the callback needs no
+second pass).
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ class ImageScoreMean(AttributionMetric):
         scores = self._image_scores(model, inputs, target, maps, extras.get("method"))
         self.score_sum += scores.double().sum()
         self.count += scores.shape[0]
+        self.last_image_scores = scores  # this update's (not a state): the callback pairs methods without a 2nd pass
 
     def compute(self) -> dict[str, Tensor]:
         if self.count == 0:

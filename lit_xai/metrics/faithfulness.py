@@ -462,8 +462,9 @@ class ROAD(ImageScoreMean):
 
     def _update(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor, **extras: Any) -> None:
         curves = self.curves(model, inputs, target, maps)
+        self.last_image_scores = curves.mean(1)
         self.curve_sum += curves.double().sum(0)
-        self.score_sum += curves.double().mean(1).sum()
+        self.score_sum += self.last_image_scores.double().sum()
         self.count += curves.shape[0]
 
     def curve_axis(self) -> Tensor:
