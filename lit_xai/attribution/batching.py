@@ -19,6 +19,7 @@ the image size (IG at 224² with a fixed 256-row chunk grew the process by 4.3 G
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -85,3 +86,9 @@ def rows_per_chunk(
     if budget < 1:
         raise AttributionError(f"budget_bytes must be positive, got {budget}")
     return max(1, budget // activation_bytes_per_row(model, inputs))
+
+
+def row_chunks(total: int, rows: int) -> Iterator[tuple[int, int]]:
+    """``[start, end)`` ranges of at most ``rows`` rows covering ``range(total)``."""
+    for start in range(0, total, rows):
+        yield start, min(start + rows, total)

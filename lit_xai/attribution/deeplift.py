@@ -25,7 +25,7 @@ from torch.overrides import TorchFunctionMode
 
 from lit_xai.attribution.activations import RELU_FUNCTIONS, check_activation, require_relus
 from lit_xai.attribution.base import AttributionError, AttributionMethod, target_scores
-from lit_xai.attribution.gradients import check_max_batch, row_chunks
+from lit_xai.attribution.batching import check_max_batch, row_chunks, rows_per_chunk
 from lit_xai.attribution.references import ReferenceSpec, check_reference_spec, reference_images
 from lit_xai.attribution.registry import register
 
@@ -73,17 +73,19 @@ class RescaleMode(TorchFunctionMode):
 
 def mean_deeplift(
     model: nn.Module, inputs: Tensor, target: Tensor | None, refs: Tensor, paired: bool, eps: float,
-    max_batch: int, method: str,
+    max_batch: int | None, method: str,
 ) -> Tensor:
     """``1/K Σ_k (x − x̄_k) ⊙ m(x, x̄_k)`` per image.
 
     ``paired``: ``refs[i]`` is image ``i``'s only reference (K = 1); otherwise every image meets every reference
-    (K = N). Rows ``(image r // K, reference r % K)`` run ``max_batch`` pairs (2·max_batch rows) per pass.
+    (K = N). Rows ``(image r // K, reference r % K)`` run ``max_batch`` pairs (2·max_batch rows) per pass; ``None``:
+    half the rows of the memory budget (:mod:`lit_xai.attribution.batching`).
     """
     batch = inputs.shape[0]
     per_image = 1 if paired else refs.shape[0]
     total = torch.zeros_like(inputs)
-    for start, end in row_chunks(batch * per_image, max_batch):
+    pairs = max_batch if max_batch is not None else max(1, rows_per_chunk(model, inputs) // 2)
+    for start, end in row_chunks(batch * per_image, pairs):
         rows = torch.arange(start, end, device=inputs.device)
         images = rows // per_image
         x = inputs[images].requires_grad_(True)
@@ -109,7 +111,9 @@ class DeepLift(AttributionMethod):
     reference), a float, a tensor ``[C, H, W]``/``[1, C, H, W]`` or one reference per image ``[B, C, H, W]``,
     or a path to a saved tensor. ``Σ map = f(x) − f(x̄)`` on ReLU nets without max pooling."""
 
-    def __init__(self, baseline: ReferenceSpec = "zero", eps: float = DEFAULT_EPS, max_batch: int = 128) -> None:
+    def __init__(
+        self, baseline: ReferenceSpec = "zero", eps: float = DEFAULT_EPS, max_batch: int | None = None
+    ) -> None:
         check_reference_spec(baseline, "deeplift")
         self.baseline = baseline
         self.eps = check_eps(eps, "deeplift")
@@ -130,7 +134,9 @@ class DeepShap(AttributionMethod):
     path of a saved one; ``"zero"`` or a float give a single constant reference, i.e. DeepLIFT). ``B·N`` pairs
     run ``max_batch`` at a time. ``Σ map = f(x) − mean_k f(x̄_k)`` on ReLU nets without max pooling."""
 
-    def __init__(self, background: ReferenceSpec = "zero", eps: float = DEFAULT_EPS, max_batch: int = 128) -> None:
+    def __init__(
+        self, background: ReferenceSpec = "zero", eps: float = DEFAULT_EPS, max_batch: int | None = None
+    ) -> None:
         check_reference_spec(background, "deepshap")
         self.background = background
         self.eps = check_eps(eps, "deepshap")

@@ -15,7 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from lit_xai.attribution.base import AttributionError, AttributionMethod, resolve_target
-from lit_xai.attribution.gradients import accumulate_input_gradients, check_max_batch
+from lit_xai.attribution.batching import check_max_batch
+from lit_xai.attribution.gradients import accumulate_input_gradients
 from lit_xai.attribution.noise import NoiseStream, per_sample, sample_generators
 from lit_xai.attribution.references import ReferenceSpec, check_reference_spec, reference_images
 from lit_xai.attribution.registry import register
@@ -39,7 +40,7 @@ class GradientShap(AttributionMethod):
         n_samples: int = 5,
         stdevs: float = 0.0,
         seed: int = 0,
-        max_batch: int = 256,
+        max_batch: int | None = None,  # rows per forward (None: memory budget, lit_xai.attribution.batching)
     ) -> None:
         check_reference_spec(background, "gradient_shap")
         if not isinstance(n_samples, int) or n_samples < 1:

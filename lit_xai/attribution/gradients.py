@@ -3,12 +3,13 @@
 All of them only need ∂y_t/∂x. For speed every method (i) switches ``requires_grad`` off on the parameters for the
 call (restored by :func:`~lit_xai.attribution.base.preserved_model_state`), so no weight gradient is ever formed,
 (ii) differentiates with ``torch.autograd.grad`` w.r.t. the inputs only, and (iii) evaluates many points (IG steps,
-SmoothGrad samples) as one flattened batch, split into chunks of at most ``max_batch`` rows to bound memory.
+SmoothGrad samples) as one flattened batch, split into chunks of ``max_batch`` rows — by default as many rows as
+fit the activation-memory budget of :mod:`lit_xai.attribution.batching` (fast and memory-bounded on any model).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -21,24 +22,12 @@ from lit_xai.attribution.base import (
     resolve_target,
     target_scores,
 )
+from lit_xai.attribution.batching import check_max_batch, row_chunks, rows_per_chunk
 from lit_xai.attribution.noise import NoiseStream, sample_generators
 from lit_xai.attribution.postprocess import gaussian_smooth
 from lit_xai.attribution.registry import register
 
 IG_RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
-
-
-def check_max_batch(max_batch: int) -> int:
-    """Validate the rows-per-forward budget shared by the batched methods."""
-    if not isinstance(max_batch, int) or max_batch < 1:
-        raise AttributionError(f"max_batch must be a positive int, got {max_batch!r}")
-    return max_batch
-
-
-def row_chunks(total: int, max_batch: int) -> Iterator[tuple[int, int]]:
-    """``[start, end)`` ranges of at most ``max_batch`` rows covering ``range(total)``."""
-    for start in range(0, total, max_batch):
-        yield start, min(start + max_batch, total)
 
 
 def accumulate_input_gradients(
@@ -47,17 +36,18 @@ def accumulate_input_gradients(
     num_rows: int,
     target: Tensor,
     like: Tensor,
-    max_batch: int,
+    max_batch: int | None,
     transform: Callable[[Tensor, Tensor], Tensor],
 ) -> Tensor:
-    """``Σ_rows transform(∂y_t/∂x at row, row index)``, summed per image, evaluated ``max_batch`` rows at a time.
+    """``Σ_rows transform(∂y_t/∂x at row, row index)``, summed per image, evaluated ``max_batch`` rows at a time
+    (``None``: :func:`~lit_xai.attribution.batching.rows_per_chunk`'s memory budget).
 
     Rows are laid out step-major: row ``r`` belongs to image ``r % B`` and step ``r // B``. ``make_points(start,
-    end)`` builds only the rows of one chunk, so peak memory is bounded by ``max_batch``, not by the step count.
+    end)`` builds only the rows of one chunk, so peak memory is bounded by the chunk, not by the step count.
     """
     batch_size = like.shape[0]
     total = torch.zeros_like(like)
-    for start, end in row_chunks(num_rows, max_batch):
+    for start, end in row_chunks(num_rows, rows_per_chunk(model, like, max_batch)):
         rows = torch.arange(start, end, device=like.device)
         images = rows % batch_size
         chunk = make_points(start, end).requires_grad_(True)
@@ -125,7 +115,7 @@ class IntegratedGradients(AttributionMethod):
         rule: str = "gausslegendre",
         baseline: str | float | Tensor = "zero",
         blur_sigma: float = 5.0,
-        max_batch: int = 256,
+        max_batch: int | None = None,  # None: sized by memory (lit_xai.attribution.batching)
     ) -> None:
         integration_rule(rule, steps)  # validate early
         if isinstance(baseline, str) and baseline not in ("zero", "blur"):
@@ -194,7 +184,7 @@ class SmoothGrad(AttributionMethod):
         noise_level: float = 0.15,
         squared: bool = False,
         seed: int = 0,
-        max_batch: int = 256,
+        max_batch: int | None = None,  # None: sized by memory (lit_xai.attribution.batching)
     ) -> None:
         if samples < 1:
             raise AttributionError(f"smoothgrad: samples must be ≥ 1, got {samples}")
@@ -235,6 +225,6 @@ class SmoothGradSquared(SmoothGrad):
     """SmoothGrad²: :class:`SmoothGrad` with ``squared=True`` (mean of squared noisy gradients)."""
 
     def __init__(
-        self, samples: int = 50, noise_level: float = 0.15, seed: int = 0, max_batch: int = 256
+        self, samples: int = 50, noise_level: float = 0.15, seed: int = 0, max_batch: int | None = None
     ) -> None:
         super().__init__(samples, noise_level, True, seed, max_batch)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_xai.attribution.base import AttributionError, AttributionMethod, target_scores
-from lit_xai.attribution.gradients import check_max_batch, row_chunks
+from lit_xai.attribution.batching import check_max_batch, row_chunks, rows_per_chunk
 from lit_xai.attribution.registry import register
 
 
@@ -49,7 +49,7 @@ class Occlusion(AttributionMethod):
         patch: int = 8,  # lit_xai's choice for 32² inputs (see the class docstring)
         stride: int = 4,  # lit_xai's choice: half-overlapping windows
         baseline: float | Tensor = 0.0,  # grey = the dataset mean in normalised space (Zeiler & Fergus 2014, §4.2)
-        max_batch: int = 256,  # memory bound only; does not change the map
+        max_batch: int | None = None,  # rows per forward (None: memory budget); does not change the map
     ) -> None:
         if patch < 1 or stride < 1:
             raise AttributionError(f"occlusion: patch and stride must be ≥ 1, got patch={patch}, stride={stride}")
@@ -70,7 +70,7 @@ class Occlusion(AttributionMethod):
             clean, target = target_scores(model(inputs), target)
             drops = torch.empty(n_patches * batch, dtype=inputs.dtype, device=inputs.device)
             # patch-major rows: row p·B + b is image b with patch p occluded
-            for start, end in row_chunks(n_patches * batch, self.max_batch):
+            for start, end in row_chunks(n_patches * batch, rows_per_chunk(model, inputs, self.max_batch)):
                 rows = torch.arange(start, end, device=inputs.device)
                 images, mask = rows % batch, masks[rows // batch][:, None]
                 occluded = torch.where(mask, baseline, inputs[images])

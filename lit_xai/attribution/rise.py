@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_xai.attribution.base import AttributionError, AttributionMethod, check_target_range, resolve_target
-from lit_xai.attribution.gradients import check_max_batch, row_chunks
+from lit_xai.attribution.batching import check_max_batch, row_chunks, rows_per_chunk
 from lit_xai.attribution.registry import register
 
 OUTPUTS = ("softmax", "logit")
@@ -63,7 +63,7 @@ class Rise(AttributionMethod):
         p: float = 0.1,
         output: str = "softmax",
         seed: int = 0,
-        max_batch: int = 256,
+        max_batch: int | None = None,  # rows per forward (None: memory budget, lit_xai.attribution.batching)
     ) -> None:
         if not isinstance(num_masks, int) or num_masks < 1:
             raise AttributionError(f"rise: num_masks must be a positive int, got {num_masks!r}")
@@ -111,7 +111,7 @@ class Rise(AttributionMethod):
         grids, shifts = self.grids_and_shifts(size)
         grids, shifts = grids.to(inputs), shifts.to(inputs.device)
         saliency = inputs.new_zeros(batch, *size)
-        for start, end in row_chunks(self.num_masks * batch, self.max_batch):
+        for start, end in row_chunks(self.num_masks * batch, rows_per_chunk(model, inputs, self.max_batch)):
             rows = torch.arange(start, end, device=inputs.device)
             first, last = start // batch, (end - 1) // batch + 1
             masks = self.masks(grids[first:last], shifts[first:last], size)

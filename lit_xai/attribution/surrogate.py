@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_xai.attribution.base import AttributionError, AttributionMethod, check_target_range, resolve_target
-from lit_xai.attribution.gradients import check_max_batch, row_chunks
+from lit_xai.attribution.batching import check_max_batch, row_chunks, rows_per_chunk
 from lit_xai.attribution.registry import register
 
 OUTPUTS = ("softmax", "logit")
@@ -75,7 +75,7 @@ class SurrogateMethod(AttributionMethod):
 
     def __init__(
         self, n_samples: int, segmentation: str | Tensor, grid: int, fill: float, output: str, seed: int,
-        max_batch: int,
+        max_batch: int | None,
     ) -> None:
         if not isinstance(n_samples, int) or n_samples < 2:
             raise AttributionError(f"{self.name}: n_samples must be an int ≥ 2, got {n_samples!r}")
@@ -120,7 +120,7 @@ class SurrogateMethod(AttributionMethod):
         coalitions = self.coalitions(num_features, count).to(inputs)
         batch = inputs.shape[0]
         scores = inputs.new_empty(count * batch)
-        for start, end in row_chunks(count * batch, self.max_batch):
+        for start, end in row_chunks(count * batch, rows_per_chunk(model, inputs, self.max_batch)):
             rows = torch.arange(start, end, device=inputs.device)
             images = rows % batch
             keep = coalitions[rows // batch]  # [R, M]
@@ -162,7 +162,7 @@ class Lime(SurrogateMethod):
         fill: float = 0.0,
         output: str = "softmax",
         seed: int = 0,
-        max_batch: int = 256,
+        max_batch: int | None = None,  # rows per forward (None: memory budget, lit_xai.attribution.batching)
     ) -> None:
         super().__init__(n_samples, segmentation, grid, fill, output, seed, max_batch)
         if not kernel_width > 0 or not alpha >= 0:
@@ -203,7 +203,7 @@ class KernelShap(SurrogateMethod):
         fill: float = 0.0,
         output: str = "logit",
         seed: int = 0,
-        max_batch: int = 256,
+        max_batch: int | None = None,  # rows per forward (None: memory budget, lit_xai.attribution.batching)
     ) -> None:
         super().__init__(2 if n_samples is None else n_samples, segmentation, grid, fill, output, seed, max_batch)
         self.n_samples = n_samples
