@@ -74,6 +74,12 @@ def test_end_to_end_writes_table_page_and_files(weights: Path, tmp_path: Path,
     gradient_deletion = [float(s["score"]) for s in samples if s["method"] == "gradient" and s["metric"] == "deletion"]
     row = next(r for r in rows if r["method"] == "gradient" and r["metric"] == "deletion")
     assert math.isclose(sum(gradient_deletion) / 8, float(row["mean"]), rel_tol=1e-9)
+    # SE and the paired Δ vs the control against SciPy (sem; ttest_rel's statistic = Δ / SE(Δ)), tolerance 1e-9
+    stats = pytest.importorskip("scipy.stats")
+    random_deletion = [float(s["score"]) for s in samples if s["method"] == "random" and s["metric"] == "deletion"]
+    assert math.isclose(float(stats.sem(gradient_deletion)), float(row["se"]), rel_tol=1e-9)
+    paired_t = stats.ttest_rel(gradient_deletion, random_deletion).statistic
+    assert math.isclose(float(row["diff_vs_control"]) / float(row["diff_se"]), paired_t, rel_tol=1e-9)
     page = (tmp_path / "report.html").read_text()
     assert "data:image/png;base64," in page and "<table>" in page and "src=\"http" not in page
     for name in ("rank.png", "examples.png", "family_perturbation.png", "pairwise.csv", "report.json"):
