@@ -149,8 +149,8 @@ def page(reports: list[MetricReport], figures: dict[str, bytes], external: dict[
         f"{cfg.num_images} images, target = {cfg.target}, seed {cfg.seed}.</p>",
         "<h2>Method × metric</h2><p>mean ± SE over the same images; ↑/↓ higher/lower is better; ▲/▼ significantly "
         f"better/worse than the {CONTROL} control (paired |Δ| &gt; 2 SE); colour and rank: 1 + the number of methods "
-        "significantly better (ties = differences within noise). On randomisation the control is expected to score "
-        "best (its map ignores the weights).</p>",
+        "significantly better (ties = differences within noise). On randomisation the control's map ignores the "
+        "weights, so it keeps similarity 1 (the worst score): the floor every method must beat.</p>",
         f"<table><tr><th>method</th>{head}</tr>{body}</table>",
         "<h2>Ranks</h2>" + _img(figures["rank"], "rank plot"),
         "<h2>Per family</h2>" + "".join(_img(v, k) for k, v in figures.items() if k.startswith("family_")),
