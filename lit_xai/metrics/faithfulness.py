@@ -1,4 +1,4 @@
-"""Faithfulness beyond curves: Faithfulness Correlation, Monotonicity (Arya / Nguyen), Infidelity.
+"""Faithfulness beyond curves: Faithfulness Correlation, Monotonicity (Arya / Nguyen), Infidelity, ROAD, IROF.
 
 All score the map per input *feature* (C×H×W; a 1-channel map is repeated over the channels and layer maps are
 upsampled, as Quantus 0.6 broadcasts ``a_batch`` to ``x_batch``) and perturb the inputs by replacing features with a

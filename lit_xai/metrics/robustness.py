@@ -41,10 +41,10 @@ def row_noise(inputs: Tensor, seeds: list[int], rows: Tensor, kind: str, low: fl
     for row in rows.tolist():
         generator = torch.Generator().manual_seed((seeds[row % batch] + row // batch) % 2**64)
         if kind == "uniform":
-            draws.append(torch.rand(inputs.shape[1:], generator=generator, dtype=torch.float64) * (high - low) + low)
+            draws.append(torch.rand(inputs.shape[1:], generator=generator, dtype=inputs.dtype) * (high - low) + low)
         else:
-            draws.append(torch.randn(inputs.shape[1:], generator=generator, dtype=torch.float64) * high + low)
-    return torch.stack(draws).to(inputs.device, inputs.dtype)
+            draws.append(torch.randn(inputs.shape[1:], generator=generator, dtype=inputs.dtype) * high + low)
+    return torch.stack(draws).to(inputs.device)
 
 
 class InputPerturbationRobustness(ImageScoreMean):
@@ -82,7 +82,7 @@ class InputPerturbationRobustness(ImageScoreMean):
         batch = inputs.shape[0]
         reference = prepared_maps(maps, self.absolute, self.normalise).flatten(1)
         total = self.num_samples * batch
-        ratios = torch.empty(total, device=inputs.device, dtype=torch.float64)
+        ratios = torch.empty(total, device=inputs.device)
         chunk = resolve_chunk_size(self.chunk_size, batch)
         seeds = sample_seeds(inputs, self.seed, self.stream)
         for begin in range(0, total, chunk):
@@ -97,7 +97,7 @@ class InputPerturbationRobustness(ImageScoreMean):
             perturbed = prepared_maps(new_maps, self.absolute, self.normalise).flatten(1)
             ratios[rows] = self.ratio(reference[rows % batch], perturbed, delta.flatten(1))
         per_sample = ratios.view(self.num_samples, batch)
-        return (per_sample.amax(0) if self.reduction == "max" else per_sample.mean(0)).float()
+        return per_sample.amax(0) if self.reduction == "max" else per_sample.mean(0)
 
 
 class Sensitivity(InputPerturbationRobustness):
@@ -105,7 +105,7 @@ class Sensitivity(InputPerturbationRobustness):
     (:class:`AvgSensitivity`). An all-zero map divides by 0 (inf or NaN), as in Quantus."""
 
     def ratio(self, reference: Tensor, perturbed: Tensor, delta: Tensor) -> Tensor:
-        return (perturbed.double() - reference.double()).norm(dim=1) / reference.double().norm(dim=1)
+        return (perturbed - reference).norm(dim=1) / reference.norm(dim=1)
 
 
 class MaxSensitivity(Sensitivity):
@@ -159,5 +159,4 @@ class LocalLipschitzEstimate(InputPerturbationRobustness):
                          chunk_size, **kwargs)
 
     def ratio(self, reference: Tensor, perturbed: Tensor, delta: Tensor) -> Tensor:
-        return ((perturbed.double() - reference.double()).norm(dim=1)
-                / (delta.double().norm(dim=1) + LIPSCHITZ_EPS))
+        return (perturbed - reference).norm(dim=1) / (delta.norm(dim=1) + LIPSCHITZ_EPS)
