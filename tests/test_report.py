@@ -238,3 +238,44 @@ def test_wandb_run_logs_samples_and_summary_direction(weights: Path, tmp_path: P
     columns, rows = next(v["report/samples"] for v in calls["log"] if "report/samples" in v)
     assert columns == ["family", "metric", "method", "index", "score"] and len(rows) == 3 * 2 * 8
     assert calls["finished"] == [True]
+
+
+@pytest.mark.parametrize(("name", "kwargs"), [
+    ("sensitivity_n", {"num_n": 3, "num_masks": 8}),  # per-image fallback (no image_scores), float32 sums
+    ("ehr", {"normalize": "max", "channel_reduction": "abs_sum"}),  # per-image fallback, needs boxes
+    ("pointing_game", {}),  # per-image fallback, masks or boxes
+    ("deletion", {"num_steps": 4}),  # batched image_scores
+])
+def test_cell_scores_average_to_the_metrics_own_score(name: str, kwargs: dict) -> None:
+    """The report's per-image scores (batched or one update per image) have the metric's batch score as their mean
+    (these metrics' scores are means over images), to 1e-3 relative (the metrics sum in float32); images the protocol
+    skips (EHR: boxes over 33 % of the image) score NaN and are left out of both."""
+    from lit_xai.attribution import build
+    from lit_xai.metrics import build_metric
+
+    torch.manual_seed(0)
+    model = build_backbone("digits_cnn", num_classes=4, in_chans=3).eval()
+    inputs, target = torch.randn(6, 3, 32, 32), torch.tensor([0, 1, 2, 3, 0, 1])
+    boxes = torch.tensor([[4, 4, 20, 20], [0, 0, 32, 32], [10, 12, 14, 30], [2, 5, 9, 9], [16, 16, 32, 32],
+                          [8, 0, 24, 8]])
+    method = build("gradient")
+    maps = method(model, inputs, target)
+    metric = build_metric(name, **kwargs)
+    metric.set_data_normalisation((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    extras = {"masks": None, "boxes": boxes}
+    scores = report_cells.image_scores(metric, model, inputs, target, maps, method, extras)
+    assert scores.shape == (6,)
+    assert scores.isnan().tolist() == ([False, True] + [False] * 4 if name == "ehr" else [False] * 6)
+    metric.update(model, inputs, target, maps, method=method, **extras)
+    assert math.isclose(float(scores.nanmean()), float(metric.results()["score"]), rel_tol=1e-3, abs_tol=1e-6)
+
+
+def test_statistics_use_the_images_every_method_scored() -> None:
+    from lit_xai.report.statistics import metric_report
+
+    nan = float("nan")
+    scores = {"a": torch.tensor([1.0, 2.0, nan, 4.0]), "random": torch.tensor([0.0, 1.0, 5.0, 2.0])}
+    report = metric_report("f", "m", scores, True, "random", bootstrap=0, confidence=0.95, seed=0)
+    rows = {r.method: r for r in report.rows}
+    assert rows["a"].n == rows["random"].n == 3
+    assert math.isclose(rows["random"].mean, 1.0) and math.isclose(rows["a"].diff, 4 / 3)

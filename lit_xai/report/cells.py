@@ -9,7 +9,8 @@ forked RNG seeded from (seed, key), so a cell gives the same scores alone, in a 
 Per-image scores come from ``metric.image_scores`` where a metric has it (batched). Metrics without it
 (``sensitivity_n``, ``randomisation``, ``ehr``, ``pointing_game`` at the time of writing) are scored by
 updating a fresh copy on one image at a time — a documented deviation (docs/report.md): exact, but one metric
-update per image.
+update per image. An image the metric's protocol skips (its count stays 0, e.g. EHR's boxes over 33 % of the image)
+scores NaN; the statistics use the images every method scored.
 """
 
 from __future__ import annotations
@@ -95,6 +96,9 @@ def image_scores(metric: nn.Module, model: nn.Module, inputs: Tensor, target: Te
         single.reset()
         picked = {k: None if v is None else v[b : b + 1] for k, v in extras.items()}
         single.update(model, inputs[b : b + 1], target[b : b + 1], maps[b : b + 1], method=method, **picked)
+        if float(getattr(single, "count", 1)) == 0:  # the protocol skips this image (e.g. EHR: box > 33 %)
+            scores.append(torch.tensor(float("nan"), dtype=torch.float64))
+            continue
         scores.append(single.results()["score"].detach().double().cpu().reshape(()))
     return torch.stack(scores)
 

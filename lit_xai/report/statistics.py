@@ -91,7 +91,10 @@ class MetricReport:
 
 def metric_report(family: str, metric: str, scores: dict[str, Tensor], higher_is_better: bool | None,
                   control: str, bootstrap: int, confidence: float, seed: int) -> MetricReport:
-    """Summary rows (mean ± SE, Δ vs control), all pairwise differences, ranks and optional bootstrap CIs."""
+    """Summary rows (mean ± SE, Δ vs control), all pairwise differences, ranks and optional bootstrap CIs, over the
+    images every method scored (a NaN marks an image the metric's protocol skips)."""
+    valid = torch.stack([s.double() for s in scores.values()]).isfinite().all(0)
+    scores = {m: s[valid] for m, s in scores.items()}
     rows = summarise({m: {metric: float(s.double().mean())} for m, s in scores.items()},
                      {m: {metric: s} for m, s in scores.items()}, {metric: higher_is_better}, {metric: metric},
                      control=control)
