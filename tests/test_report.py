@@ -263,11 +263,18 @@ def test_cell_scores_average_to_the_metrics_own_score(name: str, kwargs: dict) -
     metric = build_metric(name, **kwargs)
     metric.set_data_normalisation((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     extras = {"masks": None, "boxes": boxes}
-    scores = report_cells.image_scores(metric, model, inputs, target, maps, method, extras)
+    curves: dict = {}
+    scores = report_cells.image_scores(metric, model, inputs, target, maps, method, extras, curves)
     assert scores.shape == (6,)
     assert scores.isnan().tolist() == ([False, True] + [False] * 4 if name == "ehr" else [False] * 6)
     metric.update(model, inputs, target, maps, method=method, **extras)
-    assert math.isclose(float(scores.nanmean()), float(metric.results()["score"]), rel_tol=1e-3, abs_tol=1e-6)
+    results = metric.results()
+    assert math.isclose(float(scores.nanmean()), float(results["score"]), rel_tol=1e-3, abs_tol=1e-6)
+    if name in ("sensitivity_n", "ehr"):  # the per-image path also keeps the curves; their mean is the metric's
+        for key, values in curves["values"].items():
+            assert values.shape == (6, results["curve/" + key].numel())
+            torch.testing.assert_close(values.nanmean(0), results["curve/" + key].double(), rtol=1e-3, atol=1e-6)
+        torch.testing.assert_close(curves["axis"], metric.curve_axis().double())
 
 
 def test_statistics_use_the_images_every_method_scored() -> None:

@@ -86,11 +86,13 @@ def has_image_scores(metric: nn.Module) -> bool:
 
 
 def image_scores(metric: nn.Module, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor,
-                 method: Any, extras: dict[str, Tensor | None]) -> Tensor:
-    """Per-image scores ``[B]``: the metric's batched ``image_scores``, else one fresh update per image."""
+                 method: Any, extras: dict[str, Tensor | None], curves: dict[str, Any] | None = None) -> Tensor:
+    """Per-image scores ``[B]``: the metric's batched ``image_scores``, else one fresh update per image. On the
+    per-image path the metric's curves come for free: ``curves`` (if given) receives ``{name: [B, K]}``, the x values
+    ``axis`` and tick labels ``ticks`` (e.g. the randomisation cascade's layer names)."""
     if has_image_scores(metric):
         return metric.image_scores(model, inputs, target, maps, method=method).detach().double().cpu()
-    scores = []
+    scores, rows = [], []
     for b in range(inputs.shape[0]):  # metrics without a per-image API (see the module docstring)
         single = metric.clone()
         single.reset()
@@ -98,8 +100,18 @@ def image_scores(metric: nn.Module, model: nn.Module, inputs: Tensor, target: Te
         single.update(model, inputs[b : b + 1], target[b : b + 1], maps[b : b + 1], method=method, **picked)
         if float(getattr(single, "count", 1)) == 0:  # the protocol skips this image (e.g. EHR: box > 33 %)
             scores.append(torch.tensor(float("nan"), dtype=torch.float64))
+            rows.append(None)
             continue
-        scores.append(single.results()["score"].detach().double().cpu().reshape(()))
+        results = single.results()
+        scores.append(results["score"].detach().double().cpu().reshape(()))
+        rows.append({k.removeprefix("curve/"): v.detach().double().cpu() for k, v in results.items()
+                     if k.startswith("curve/")})
+        if curves is not None and "axis" not in curves and rows[-1]:
+            curves["axis"], curves["ticks"] = single.curve_axis().double().cpu(), single.curve_ticks()
+    if curves is not None and "axis" in curves:
+        shape = next(r for r in rows if r)
+        curves["values"] = {name: torch.stack([r[name] if r else torch.full_like(v, float("nan")) for r in rows])
+                            for name, v in shape.items()}
     return torch.stack(scores)
 
 
@@ -151,9 +163,10 @@ def compute_cells(
                 metric.set_data_normalisation(*normalisation)
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(_seed(seed, cell.key, "metric"))
-                    scores = image_scores(metric, model, inputs, target, maps, method, extras)
+                    curves: dict[str, Any] = {}
+                    scores = image_scores(metric, model, inputs, target, maps, method, extras, curves)
                 atomic_torch_save({"key": cell.key, "scores": scores, "index": data["index"].cpu(),
-                                   "target": target.cpu()}, cell.path(root))
+                                   "target": target.cpu(), "curves": curves}, cell.path(root))
                 bar.update(1)
                 yield cell
     finally:

@@ -59,19 +59,31 @@ def select_shard(cells: list[Cell], shard: str | None) -> list[Cell]:
     return [cell for position, cell in enumerate(cells) if position % n == i]
 
 
-def merge(cells: list[Cell], root: Path, methods: list[MethodSpec],
-          metrics: list[MetricSpec]) -> tuple[dict[str, dict[str, torch.Tensor]], torch.Tensor]:
-    """metric → method → per-image scores ``[N]`` (chunks in order), and the image indices ``[N]``."""
+def merge(cells: list[Cell], root: Path, methods: list[MethodSpec], metrics: list[MetricSpec]
+          ) -> tuple[dict[str, dict[str, torch.Tensor]], torch.Tensor, dict[str, dict[str, Any]]]:
+    """metric → method → per-image scores ``[N]`` (chunks in order), the image indices ``[N]``, and metric → the
+    mean curves per method (where every cell of the metric stored per-image curves)."""
     parts: dict[tuple[str, str], list[torch.Tensor]] = {}
+    curve_parts: dict[tuple[str, str], list[dict[str, Any]]] = {}
     index: dict[int, torch.Tensor] = {}
     for cell in cells:
         payload = load_cell(cell, root)
         if payload is None:
             raise RuntimeError(f"report: cell {cell.path(root)} is missing after computing; rerun to redo it")
         parts.setdefault((cell.metric.name, cell.method.display), []).append(payload["scores"])
+        curve_parts.setdefault((cell.metric.name, cell.method.display), []).append(payload.get("curves") or {})
         index[cell.chunk.index] = payload["index"]
     scores = {s.name: {m.display: torch.cat(parts[(s.name, m.display)]) for m in methods} for s in metrics}
-    return scores, torch.cat([index[i] for i in sorted(index)])
+    curves: dict[str, dict[str, Any]] = {}
+    for s in metrics:
+        chunks_of = [curve_parts[(s.name, m.display)] for m in methods]
+        if not all("values" in c for per_method in chunks_of for c in per_method):
+            continue
+        first = chunks_of[0][0]
+        means = {m.display: {name: torch.cat([c["values"][name] for c in per_method]).nanmean(0)
+                             for name in first["values"]} for m, per_method in zip(methods, chunks_of)}
+        curves[s.name] = {"axis": first["axis"], "ticks": first["ticks"], "means": means}
+    return scores, torch.cat([index[i] for i in sorted(index)]), curves
 
 
 def directions(metrics: list[MetricSpec]) -> dict[str, bool | None]:
@@ -104,7 +116,7 @@ def run(cfg: Namespace) -> dict[str, Any]:
     if cfg.shard is not None:
         print(f"[lit_xai report] shard {cfg.shard} done; run without --shard to merge", flush=True)
         return {"cells": len(mine), "computed": len(todo)}
-    scores, index = merge(cells, root, methods, metrics)
+    scores, index, curves = merge(cells, root, methods, metrics)
     hib = directions(metrics)
     reports = [metric_report(s.family, s.name, scores[s.name], hib[s.name], CONTROL, cfg.bootstrap,
                              cfg.confidence, cfg.seed) for s in metrics]
@@ -112,7 +124,7 @@ def run(cfg: Namespace) -> dict[str, Any]:
 
     pictures = examples(model, dataset, methods, cfg.target, min(cfg.num_examples, cfg.num_images), cfg.device,
                         cfg.seed, getattr(datamodule, "denormalize", None))
-    written = write_outputs(root, reports, scores, index, pictures, external_tables(cfg), cfg)
+    written = write_outputs(root, reports, scores, index, curves, pictures, external_tables(cfg), cfg)
     if cfg.wandb.enabled:
         log_wandb(cfg, reports, scores, index, written)
     print(f"[lit_xai report] {written['html']}", flush=True)

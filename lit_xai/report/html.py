@@ -75,10 +75,27 @@ def rank_plot(reports: list[MetricReport]) -> Figure:
     return fig
 
 
-def family_plot(family: str, reports: list[MetricReport], scores: dict[str, dict[str, Tensor]]) -> Figure:
-    """Per metric of the family: each method's per-image scores (box) with the mean ± 2 SE."""
-    fig = Figure(figsize=(3.2 * len(reports), 3.2))
-    axes = fig.subplots(1, len(reports), squeeze=False)[0]
+def family_plot(family: str, reports: list[MetricReport], scores: dict[str, dict[str, Tensor]],
+                curves: dict[str, dict[str, Any]]) -> Figure:
+    """Per metric of the family: each method's per-image scores (box) with the mean ± 2 SE; below, where the metric
+    has curves (randomisation cascade, Sensitivity-N, EHR), each method's mean curve."""
+    with_curves = [r for r in reports if r.metric in curves]
+    fig = Figure(figsize=(3.2 * len(reports), 3.2 * (1 + bool(with_curves))))
+    grid = fig.subplots(1 + bool(with_curves), len(reports), squeeze=False)
+    axes = grid[0]
+    for ax, report in zip(grid[-1] if with_curves else [], reports):
+        if report.metric not in curves:
+            ax.set_axis_off()
+            continue
+        entry = curves[report.metric]
+        x = entry["axis"].numpy()
+        for method, named in entry["means"].items():
+            for name, y in named.items():
+                ax.plot(x, y.numpy(), marker=".", label=method if len(named) == 1 else f"{method} {name}")
+        if entry["ticks"]:
+            ax.set_xticks(x, entry["ticks"], rotation=90, fontsize=6)
+        ax.set_title(f"{report.metric}: mean curve", fontsize=9)
+        ax.legend(fontsize=6)
     for ax, report in zip(axes, reports):
         methods = list(scores[report.metric])
         data = [scores[report.metric][m].numpy() for m in methods]
@@ -170,12 +187,13 @@ def page(reports: list[MetricReport], figures: dict[str, bytes], external: dict[
 
 
 def write_outputs(root: Path, reports: list[MetricReport], scores: dict[str, dict[str, Tensor]], index: Tensor,
-                  examples_figure: Figure, external: dict[str, Any], cfg: Namespace) -> dict[str, Path]:
+                  curves: dict[str, dict[str, Any]], examples_figure: Figure, external: dict[str, Any],
+                  cfg: Namespace) -> dict[str, Path]:
     """Write report.html, report.csv/json, samples.csv, pairwise.csv and the PNGs into ``root``."""
     figures = {"rank": _png(rank_plot(reports)), "examples": _png(examples_figure)}
     for family in dict.fromkeys(r.family for r in reports):
         members = [r for r in reports if r.family == family]
-        figures[f"family_{family}"] = _png(family_plot(family, members, scores))
+        figures[f"family_{family}"] = _png(family_plot(family, members, scores, curves))
     for name, data in figures.items():
         atomic_write_bytes(root / f"{name}.png", data)
     rows = table_rows(reports)
