@@ -41,6 +41,7 @@ COMMANDS = {
     "roar": ("lit_xai.roar.command", "remove-and-retrain grid: maps, retraining, resume, shards, summary"),
     "axioms": ("lit_xai.axioms.command", "axiom framework: generate scenes, evaluate methods, tables"),
     "pathways": ("lit_xai.pathways.command", "critical-pathway analysis of a trained model, with plots"),
+    "report": ("lit_xai.report.command", "report card: every method × evaluation family, statistics, HTML"),
 }
 CONFIG_FILENAME = "lit_xai_config.yaml"
 #: ``--ckpt_path`` values Lightning resolves itself (not files)
@@ -135,10 +136,11 @@ class LitXaiCLI(LightningCLI):
             help="after fit, run test on the best checkpoint (if the data has a test split)",
         )
 
-    def _check_ckpt_path(self) -> None:
-        check_checkpoint(self.config[self.subcommand].get("ckpt_path"))
-
-    before_fit = before_validate = before_test = before_predict = _check_ckpt_path
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path`` before LightningCLI reads hyperparameters from it (its first ``torch.load``)."""
+        if self.config.get("subcommand"):
+            check_checkpoint(self.config[self.config.subcommand].get("ckpt_path"))
+        super()._parse_ckpt_path()
 
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit", True) and not self.trainer.fast_dev_run:

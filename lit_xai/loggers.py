@@ -49,7 +49,7 @@ class LitXaiWandbLogger(WandbLogger):
         **kwargs: Any,
     ) -> None:
         mode = wandb_mode()
-        if quiet and "settings" not in kwargs:
+        if quiet and kwargs.get("settings") is None:  # jsonargparse passes settings=None explicitly
             import wandb
 
             kwargs["settings"] = wandb.Settings(silent=True)

@@ -280,3 +280,24 @@ def test_per_image_scores_of_an_update_equal_a_separate_pass() -> None:
     metric.update(model, inputs, target, maps)
     torch.testing.assert_close(metric.last_image_scores, metric.image_scores(model, inputs, target, maps),
                                rtol=1e-6, atol=1e-6)
+
+
+def test_resolved_config_reaches_wandb_as_nested_keys(tmp_path: Path, monkeypatch) -> None:
+    """Before: one YAML string (runs could not be filtered or grouped by a setting)."""
+    from types import SimpleNamespace
+
+    from jsonargparse import ArgumentParser
+
+    from lit_xai.cli import RunConfigSaver
+    from lit_xai.loggers import LitXaiWandbLogger
+
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    parser = ArgumentParser()
+    parser.add_argument("--model.backbone", default="digits_cnn")
+    parser.add_argument("--data.init_args.batch_size", type=int, default=64)
+    logger = LitXaiWandbLogger(save_dir=str(tmp_path), name="config-test", offline=True)
+    saver = RunConfigSaver(parser, parser.parse_args([]), config_filename="lit_xai_config.yaml", overwrite=True)
+    saver.save_config(SimpleNamespace(logger=logger), None, "fit")  # type: ignore[arg-type]
+    config = dict(logger.experiment.config)["lit_xai_config"]
+    logger.experiment.finish()
+    assert config["model"]["backbone"] == "digits_cnn" and config["data"]["init_args"]["batch_size"] == 64
