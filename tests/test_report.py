@@ -82,6 +82,7 @@ def test_end_to_end_writes_table_page_and_files(weights: Path, tmp_path: Path,
     assert math.isclose(float(row["diff_vs_control"]) / float(row["diff_se"]), paired_t, rel_tol=1e-9)
     page = (tmp_path / "report.html").read_text()
     assert "data:image/png;base64," in page and "<table>" in page and "src=\"http" not in page
+    assert "Significant differences between methods" in page
     for name in ("rank.png", "examples.png", "family_perturbation.png", "pairwise.csv", "report.json"):
         assert (tmp_path / name).is_file()
 

@@ -151,6 +151,12 @@ def _cell(report: MetricReport, method: str) -> str:
             f'<br><small>rank {rank if rank else "–"}</small></td>')
 
 
+def _pairs(report: MetricReport) -> str:
+    wins = [html.escape(f"{d.a} > {d.b}" if d.a_better else f"{d.b} > {d.a}") for d in report.differences
+            if d.a_better or d.b_better]
+    return f"<li><b>{html.escape(report.metric)}</b>: {', '.join(wins) or 'none (all within noise)'}</li>"
+
+
 def page(reports: list[MetricReport], figures: dict[str, bytes], external: dict[str, Any], cfg: Namespace) -> str:
     """The self-contained HTML page."""
     methods = [row.method for row in reports[0].rows] if reports else []
@@ -169,6 +175,8 @@ def page(reports: list[MetricReport], figures: dict[str, bytes], external: dict[
         "significantly better (ties = differences within noise). On randomisation the control's map ignores the "
         "weights, so it keeps similarity 1 (the worst score): the floor every method must beat.</p>",
         f"<table><tr><th>method</th>{head}</tr>{body}</table>",
+        "<h2>Significant differences between methods</h2><p>paired over the same images, |Δ| &gt; 2 SE; every pair "
+        "with Δ ± SE is in pairwise.csv</p><ul>" + "".join(_pairs(r) for r in reports) + "</ul>",
         "<h2>Ranks</h2>" + _img(figures["rank"], "rank plot"),
         "<h2>Per family</h2>" + "".join(_img(v, k) for k, v in figures.items() if k.startswith("family_")),
         "<h2>Examples</h2>" + _img(figures["examples"], "example heatmaps"),
