@@ -23,6 +23,8 @@ from lit_xai.report.statistics import MetricReport
 from lit_xai.storage import atomic_write_bytes, atomic_write_json
 
 #: cell colours by rank: rank 1 (nothing significantly better) … worst
+#: line styles of a metric's several curves (e.g. the randomisation cascade's SSIM and rank correlations)
+LINE_STYLES = ("-", "--", ":", "-.")
 RANK_COLOURS = ("#1a9850", "#91cf60", "#d9ef8b", "#fee08b", "#fc8d59", "#d73027")
 
 
@@ -89,12 +91,17 @@ def family_plot(family: str, reports: list[MetricReport], scores: dict[str, dict
             continue
         entry = curves[report.metric]
         x = entry["axis"].numpy()
-        for method, named in entry["means"].items():
+        names: list[str] = []
+        for k, (method, named) in enumerate(entry["means"].items()):  # colour: method; line style: curve
             for name, y in named.items():
-                ax.plot(x, y.numpy(), marker=".", label=method if len(named) == 1 else f"{method} {name}")
+                names += [name] if name not in names else []
+                style = LINE_STYLES[names.index(name) % len(LINE_STYLES)]
+                ax.plot(x, y.numpy(), color=f"C{k}", linestyle=style, marker=".", ms=3,
+                        label=method if names.index(name) == 0 else None)
         if entry["ticks"]:
             ax.set_xticks(x, entry["ticks"], rotation=90, fontsize=6)
-        ax.set_title(f"{report.metric}: mean curve", fontsize=9)
+        styles = ", ".join(f"{LINE_STYLES[i % len(LINE_STYLES)]} {n}" for i, n in enumerate(names))
+        ax.set_title(f"{report.metric}: mean curve" + (f"\n({styles})" if len(names) > 1 else ""), fontsize=8)
         ax.legend(fontsize=6)
     for ax, report in zip(axes, reports):
         methods = list(scores[report.metric])
