@@ -287,3 +287,14 @@ def test_statistics_use_the_images_every_method_scored() -> None:
     rows = {r.method: r for r in report.rows}
     assert rows["a"].n == rows["random"].n == 3
     assert math.isclose(rows["random"].mean, 1.0) and math.isclose(rows["a"].diff, 4 / 3)
+
+
+def test_roar_table_is_shown_and_axioms_skipped_with_the_reason(weights: Path, tmp_path: Path) -> None:
+    summary = tmp_path / "aucs.csv"
+    summary.write_text("method,auc,auc_se\ngradient,0.41,0.02\nrandom,0.55,0.01\n")
+    out = tmp_path / "out"
+    cli_main(_args(weights, out, "--families", "[complexity, roar, axioms]", "--roar_summary", str(summary),
+                   steps="{}"))
+    page = (out / "report.html").read_text()
+    assert "<h2>roar</h2>" in page and "<td>0.41</td>" in page
+    assert "skipped: no finished axioms run given (set axioms_table)" in page
