@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from lit_xai.attribution.noise import sample_generators, sample_seeds
 from lit_xai.metrics.base import Explainer, pixel_scores, resolve_chunk_size
 from lit_xai.metrics.baselines import Fill, baseline_images, check_fill
-from lit_xai.metrics.complexity import ImageScoreMean, feature_maps, prepared_maps
+from lit_xai.metrics.image_scores import ImageScoreMean, feature_maps, prepared_maps
 from lit_xai.metrics.perturbation import pixel_ranks
 from lit_xai.metrics.similarity import centred_unit, spearman
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from lit_xai.attribution.noise import sample_generators
 from lit_xai.metrics.base import Explainer, check_finite, resolve_chunk_size
-from lit_xai.metrics.complexity import ImageScoreMean, prepared_maps
+from lit_xai.metrics.image_scores import ImageScoreMean, prepared_maps
 from lit_xai.metrics.similarity import check_data_range, ssim
 
 LAYOUTS = ("flat", "2d")

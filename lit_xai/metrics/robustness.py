@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from lit_xai.attribution.noise import sample_seeds
 from lit_xai.metrics.base import Explainer, check_finite, resolve_chunk_size
-from lit_xai.metrics.complexity import ImageScoreMean, prepared_maps
+from lit_xai.metrics.image_scores import ImageScoreMean, prepared_maps
 
 #: the denominator guard of Quantus 0.6 ``similarity_func.lipschitz_constant``
 LIPSCHITZ_EPS = 1e-10
