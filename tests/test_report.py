@@ -239,6 +239,8 @@ def test_wandb_run_logs_samples_and_summary_direction(weights: Path, tmp_path: P
     assert defined["report/complexity/complexity/random"] == "min"  # Complexity (entropy) ↓ (Bhatt et al. 2020)
     columns, rows = next(v["report/samples"] for v in calls["log"] if "report/samples" in v)
     assert columns == ["family", "metric", "method", "index", "score"] and len(rows) == 3 * 2 * 8
+    images = {k for v in calls["log"] for k in v if k.startswith("report/figures/")}
+    assert images == {"report/figures/rank", "report/figures/examples", "report/figures/family_complexity"}
     assert calls["finished"] == [True]
 
 

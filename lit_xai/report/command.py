@@ -172,7 +172,8 @@ def log_wandb(cfg: Namespace, reports: list[MetricReport], scores: dict[str, dic
                     run.define_metric(key, summary="max" if r.higher_is_better else "min")
                 run.log({key: row.mean})
                 run.summary[f"{key}/rank"] = r.ranks.get(row.method)
-        run.log({"report/rank_plot": wandb.Image(str(written["rank_png"]))})
+        figures = sorted(Path(written["html"]).parent.glob("*.png"))  # rank plot, per-family plots, examples
+        run.log({f"report/figures/{png.stem}": wandb.Image(str(png)) for png in figures})
     finally:
         run.finish()
 
