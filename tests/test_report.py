@@ -161,6 +161,7 @@ def test_two_shards_and_merge_equal_one_process(weights: Path, tmp_path: Path, m
     (["--metric_kwargs", "{deletion: {bogus: 1}}"], "unknown argument(s) bogus"),
     (["--family_metrics", "{perturbation: [iou]}"], "'iou' is not a registered metric of family 'perturbation'"),
     (["--shard", "2/2"], "--shard '2/2'"),
+    (["--num_examples", "0"], "num_examples must be ≥ 1"),
     (["--methods", "[{name: iba}]"], "method 'iba' needs feature statistics"),
 ])
 def test_bad_config_is_one_line_before_any_work(weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture,

@@ -163,7 +163,7 @@ def validate(cfg: Namespace) -> tuple[list[MethodSpec], list[MetricSpec]]:
         )
     if not Path(cfg.model.weights).is_file():
         raise ConfigurationError(f"report: model.weights {cfg.model.weights}: no such file")
-    for name in ("num_images", "chunk_size"):
+    for name in ("num_images", "chunk_size", "num_examples"):
         if getattr(cfg, name) < 1:
             raise ConfigurationError(f"report: {name} must be ≥ 1, got {getattr(cfg, name)}")
     if not 0 < cfg.confidence < 1 or cfg.bootstrap < 0:
