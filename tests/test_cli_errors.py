@@ -89,14 +89,13 @@ def test_default_run_with_a_stacked_preset_ends_with_the_summary_and_no_wandb_ba
     end of the run shows every method against the control with SEs; W&B prints no banners (before: 923 of 1149 log
     lines of a ROAR run were W&B's), the CLI one line with the run's folder."""
     result = run_cli("fit", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-                     "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
-                     "--trainer.enable_progress_bar", "false",
+                     "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
                      "--trainer.callbacks+=" + str(REPO / "callbacks/attribution_quick.yaml"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "attribution evaluation (test" in out and "attribution evaluation 'quick' (test" in out, out[-3000:]
-    for method in ("gradient", "input_x_gradient", "integrated_gradients", "gradcam"):
-        assert re.search(rf"deletion\s+↓\s+{method}\s+64\s+[0-9.]+ ± [0-9.]+\s+[-+][0-9.]+ ± [0-9.]+", out), out[:3000]
+    for method in ("gradient", "input_x_gradient", "integrated_gradients", "gradcam"):  # the default's 128 images
+        assert re.search(rf"deletion\s+↓\s+{method}\s+128\s+[0-9.]+ ± [0-9.]+\s+[-+][0-9.]+ ± [0-9.]+", out), out[:3000]
     assert not [line for line in result.stderr.splitlines() + out.splitlines() if line.startswith("wandb:")]
     assert len([line for line in out.splitlines() if line.startswith("[lit_xai] W&B run")]) == 1
     assert list(tmp_path.glob("runs/lit_xai/*/checkpoints/best.ckpt")), "the README names checkpoints/best.ckpt"
