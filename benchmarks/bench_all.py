@@ -177,7 +177,9 @@ def metric_rows(setting: str, rounds: int, device: torch.device) -> list[Row]:
 
     def group(name: str) -> None:
         kwargs = {"baseline": "zero"} if name == "deletion" else {}  # random inputs: no data normalisation to fill
-        steps = int(build_metric(name, **kwargs).curve_axis().numel())
+        probe = build_metric(name, **kwargs)
+        probe.update(model, x, t, maps)
+        steps = int(probe.curve_axis().numel())  # curve points = forwards per image
         cases = {"fwd": forward_floor(model, x),
                  name: lambda: build_metric(name, **kwargs).update(model, x, t, maps)}
         if name == "morf" and device.type == "cpu":
@@ -240,6 +242,7 @@ def main() -> None:
     rows: list[Row] = []
     for setting in settings:
         rows += method_rows(setting, args.rounds, device)
+        print(markdown_table(rows), flush=True)
         rows += metric_rows(setting, args.rounds, device)
         print(markdown_table(rows), flush=True)
     if not args.no_memory:
