@@ -62,7 +62,7 @@ def test_table_marks_the_control_and_the_expected_randomisation_winner() -> None
         counts={"m": {"rand": 7}, "random": {"rand": 7}},
     )
     text = format_table(rows, "title")
-    assert "expected best here" in text and "↓" in text and " 7 " in text
+    assert "worst by construction" in text and "↓" in text and " 7 " in text
     assert next(r for r in rows if r.method == "m").diff is None  # no per-image scores: no paired Δ claimed
 
 

@@ -18,8 +18,9 @@ from torch import Tensor
 
 #: |paired mean| / SE above which a difference is called significant (two-sided ≈ 95 % normal interval)
 SIGNIFICANCE_SE = 2.0
-#: registered metric names on which the random control is expected to win (its maps ignore the weights)
-CONTROL_WINS = frozenset({"randomisation"})
+#: registered metric names on which the random control scores worst by construction: its map is a function of the
+#: seed and the image only (lit_xai.attribution.noise), so randomising the weights leaves it unchanged (similarity 1)
+CONTROL_IGNORES_WEIGHTS = frozenset({"randomisation"})
 
 
 @dataclass
@@ -83,8 +84,8 @@ def summarise(
             )
             if method == control:
                 row.verdict = "control"
-                if metric_names.get(metric) in CONTROL_WINS:
-                    row.verdict = "control (expected best here: its map ignores the weights)"
+                if metric_names.get(metric) in CONTROL_IGNORES_WEIGHTS:
+                    row.verdict = "control (worst by construction: its map ignores the weights)"
             elif control is not None:
                 reference = image_scores.get(control, {}).get(metric)
                 if per_image is not None and reference is not None and reference.shape == per_image.shape:
