@@ -46,6 +46,7 @@ from lit_xai.attribution.information.statistics import (
     batch_images,
     estimate_feature_statistics,
 )
+from lit_xai.attribution.layers import POOLING_TYPES
 from lit_xai.attribution.registry import register
 
 StatisticsLike = FeatureStatistics | Mapping[str, FeatureStatistics] | None
@@ -68,17 +69,22 @@ class BottleneckResult:
         return self.capacity
 
 
-def spatial_candidates(model: nn.Module, inputs: Tensor) -> list[tuple[str, torch.Size]]:
-    """Modules called exactly once with a 4-D output of spatial size ≥ 2, in the order their forward ends."""
+def spatial_candidates(model: nn.Module, inputs: Tensor) -> tuple[list[tuple[str, torch.Size]], set[tuple[int, int]]]:
+    """Modules called exactly once with a 4-D output of spatial size ≥ 2, in the order their forward ends, and the
+    spatial sizes that convolutions and poolings output (a CNN feature map has one of them; an attention tensor
+    ``[B, heads, tokens, dim]`` does not)."""
     calls: dict[str, int] = {}
     order: list[tuple[str, torch.Size]] = []
+    conv_sizes: set[tuple[int, int]] = set()
     handles = []
 
     def make_hook(name: str) -> Callable[..., None]:
-        def hook(_m: nn.Module, _i: tuple, output: Any) -> None:
+        def hook(module: nn.Module, _i: tuple, output: Any) -> None:
             calls[name] = calls.get(name, 0) + 1
             if isinstance(output, Tensor) and output.dim() == 4 and min(output.shape[2:]) >= 2:
                 order.append((name, output.shape))
+                if isinstance(module, (nn.modules.conv._ConvNd, *POOLING_TYPES)):
+                    conv_sizes.add(tuple(output.shape[2:]))
 
         return hook
 
@@ -91,19 +97,34 @@ def spatial_candidates(model: nn.Module, inputs: Tensor) -> list[tuple[str, torc
     finally:
         for handle in handles:
             handle.remove()
-    return [(name, shape) for name, shape in order if calls[name] == 1]
+    return [(name, shape) for name, shape in order if calls[name] == 1], conv_sizes
 
 
-def default_layers(model: nn.Module, inputs: Tensor, count: int = 1) -> list[str]:
-    """The deepest once-called spatial module at each of the ``count`` deepest resolutions, deepest first."""
-    candidates = spatial_candidates(model, inputs)
+def default_layers(model: nn.Module, inputs: Tensor, count: int = 1, method: str = "iba") -> list[str]:
+    """The deepest once-called spatial module at each of the ``count`` deepest resolutions, deepest first.
+
+    As GradCAM's automatic choice (:func:`lit_xai.attribution.layers.last_spatial_layer`), the deepest candidate must
+    be a convolutional feature map (its h × w is a convolution's or pooling's output size); a vision transformer's
+    deepest 4-D tensor is an attention ``[B, heads, tokens, dim]``, and a bottleneck there would return a token map.
+    """
+    candidates, conv_sizes = spatial_candidates(model, inputs)
     if not candidates:
-        raise AttributionError(f"{type(model).__name__} has no module with a spatial [B, C, h, w] output to hook")
+        raise AttributionError(
+            f"{method}: {type(model).__name__} has no module with a spatial [B, C, h, w] output to hook; pass layer="
+        )
+    deepest, shape = candidates[-1]
+    if tuple(shape[2:]) not in conv_sizes:
+        raise AttributionError(
+            f"{method}: the automatic layer choice found {deepest!r} with output {list(shape)}, which is not a "
+            f"convolutional feature map [B, C, h, w] (no convolution or pooling outputs a {shape[2]}×{shape[3]} "
+            "map), so the model is not a CNN (e.g. a vision transformer): the bottleneck needs a spatial feature "
+            "map, pass layer=<a conv stage>"
+        )
     chosen: list[str] = []
     sizes: list[tuple[int, ...]] = []
     for name, shape in reversed(candidates):
         size = tuple(shape[2:])
-        if size not in sizes:
+        if size not in sizes and size in conv_sizes:
             sizes.append(size)
             chosen.append(name)
         if len(chosen) == count:
@@ -160,7 +181,9 @@ class FeatureBottleneckMethod(AttributionMethod):
 
     def layers_for(self, model: nn.Module, inputs: Tensor) -> list[str]:
         """The hooked layer names: the configured ones, else found by a probe forward of ``inputs``."""
-        return self.configured_layers() or default_layers(model, inputs, self.auto_layer_count)
+        return self.configured_layers() or default_layers(
+            model, inputs, self.auto_layer_count, self.name or type(self).__name__
+        )
 
     def _check_spatial(self, layer: str, shape: Sequence[int]) -> None:
         """Refuse a layer whose output is not a spatial map ``[C, h, w]`` per image: the bottleneck smooths its mask
