@@ -122,6 +122,22 @@ def test_pathways_unknown_method_is_one_line_before_training(tmp_path: Path) -> 
     assert_one_line_error(result, r"pathways --methods: unknown \['neuron_intgrd'\]; available: neuron_mct")
 
 
+@pytest.mark.parametrize(
+    ("methods", "pattern"),
+    [
+        ("[{name: gradiant}]", r"unknown attribution method 'gradiant'\. Did you mean 'gradient'"),
+        ("[{name: integrated_gradients, kwargs: {stepz: 4}}]", r"integrated_gradients: unknown argument\(s\) stepz"),
+    ],
+    ids=["name", "argument"],
+)
+def test_roar_bad_method_is_one_line_before_the_source_model_trains(tmp_path: Path, methods: str, pattern: str) -> None:
+    """Before: the error came after the source model had trained."""
+    result = run_cli("roar", "--config", str(REPO / "configs" / "roar_digits.yaml"), "--methods", methods,
+                     "--output_dir", str(tmp_path / "out"), cwd=tmp_path)
+    assert_one_line_error(result, pattern)
+    assert not (tmp_path / "out" / "source").exists()
+
+
 def test_sigterm_stops_a_fit_promptly_and_cleanly(tmp_path: Path) -> None:
     """Before: ``Received SIGTERM`` was printed and the run went on until SIGKILL."""
     process = subprocess.Popen(

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from lit_xai.attribution import build
+from lit_xai.attribution import AttributionError, build
 from lit_xai.attribution.postprocess import reduce_channels
 from lit_xai.data.base import UnpaddedDistributedSampler
 from lit_xai.storage import atomic_torch_save, atomic_write_json, is_intact, load_checked
@@ -51,6 +51,14 @@ class MethodSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     reduction: str = "abs_sum"
     label: str | None = None
+
+    def __post_init__(self) -> None:
+        """Fail at configuration time, before the source model trains: an unknown method name or argument raises
+        (:func:`lit_xai.attribution.build` lists what exists), as does an unknown reduction."""
+        build(self.name, **self.kwargs)
+        if self.reduction not in ("abs_sum", "sum"):
+            raise AttributionError(f"roar method {self.display!r}: reduction must be 'abs_sum' or 'sum', "
+                                   f"got {self.reduction!r}")
 
     @property
     def display(self) -> str:
