@@ -30,8 +30,9 @@ def test_channel_reductions(maps):
     torch.testing.assert_close(reduce_channels(maps, "sum"), torch.tensor([[[[-2.0, -1.0], [1.0, 2.0]]]]))
     torch.testing.assert_close(reduce_channels(maps, "abs_sum"), torch.tensor([[[[4.0, 3.0], [1.0, 2.0]]]]))
     torch.testing.assert_close(reduce_channels(maps, "max_abs"), torch.tensor([[[[3.0, 2.0], [0.5, 2.0]]]]))
-    with pytest.raises(AttributionError, match="unknown channel reduction 'mean'"):
-        reduce_channels(maps, "mean")
+    torch.testing.assert_close(reduce_channels(maps, "mean"), reduce_channels(maps, "sum") / 2)
+    with pytest.raises(AttributionError, match="unknown channel reduction 'median'"):
+        reduce_channels(maps, "median")
     with pytest.raises(AttributionError, match=r"\[B, C, H, W\]"):
         reduce_channels(maps[0], "sum")
 

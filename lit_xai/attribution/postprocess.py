@@ -18,7 +18,7 @@ from lit_xai.gaussian import gaussian_kernel1d, truncated_radius
 
 Step = Callable[[Tensor], Tensor]
 
-CHANNEL_REDUCTIONS = ("sum", "abs_sum", "max_abs")
+CHANNEL_REDUCTIONS = ("sum", "abs_sum", "max_abs", "mean")
 NORMALIZATIONS = ("max_abs", "min_max")
 
 
@@ -29,7 +29,8 @@ def _check_maps(maps: Tensor) -> None:
 
 
 def reduce_channels(maps: Tensor, how: str = "sum") -> Tensor:
-    """``[B, C, H, W] → [B, 1, H, W]``: ``sum`` (signed), ``abs_sum`` (Σ|·|) or ``max_abs`` (max_c |·|, saliency)."""
+    """``[B, C, H, W] → [B, 1, H, W]``: ``sum`` (signed), ``abs_sum`` (Σ|·|), ``max_abs`` (max_c |·|, saliency) or
+    ``mean`` (signed; EHR's reference code). The one channel reduction of the package (methods, metrics, figures)."""
     _check_maps(maps)
     if how == "sum":
         return maps.sum(dim=1, keepdim=True)
@@ -37,6 +38,8 @@ def reduce_channels(maps: Tensor, how: str = "sum") -> Tensor:
         return maps.abs().sum(dim=1, keepdim=True)
     if how == "max_abs":
         return maps.abs().amax(dim=1, keepdim=True)
+    if how == "mean":
+        return maps.mean(dim=1, keepdim=True)
     raise AttributionError(f"unknown channel reduction {how!r}; choose one of {', '.join(CHANNEL_REDUCTIONS)}")
 
 

@@ -23,13 +23,14 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import Tensor
 
+from lit_xai.attribution.postprocess import reduce_channels
+
 #: Captum ``visualize_image_attr(outlier_perc=2)``: percentage of the total |attribution| treated as outliers
 OUTLIER_PERC = 2.0
 #: Captum ``visualize_image_attr(alpha_overlay=0.5)`` for ``blended_heat_map``
 ALPHA_OVERLAY = 0.5
 #: grid views → (channel reduction, colour map, value range)
 VIEWS = {"magnitude": ("abs_sum", "inferno", (0.0, 1.0)), "signed": ("sum", "RdBu_r", (-1.0, 1.0))}
-CHANNEL_REDUCTIONS = ("abs_sum", "max_abs", "sum")
 
 
 def outlier_threshold(maps: Tensor, outlier_perc: float = OUTLIER_PERC) -> Tensor:
@@ -53,11 +54,7 @@ def display_maps(
     if view not in VIEWS:
         raise ValueError(f"unknown view {view!r}; expected one of {sorted(VIEWS)}")
     how = VIEWS[view][0] if view == "signed" or channel_reduction is None else channel_reduction
-    if how not in CHANNEL_REDUCTIONS:
-        raise ValueError(f"unknown channel reduction {how!r}; expected one of {CHANNEL_REDUCTIONS}")
-    maps = maps.detach().float()
-    reduced = {"abs_sum": lambda m: m.abs().sum(1), "max_abs": lambda m: m.abs().amax(1), "sum": lambda m: m.sum(1)}
-    heat = reduced[how](maps)[:, None]
+    heat = reduce_channels(maps.detach().float(), how)
     if tuple(heat.shape[-2:]) != tuple(size):
         heat = F.interpolate(heat, size=size, mode="bilinear", align_corners=False)
     threshold = outlier_threshold(heat, outlier_perc).clamp_min(1e-12)

@@ -35,31 +35,17 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from lit_xai.attribution.postprocess import reduce_channels
+
 Explainer = Callable[[nn.Module, Tensor, Tensor | None], Tensor]
-CHANNEL_REDUCTIONS = ("sum", "abs_sum", "max_abs", "mean")
 RESULTS = ("dict", "score")
-
-
-def reduce_channels(maps: Tensor, reduction: str) -> Tensor:
-    """``[B, C, H, W]`` → ``[B, H, W]``: sum (keeps sign), sum of absolute values, max of absolute values or mean."""
-    if maps.dim() != 4:
-        raise ValueError(f"maps must have shape [B, C, H, W], got {tuple(maps.shape)}")
-    if reduction == "sum":
-        return maps.sum(1)
-    if reduction == "abs_sum":
-        return maps.abs().sum(1)
-    if reduction == "max_abs":
-        return maps.abs().amax(1)
-    if reduction == "mean":
-        return maps.mean(1)
-    raise ValueError(f"unknown channel reduction {reduction!r}; expected one of {CHANNEL_REDUCTIONS}")
 
 
 def pixel_scores(maps: Tensor, size: tuple[int, int], reduction: str) -> Tensor:
     """Per-pixel relevance ``[B, H*W]``: channels reduced first, layer maps upsampled (bilinear) to ``size``."""
     reduced = reduce_channels(maps.float(), reduction)
     if tuple(reduced.shape[-2:]) != tuple(size):
-        reduced = F.interpolate(reduced[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        reduced = F.interpolate(reduced, size=size, mode="bilinear", align_corners=False)
     return reduced.flatten(1)
 
 

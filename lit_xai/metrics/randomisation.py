@@ -44,7 +44,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lit_xai.metrics.base import AttributionMetric, Explainer, check_finite, reduce_channels
+from lit_xai.attribution.postprocess import reduce_channels
+from lit_xai.metrics.base import AttributionMetric, Explainer, check_finite
 from lit_xai.metrics.similarity import (
     check_data_range,
     normalize_max_abs,
@@ -240,14 +241,14 @@ class ParameterRandomisation(AttributionMetric):
 
     def _reference(self, maps: Tensor) -> dict[str, Any]:
         """What every step compares with, prepared once per batch: the original map's ranks and SSIM statistics."""
-        a = normalize_max_abs(reduce_channels(maps.float(), self.channel_reduction))[:, None]
+        a = normalize_max_abs(reduce_channels(maps.float(), self.channel_reduction)[:, 0])[:, None]
         return {"shape": a.shape, "spearman": spearman_reference(a.flatten(1)),
                 "spearman_abs": spearman_reference(a.abs().flatten(1)),
                 "ssim": ssim_reference(self._ssim_layout(a), self.ssim_window)}
 
     def _similarities(self, reference: dict[str, Any], new_maps: Tensor, method: Explainer) -> dict[str, Tensor]:
         check_finite(new_maps, method)  # e.g. a method that divides by a vanishing score of the randomised model
-        b = normalize_max_abs(reduce_channels(new_maps.float(), self.channel_reduction))[:, None]
+        b = normalize_max_abs(reduce_channels(new_maps.float(), self.channel_reduction)[:, 0])[:, None]
         if b.shape != reference["shape"]:
             raise ValueError(f"ParameterRandomisation: on the randomised model the method returned maps of shape "
                              f"{tuple(new_maps.shape)}, not comparable with the maps passed to update")
