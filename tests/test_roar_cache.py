@@ -42,9 +42,23 @@ def test_weights_fingerprint_follows_the_weights() -> None:
 
 def test_method_key_changes_with_config() -> None:
     keys = {MethodSpec("gradient").key, MethodSpec("gradient", reduction="sum").key,
-            MethodSpec("gradient", {"x": 1}).key, MethodSpec("gradcam").key}
-    assert len(keys) == 4
+            MethodSpec("integrated_gradients", {"steps": 8}).key, MethodSpec("integrated_gradients").key,
+            MethodSpec("gradcam").key}
+    assert len(keys) == 5
     assert MethodSpec("gradient", label="grad").key.startswith("grad-")
+
+
+def test_method_spec_is_checked_when_configured() -> None:
+    """Before the source model trains: unknown names, arguments (also for methods without a constructor) and
+    reductions are an AttributionError naming them."""
+    from lit_xai.attribution import AttributionError
+
+    with pytest.raises(AttributionError, match="gradient: unknown argument"):
+        MethodSpec("gradient", {"x": 1})
+    with pytest.raises(AttributionError, match="unknown attribution method 'gradiant'"):
+        MethodSpec("gradiant")
+    with pytest.raises(AttributionError, match="reduction must be"):
+        MethodSpec("gradient", reduction="max")
 
 
 def test_reduce_to_pixels_sums_channels_upsamples_and_scales() -> None:

@@ -42,7 +42,8 @@ def get_class(name: str) -> type[AttributionMethod]:
 def build(name: str, **kwargs: Any) -> AttributionMethod:
     """Instantiate the method registered as ``name``; unknown keyword arguments are an error."""
     cls = get_class(name)
-    params = inspect.signature(cls.__init__).parameters
+    # a method without its own constructor inherits object.__init__(*args, **kwargs), which takes no arguments
+    params = {} if cls.__init__ is object.__init__ else inspect.signature(cls.__init__).parameters
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     accepted = [p for p in params if p != "self" and params[p].kind is not inspect.Parameter.VAR_KEYWORD]
     unknown = sorted(set(kwargs) - set(accepted))
