@@ -177,7 +177,9 @@ def metric_rows(setting: str, rounds: int, device: torch.device) -> list[Row]:
     a_np = maps.expand(-1, in_chans, -1, -1).cpu().numpy().copy()
 
     def group(name: str) -> None:
-        kwargs = {"baseline": "zero"} if name == "deletion" else {}  # random inputs: no data normalisation to fill
+        # random inputs: no data normalisation for Deletion's black fill; MoRF at 16 steps so that Quantus'
+        # features_in_step (C·H·W / 16) divides the image, as Quantus requires
+        kwargs = {"deletion": {"baseline": "zero"}, "morf": {"num_steps": 16}}.get(name, {})
         probe = build_metric(name, **kwargs)
         probe.update(model, x, t, maps)
         steps = int(probe.curve_axis().numel())  # curve points = forwards per image
