@@ -185,7 +185,8 @@ def metric_rows(setting: str, rounds: int, device: torch.device) -> list[Row]:
         steps = int(probe.curve_axis().numel())  # curve points = forwards per image
         cases = {"fwd": forward_floor(model, x),
                  name: lambda: build_metric(name, **kwargs).update(model, x, t, maps)}
-        if name == "morf" and device.type == "cpu":
+        if name == "morf" and device.type == "cpu" and in_chans == 1:  # Quantus 0.6 checks features_in_step
+            # against H·W on multi-channel batches while stepping over C·H·W features: no equal-step setting there
             pf = quantus.PixelFlipping(features_in_step=in_chans * size * size // (steps - 1), perturb_baseline=0.0,
                                        normalise=False, abs=False, disable_warnings=True)
             cases["morf (quantus PixelFlipping)"] = lambda: pf(model=model, x_batch=x_np, y_batch=y_np,
