@@ -243,15 +243,9 @@ def test_store_writes_atomically_resumes_and_keys_by_model(tmp_path: Path) -> No
     assert SceneStore(tmp_path, "class_sensitivity_single", other, 4, cfg, 0, 2).directory != store.directory
 
 
-def test_axioms_command_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lit_xai.axioms.command import main
-
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    weights = tmp_path / "net.pt"
-    from lit_xai.models.backbones import build_backbone
-
-    torch.save(build_backbone("digits_cnn", num_classes=4, in_chans=1).state_dict(), weights)
-    args = [
+def tiny_command_args(weights: Path) -> list[str]:
+    """The axiom command on a 4-class digits CNN with a tiny decoder and generation budget (every scene verifies)."""
+    return [
         "--model.name", "digits_cnn", "--model.num_classes", "4", "--model.in_chans", "1",
         "--model.weights", str(weights),
         "--generation.image_size", "16", "--generation.patch_size", "6", "--generation.mean", "[0.5]",
@@ -261,6 +255,19 @@ def test_axioms_command_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         "--generation.decoder.noise_channels", "2", "--generation.decoder.channels", "[2, 4]",
         "--generation.decoder.skip_channels", "[0, 1]", "--generation.decoder.down_kernel_sizes", "[5, 3]",
         "--generation.decoder.up_kernel_sizes", "[5, 3]",
+    ]
+
+
+def test_axioms_command_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lit_xai.axioms.command import main
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    weights = tmp_path / "net.pt"
+    from lit_xai.models.backbones import build_backbone
+
+    torch.save(build_backbone("digits_cnn", num_classes=4, in_chans=1).state_dict(), weights)
+    args = [
+        *tiny_command_args(weights),
         "--num_scenes", "3", "--chunk_size", "3", "--methods", "[gradient, gradcam, random]",
         "--layer_sweep.methods", "[gradcam]", "--layer_sweep.layers", "[features.2, features.6]",
         "--output_dir", str(tmp_path / "out"), "--progress", "false", "--threads", "1",
@@ -293,15 +300,7 @@ def test_axioms_command_fits_iba_statistics_on_the_training_data_and_reuses_them
     weights = tmp_path / "net.pt"
     torch.save(build_backbone("digits_cnn", num_classes=4, in_chans=1).state_dict(), weights)
     args = [
-        "--model.name", "digits_cnn", "--model.num_classes", "4", "--model.in_chans", "1",
-        "--model.weights", str(weights),
-        "--generation.image_size", "16", "--generation.patch_size", "6", "--generation.mean", "[0.5]",
-        "--generation.std", "[0.5]", "--generation.iterations", "12", "--generation.warmup_iterations", "4",
-        "--generation.min_iterations", "10", "--generation.drive_threshold", "0.0",
-        "--generation.independence_threshold", "1.0",
-        "--generation.decoder.noise_channels", "2", "--generation.decoder.channels", "[2, 4]",
-        "--generation.decoder.skip_channels", "[0, 1]", "--generation.decoder.down_kernel_sizes", "[5, 3]",
-        "--generation.decoder.up_kernel_sizes", "[5, 3]",
+        *tiny_command_args(weights),
         "--scenarios", "[null_feature]", "--num_scenes", "2", "--chunk_size", "2", "--methods", "[iba]",
         "--method_kwargs", '{"iba": {"steps": 2, "noise_draws": 2, "stats_samples": 48}}',
         "--output_dir", str(tmp_path / "out"), "--progress", "false", "--threads", "1", "--wandb.enabled", "false",
