@@ -38,7 +38,7 @@ from harness import (  # noqa: E402
     peak_memory_growth,
 )
 
-from lit_xai.attribution import build  # noqa: E402
+from lit_xai.attribution import build_method  # noqa: E402
 from lit_xai.attribution.batching import rows_per_chunk  # noqa: E402
 from lit_xai.metrics import build_metric  # noqa: E402
 from lit_xai.models.backbones import build_backbone  # noqa: E402
@@ -98,14 +98,14 @@ def method_rows(setting: str, rounds: int, device: torch.device) -> list[Row]:
 
     # one-pass methods
     ratio_rows({
-        "gradient": (lambda: build("gradient")(model, x, t), 1),
+        "gradient": (lambda: build_method("gradient")(model, x, t), 1),
         "gradient (captum Saliency)": (lambda: Saliency(model).attribute(x, target=t, abs=False), 1),
-        "input_x_gradient": (lambda: build("input_x_gradient")(model, x, t), 1),
+        "input_x_gradient": (lambda: build_method("input_x_gradient")(model, x, t), 1),
         "input_x_gradient (captum)": (lambda: InputXGradient(model).attribute(x, target=t), 1),
-        "guided_backprop": (lambda: build("guided_backprop")(model, x, t), 1),
+        "guided_backprop": (lambda: build_method("guided_backprop")(model, x, t), 1),
         "guided_backprop (captum)": (lambda: GuidedBackprop(model).attribute(x, target=t), 1),
-        "fullgrad": (lambda: build("fullgrad")(model, x, t), 1),
-        "gradcam": (lambda: build("gradcam")(model, x, t), 1),
+        "fullgrad": (lambda: build_method("fullgrad")(model, x, t), 1),
+        "gradcam": (lambda: build_method("gradcam")(model, x, t), 1),
     }, targets={"fullgrad": TARGETS["fullgrad"]})
     if backbone.startswith("torchvision/resnet"):
         cam_layer = [model.layer4[-1]]
@@ -119,9 +119,9 @@ def method_rows(setting: str, rounds: int, device: torch.device) -> list[Row]:
     # hand-tuned alternatives: one image's rows, four images' rows, and the former fixed default of 256 rows
     candidates = sorted({chosen, batch, min(4 * batch, batch * samples), min(256, batch * samples)})
     def many_rows(name: str, kwargs: dict[str, int], with_captum: bool) -> None:
-        cases = {f"{name} max_batch={c}": (lambda c=c: build(name, **kwargs, max_batch=c)(model, x, t), samples)
+        cases = {f"{name} max_batch={c}": (lambda c=c: build_method(name, **kwargs, max_batch=c)(model, x, t), samples)
                  for c in candidates}
-        cases[f"{name} default"] = (lambda: build(name, **kwargs)(model, x, t), samples)
+        cases[f"{name} default"] = (lambda: build_method(name, **kwargs)(model, x, t), samples)
         if with_captum:
             captum = IntegratedGradients(model)
             cases["integrated_gradients (captum, same chunk as default)"] = (
@@ -136,7 +136,7 @@ def method_rows(setting: str, rounds: int, device: torch.device) -> list[Row]:
     many_rows("smoothgrad", {"samples": samples}, with_captum=False)
 
     # occlusion: forward-only; floor = the same number of rows without gradients
-    occlusion = build("occlusion")
+    occlusion = build_method("occlusion")
     patches = math.ceil((size - occlusion.patch) / occlusion.stride + 1) ** 2
     rows_total = batch * (patches + 1)
     fwd = forward_floor(model, x)
@@ -155,8 +155,8 @@ def method_rows(setting: str, rounds: int, device: torch.device) -> list[Row]:
     if backbone in ("resnet8", "digits_cnn"):
         ratio_rows({
             # seed 000's target is stated per ONE forward+backward (the method needs two passes plus a selection)
-            "prune_grad": (lambda: build("prune_grad")(model, x, t), 1),
-            "neuron_mct": (lambda: build("neuron_mct")(model, x, t), 1),
+            "prune_grad": (lambda: build_method("prune_grad")(model, x, t), 1),
+            "neuron_mct": (lambda: build_method("neuron_mct")(model, x, t), 1),
         }, targets={"prune_grad": TARGETS["prune_grad"], "neuron_mct": TARGETS["neuron_mct"]})
     return rows
 
@@ -206,13 +206,15 @@ def memory_rows(device: torch.device) -> list[Row]:
     """Peak-RSS growth of IG and Deletion at 224² (fresh processes): default chunks vs the old fixed 256 rows."""
     if device.type != "cpu":
         return []
-    setup = ("from lit_xai.attribution import build\nfrom lit_xai.metrics import build_metric\n"
+    setup = ("from lit_xai.attribution import build_method\nfrom lit_xai.metrics import build_metric\n"
              "from lit_xai.models.backbones import build_backbone\ntorch.manual_seed(0)\n"
              "model = build_backbone('torchvision/resnet18', num_classes=10).eval()\n"
              "x, t = torch.randn(4, 3, 224, 224), torch.arange(4)\nmodel(x[:1])")
     runs = {
-        "IG-16 default": "build('integrated_gradients', steps=16)(model, x, t)",
-        "IG-16 max_batch=256 (old default)": "build('integrated_gradients', steps=16, max_batch=256)(model, x, t)",
+        "IG-16 default": "build_method('integrated_gradients', steps=16)(model, x, t)",
+        "IG-16 max_batch=256 (old default)": (
+            "build_method('integrated_gradients', steps=16, max_batch=256)(model, x, t)"
+        ),
         "deletion default": "build_metric('deletion', baseline='zero').update(model, x, t, torch.rand(4, 1, 224, 224))",
     }
     rows = []

@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lit_xai.attribution import build  # noqa: E402
+from lit_xai.attribution import build_method  # noqa: E402
 from lit_xai.models.backbones import build_backbone  # noqa: E402
 
 SETUPS = {
@@ -68,8 +68,8 @@ def candidates(model: torch.nn.Module, steps: int, max_batch: int) -> dict[str, 
     from captum.attr import GuidedBackprop, InputXGradient, IntegratedGradients, LayerGradCam, Saliency
 
     layer = model.layer4 if hasattr(model, "layer4") else model.layer3
-    ours_ig = build("integrated_gradients", steps=steps, rule="gausslegendre", max_batch=max_batch)
-    ours_ig_default = build("integrated_gradients", steps=steps, rule="gausslegendre")
+    ours_ig = build_method("integrated_gradients", steps=steps, rule="gausslegendre", max_batch=max_batch)
+    ours_ig_default = build_method("integrated_gradients", steps=steps, rule="gausslegendre")
     captum_ig = IntegratedGradients(model)
     return {
         f"IG ours (max_batch={max_batch})": (steps, lambda x, t: ours_ig(model, x, t)),
@@ -79,13 +79,13 @@ def candidates(model: torch.nn.Module, steps: int, max_batch: int) -> dict[str, 
             lambda x, t: captum_ig.attribute(x, baselines=0.0, target=t, n_steps=steps, method="gausslegendre",
                                              internal_batch_size=max_batch),
         ),
-        "Gradient ours": (1, lambda x, t: build("gradient")(model, x, t)),
+        "Gradient ours": (1, lambda x, t: build_method("gradient")(model, x, t)),
         "Gradient captum": (1, lambda x, t: Saliency(model).attribute(x, target=t, abs=False)),
-        "InputXGradient ours": (1, lambda x, t: build("input_x_gradient")(model, x, t)),
+        "InputXGradient ours": (1, lambda x, t: build_method("input_x_gradient")(model, x, t)),
         "InputXGradient captum": (1, lambda x, t: InputXGradient(model).attribute(x, target=t)),
-        "GuidedBackprop ours": (1, lambda x, t: build("guided_backprop")(model, x, t)),
+        "GuidedBackprop ours": (1, lambda x, t: build_method("guided_backprop")(model, x, t)),
         "GuidedBackprop captum": (1, lambda x, t: GuidedBackprop(model).attribute(x, target=t)),
-        "GradCAM ours": (1, lambda x, t: build("gradcam")(model, x, t)),
+        "GradCAM ours": (1, lambda x, t: build_method("gradcam")(model, x, t)),
         "GradCAM captum": (1, lambda x, t: LayerGradCam(model, layer).attribute(x, target=t,
                                                                                relu_attributions=True)),
     }
@@ -137,7 +137,7 @@ MEMORY_CHILD = """
 import json, resource, sys, torch
 sys.path.insert(0, {root!r})
 torch.set_num_threads(1)
-from lit_xai.attribution import build
+from lit_xai.attribution import build_method
 from lit_xai.models.backbones import build_backbone
 torch.manual_seed(0)
 model = build_backbone("resnet8", num_classes=10).eval()
@@ -146,7 +146,7 @@ xg = x.clone().requires_grad_(True)
 torch.autograd.grad(model(xg).gather(1, t[:, None]).sum(), xg)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 if {impl!r} == "ours":
-    build("integrated_gradients", steps={steps}, max_batch={max_batch})(model, x, t)
+    build_method("integrated_gradients", steps={steps}, max_batch={max_batch})(model, x, t)
 else:
     from captum.attr import IntegratedGradients
     IntegratedGradients(model).attribute(x, baselines=0.0, target=t, n_steps={steps}, method="gausslegendre")

@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lit_xai.attribution import build  # noqa: E402
+from lit_xai.attribution import build_method  # noqa: E402
 from lit_xai.models.backbones import build_backbone  # noqa: E402
 
 Candidate = tuple[str, float, Callable[[torch.Tensor, torch.Tensor], object]]  # (floor kind, passes, fn)
@@ -54,7 +54,7 @@ def candidates(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace
     background = torch.randn(args.background, *x.shape[1:], generator=torch.Generator().manual_seed(1))
     grid = torch.arange(x.shape[-2] * x.shape[-1]).view(x.shape[-2:])
     grid = (grid // x.shape[-1] * 6 // x.shape[-2]) * 6 + (grid % x.shape[-1]) * 6 // x.shape[-1]  # our 6 × 6 default
-    rise = build("rise", num_masks=args.masks, mask_resolution=7, max_batch=args.max_batch)
+    rise = build_method("rise", num_masks=args.masks, mask_resolution=7, max_batch=args.max_batch)
     grids, shifts = rise.grids_and_shifts(tuple(x.shape[-2:]))
     masks = rise.masks(grids, shifts, tuple(x.shape[-2:]))[:, None]
     n, s, mb = args.samples, args.coalitions, args.max_batch
@@ -64,28 +64,28 @@ def candidates(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace
                                        for b in range(len(x))])
 
     return {
-        "deeplift ours": ("fb_input", 2, lambda x, t: build("deeplift", max_batch=mb)(model, x, t)),
+        "deeplift ours": ("fb_input", 2, lambda x, t: build_method("deeplift", max_batch=mb)(model, x, t)),
         "deeplift captum": ("fb_input", 2, lambda x, t: DeepLift(model).attribute(x, 0.0 * x, target=t)),
         "deepshap ours": ("fb_input", 2 * args.background,
-                          lambda x, t: build("deepshap", background=background, max_batch=mb)(model, x, t)),
+                          lambda x, t: build_method("deepshap", background=background, max_batch=mb)(model, x, t)),
         "deepshap captum": ("fb_input", 2 * args.background,
                             lambda x, t: DeepLiftShap(model).attribute(x, background, target=t)),
-        "gradient_shap ours": ("fb_input", n, lambda x, t: build(
+        "gradient_shap ours": ("fb_input", n, lambda x, t: build_method(
             "gradient_shap", background=background, n_samples=n, max_batch=mb)(model, x, t)),
         "gradient_shap captum": ("fb_input", n, lambda x, t: GradientShap(model).attribute(
             x, background, n_samples=n, target=t)),
         "rise ours": ("f", args.masks, lambda x, t: rise(model, x, t)),
         "rise authors": ("f", args.masks, lambda x, t: rise_authors_loop(model, masks, x, t, 100, 0.5)),
-        "lime ours": ("f", s, lambda x, t: build("lime", n_samples=s, max_batch=mb)(model, x, t)),
+        "lime ours": ("f", s, lambda x, t: build_method("lime", n_samples=s, max_batch=mb)(model, x, t)),
         "lime captum": ("f", s, captum_per_image(Lime(model), feature_mask=grid, n_samples=s,
                                                  perturbations_per_eval=min(s, mb))),
-        "kernel_shap ours": ("f", s, lambda x, t: build("kernel_shap", n_samples=s, max_batch=mb)(model, x, t)),
+        "kernel_shap ours": ("f", s, lambda x, t: build_method("kernel_shap", n_samples=s, max_batch=mb)(model, x, t)),
         "kernel_shap captum": ("f", s, captum_per_image(KernelShap(model), feature_mask=grid, n_samples=s,
                                                         perturbations_per_eval=min(s, mb))),
-        "prune_pgd_dead ours": ("fb_input", 21, lambda x, t: build("prune_pgd_dead")(model, x, t)),
-        "guided_ig ours": ("fb_input", args.gig_steps, lambda x, t: build("guided_ig", steps=args.gig_steps)(
+        "prune_pgd_dead ours": ("fb_input", 21, lambda x, t: build_method("prune_pgd_dead")(model, x, t)),
+        "guided_ig ours": ("fb_input", args.gig_steps, lambda x, t: build_method("guided_ig", steps=args.gig_steps)(
             model, x, t)),
-        "lrp ours": ("fb_input", 1, lambda x, t: build("lrp")(model, x, t)),
+        "lrp ours": ("fb_input", 1, lambda x, t: build_method("lrp")(model, x, t)),
         "lrp zennit": ("fb_input", 1, lambda x, t: zennit_lrp(model, x, t)),
     }
 

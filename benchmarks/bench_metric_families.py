@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import quantus  # noqa: E402
 from harness import Row, input_gradient_floor, interleaved_times, markdown_table, paired_ratio  # noqa: E402
 
-from lit_xai.attribution import build  # noqa: E402
+from lit_xai.attribution import build_method  # noqa: E402
 from lit_xai.metrics.complexity import Complexity, Sparseness  # noqa: E402
 from lit_xai.metrics.faithfulness import (  # noqa: E402
     IROF,
@@ -134,7 +134,7 @@ def main() -> None:
     model = build_backbone("digits_cnn", num_classes=CLASSES, in_chans=1).eval()
     inputs = torch.randn(batch, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
     target = model(inputs).argmax(1)
-    gradient = build("gradient")
+    gradient = build_method("gradient")
     maps = gradient(model, inputs, target).detach()
 
     def quantus_explain(model: torch.nn.Module, inputs: np.ndarray, targets: np.ndarray, **kwargs: object):  # noqa: ANN202

@@ -19,7 +19,7 @@ import argparse
 import torch
 from harness import Row, interleaved_times, markdown_table, paired_ratio
 
-from lit_xai.attribution import build
+from lit_xai.attribution import build_method
 from lit_xai.attribution.activations import forward_with_activations
 from lit_xai.models.backbones import build_backbone
 from lit_xai.pathways.contributions import CONDUCTANCE_STEPS, INTGRAD_STEPS
@@ -55,26 +55,26 @@ def main() -> None:
     s, n = INTGRAD_STEPS, args.dga_steps
     cases = {  # name: (run, target ratio or None, note)
         "floor": (floor, None, "unit: forward + ∂y/∂x, parameters frozen"),
-        "gradient": (lambda: build("gradient")(model, x, target), 1.1, "1 pass"),
-        "prune_grad": (lambda: build("prune_grad")(model, x, target), 2.5, "2 passes; seed 000 target"),
-        "neuron_mct": (lambda: build("neuron_mct")(model, x, target), 2.5, "2 passes; seed 000 target"),
+        "gradient": (lambda: build_method("gradient")(model, x, target), 1.1, "1 pass"),
+        "prune_grad": (lambda: build_method("prune_grad")(model, x, target), 2.5, "2 passes; seed 000 target"),
+        "neuron_mct": (lambda: build_method("neuron_mct")(model, x, target), 2.5, "2 passes; seed 000 target"),
         "neuron_intgrad": (
-            lambda: build("neuron_intgrad")(model, x, target), s + 1.5,
+            lambda: build_method("neuron_intgrad")(model, x, target), s + 1.5,
             f"Eq. 4, midpoint S = {s}, prefix replayed; {relu_calls} ReLU calls: S·Σ suffixes + 2 passes",
         ),
         "neuron_intgrad_closed11": (
-            lambda: build("neuron_intgrad", steps=11, rule="closed")(model, x, target), 11 + 1.5,
+            lambda: build_method("neuron_intgrad", steps=11, rule="closed")(model, x, target), 11 + 1.5,
             "the former default (11 points incl. α = 0)",
         ),
         "neuron_conductance": (
-            lambda: build("neuron_conductance")(model, x, target), CONDUCTANCE_STEPS + 1.5,
+            lambda: build_method("neuron_conductance")(model, x, target), CONDUCTANCE_STEPS + 1.5,
             f"input-path conductance (not Eq. 4), S = {CONDUCTANCE_STEPS}",
         ),
-        "dga": (lambda: build("dga", steps=n)(model, x, target), n + 2.0, f"N = {n}: N+1 passes"),
+        "dga": (lambda: build_method("dga", steps=n)(model, x, target), n + 2.0, f"N = {n}: N+1 passes"),
     }
     if not args.skip_slow:
         cases["neuron_intgrad_full"] = (
-            lambda: build("neuron_intgrad", share_prefix=False)(model, x, target), relu_calls * s + 2.0,
+            lambda: build_method("neuron_intgrad", share_prefix=False)(model, x, target), relu_calls * s + 2.0,
             f"Eq. 4, whole net per row: {relu_calls} × {s} + 2 passes",
         )
     times = interleaved_times({name: run for name, (run, _, _) in cases.items()}, args.rounds)

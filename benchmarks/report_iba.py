@@ -49,7 +49,7 @@ import yaml
 from torch import Tensor, nn
 
 from configs import load_configs
-from lit_xai.attribution import build
+from lit_xai.attribution import build_method
 from lit_xai.attribution.postprocess import reduce_channels
 from lit_xai.data import SyntheticShapesDataModule
 from lit_xai.data.synthetic import Scenes
@@ -253,7 +253,7 @@ def main() -> None:
     def bottleneck(name: str, **kwargs: object) -> object:
         """An IBA-family method with its feature statistics; they are estimated once per layer and read back from
         ``--cache`` by every later build (the method's own cache, keyed by weights, layer and sample count)."""
-        return build(name, cache_dir=Path(args.cache) / "statistics", **kwargs).fit(model, loader)
+        return build_method(name, cache_dir=Path(args.cache) / "statistics", **kwargs).fit(model, loader)
 
     if "scores" in args.sections:
         max_abs = lambda maps: reduce_channels(maps, "max_abs")
@@ -270,7 +270,7 @@ def main() -> None:
         computed = {}
         for name, (kind, kwargs, post) in specs.items():
             make = (lambda kind=kind, kwargs=kwargs: bottleneck(kind, **kwargs)) if kind.endswith("iba") else (
-                lambda kind=kind: build(kind))
+                lambda kind=kind: build_method(kind))
             computed[name] = chunked({"method": kind, **kwargs, "post": name}, make, post)
         if shard != (0, 1):
             done = [name for name, value in computed.items() if value is not None]

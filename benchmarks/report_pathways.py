@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from configs import load_configs
-from lit_xai.attribution import build
+from lit_xai.attribution import build_method
 from lit_xai.attribution.pruning import calibrate_sparsity
 from lit_xai.data import DigitsDataModule, SyntheticShapesDataModule
 from lit_xai.data.base import ClassificationDataModule
@@ -174,7 +174,7 @@ def main() -> None:
     def maps_of(name: str, **kwargs: float | str) -> torch.Tensor:
         if name == "input_magnitude":
             return images.abs().sum(1, keepdim=True)
-        explainer = build(name, **kwargs)
+        explainer = build_method(name, **kwargs)
         return torch.cat([explainer(model, chunk, t) for chunk, t in zip(images.split(32), target.split(32))])
 
     if "lerf" in args.sections:
@@ -213,7 +213,7 @@ def main() -> None:
 
     def method(name: str):  # noqa: ANN202
         kwargs = {"sparsity": args.sanity_sparsity} if name.startswith(("neuron_", "prune_")) else {}
-        return build(name, **kwargs)
+        return build_method(name, **kwargs)
 
     if "sanity" in args.sections:
         sanity_images = images[: args.sanity_images]

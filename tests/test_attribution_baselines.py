@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from lit_xai.attribution import AttributionError, build, get_class
+from lit_xai.attribution import AttributionError, build_method, get_class
 from lit_xai.attribution.rise import mirror_bilinear_matrix
 
 NEW_METHODS = {
@@ -97,7 +97,7 @@ def test_deeplift_rescale_on_a_hand_derived_case():
         net[3].weight.fill_(1.0)
     x = torch.tensor([3.0, 1.0]).view(1, 2, 1, 1)
     ref = torch.tensor([0.0, 2.0]).view(1, 2, 1, 1)
-    got = build("deeplift", baseline=ref)(net, x, 0)
+    got = build_method("deeplift", baseline=ref)(net, x, 0)
     torch.testing.assert_close(got.flatten(), torch.tensor([1.5, 0.5]))
 
 
@@ -110,8 +110,8 @@ def test_deeplift_and_deepshap_are_complete():
         scores = net(x)[torch.arange(3), target]
         gap = scores - net(ref)[0, target]
         shap_gap = scores - net(background)[:, target].mean(0)
-    dl = build("deeplift", baseline=ref)(net, x, target)
-    ds = build("deepshap", background=background, max_batch=5)(net, x, target)
+    dl = build_method("deeplift", baseline=ref)(net, x, target)
+    ds = build_method("deepshap", background=background, max_batch=5)(net, x, target)
     torch.testing.assert_close(dl.sum((1, 2, 3)), gap, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(ds.sum((1, 2, 3)), shap_gap, rtol=1e-4, atol=1e-4)
 
@@ -119,21 +119,21 @@ def test_deeplift_and_deepshap_are_complete():
 def test_deeplift_per_image_baselines_and_chunking_agree():
     net, x = MixedReLUNet().eval(), images()
     refs = images(3, seed=5)
-    paired = build("deeplift", baseline=refs, max_batch=1)(net, x, 1)
-    one_by_one = torch.cat([build("deeplift", baseline=refs[i])(net, x[i : i + 1], 1) for i in range(3)])
+    paired = build_method("deeplift", baseline=refs, max_batch=1)(net, x, 1)
+    one_by_one = torch.cat([build_method("deeplift", baseline=refs[i])(net, x[i : i + 1], 1) for i in range(3)])
     torch.testing.assert_close(paired, one_by_one, rtol=1e-5, atol=1e-6)
     with pytest.raises(AttributionError, match="2 baselines for 3 inputs"):
-        build("deeplift", baseline=refs[:2])(net, x, 1)
+        build_method("deeplift", baseline=refs[:2])(net, x, 1)
 
 
 def test_deepshap_reads_a_saved_background(tmp_path):
     net, x = MixedReLUNet().eval(), images()
     background = images(2, seed=3)
     torch.save(background, tmp_path / "background.pt")
-    from_file = build("deepshap", background=str(tmp_path / "background.pt"))(net, x, 2)
-    torch.testing.assert_close(from_file, build("deepshap", background=background)(net, x, 2))
+    from_file = build_method("deepshap", background=str(tmp_path / "background.pt"))(net, x, 2)
+    torch.testing.assert_close(from_file, build_method("deepshap", background=background)(net, x, 2))
     with pytest.raises(AttributionError, match="neither 'zero' nor an existing tensor file"):
-        build("deepshap", background=str(tmp_path / "missing.pt"))
+        build_method("deepshap", background=str(tmp_path / "missing.pt"))
 
 
 # ---------------------------------------------------------------- GradientSHAP
@@ -142,9 +142,9 @@ def test_deepshap_reads_a_saved_background(tmp_path):
 def test_gradient_shap_samples_do_not_depend_on_batch_or_chunking():
     """Per-image generators: an image's map is the same alone, in a batch and for any ``max_batch``."""
     net, x = MixedReLUNet().eval(), images(4)
-    method = build("gradient_shap", background=images(3, seed=4), n_samples=6, stdevs=0.1, max_batch=5)
+    method = build_method("gradient_shap", background=images(3, seed=4), n_samples=6, stdevs=0.1, max_batch=5)
     batch = method(net, x, 1)
-    alone = build("gradient_shap", background=images(3, seed=4), n_samples=6, stdevs=0.1, max_batch=64)(
+    alone = build_method("gradient_shap", background=images(3, seed=4), n_samples=6, stdevs=0.1, max_batch=64)(
         net, x[2:3], 1
     )
     torch.testing.assert_close(batch[2:3], alone, rtol=1e-5, atol=1e-6)
@@ -154,7 +154,7 @@ def test_gradient_shap_samples_do_not_depend_on_batch_or_chunking():
 def test_gradient_shap_with_one_sample_is_input_baseline_x_gradient_at_alpha():
     """n_samples = 1, zero background: φ = x ⊙ ∇f(α x) with the drawn α (closed form of the estimator)."""
     net, x = MixedReLUNet().eval(), images(2)
-    method = build("gradient_shap", n_samples=1)
+    method = build_method("gradient_shap", n_samples=1)
     _, alpha, _ = method.draw(x, 1)
     point = (alpha[0].view(-1, 1, 1, 1) * x).requires_grad_(True)
     (grad,) = torch.autograd.grad(net(point)[:, 0].sum(), point)
@@ -172,11 +172,11 @@ def test_rise_mirror_resize_matches_skimage_and_chunking_is_invisible():
     theirs = resize(grid.numpy(), (18, 18), order=1, mode="reflect", anti_aliasing=False)
     torch.testing.assert_close(ours, torch.as_tensor(theirs))
     net, x = MixedReLUNet().eval(), images()
-    a = build("rise", num_masks=30, mask_resolution=3, max_batch=7)(net, x, 0)
-    b = build("rise", num_masks=30, mask_resolution=3, max_batch=90)(net, x, 0)
+    a = build_method("rise", num_masks=30, mask_resolution=3, max_batch=7)(net, x, 0)
+    b = build_method("rise", num_masks=30, mask_resolution=3, max_batch=90)(net, x, 0)
     torch.testing.assert_close(a, b)
     assert a.shape == (3, 1, 8, 8)
-    defaults = build("rise")  # eclique/RISE Saliency.py: generate_masks(N=6000, s=8, p1=0.1), softmax head
+    defaults = build_method("rise")  # eclique/RISE Saliency.py: generate_masks(N=6000, s=8, p1=0.1), softmax head
     assert (defaults.num_masks, defaults.mask_resolution, defaults.p, defaults.output) == (6000, 8, 0.1, "softmax")
 
 
@@ -199,7 +199,7 @@ def test_surrogates_recover_an_additive_game_exactly(name, kwargs):
     """On an additive game the unregularised linear surrogate is exact: φ_j = the segment's contribution."""
     net, x = SegmentLinear(), images()
     labels = torch.arange(64).view(8, 8) % 5
-    maps = build(name, n_samples=200, segmentation=labels, **kwargs)(net, x, 1)
+    maps = build_method(name, n_samples=200, segmentation=labels, **kwargs)(net, x, 1)
     contribution = torch.zeros(3, 5).index_add_(1, labels.flatten(), (x * net.weight[1]).sum(1).flatten(1).detach())
     torch.testing.assert_close(maps[:, 0], contribution[:, labels], rtol=1e-4, atol=1e-4)
 
@@ -207,20 +207,20 @@ def test_surrogates_recover_an_additive_game_exactly(name, kwargs):
 def test_surrogates_take_per_image_segmentations_and_reject_bad_ones():
     net, x = SegmentLinear(), images(2)
     labels = torch.stack([torch.arange(64).view(8, 8) % 4, torch.arange(64).view(8, 8) // 16])
-    maps = build("kernel_shap", n_samples=64, segmentation=labels)(net, x, 0)
+    maps = build_method("kernel_shap", n_samples=64, segmentation=labels)(net, x, 0)
     for b in range(2):
-        single = build("kernel_shap", n_samples=64, segmentation=labels[b])(net, x[b : b + 1], 0)
+        single = build_method("kernel_shap", n_samples=64, segmentation=labels[b])(net, x[b : b + 1], 0)
         torch.testing.assert_close(maps[b : b + 1], single, rtol=1e-4, atol=1e-5)
     with pytest.raises(AttributionError, match="exactly 0..M−1"):
-        build("lime", segmentation=labels[0] * 2)(net, x, 0)
+        build_method("lime", segmentation=labels[0] * 2)(net, x, 0)
     with pytest.raises(AttributionError, match=r"shape \[H, W\]"):
-        build("lime", segmentation=labels[0, :4])(net, x, 0)
+        build_method("lime", segmentation=labels[0, :4])(net, x, 0)
 
 
 def test_surrogate_defaults_are_pinned():
     """KernelSHAP: shap's nsamples="auto" = 2M + 2048; LIME: the lime package's image defaults; a 6 × 6 grid."""
-    assert build("kernel_shap").sample_count(36) == 2 * 36 + 2048
-    lime = build("lime")
+    assert build_method("kernel_shap").sample_count(36) == 2 * 36 + 2048
+    lime = build_method("lime")
     assert (lime.n_samples, lime.kernel_width, lime.ridge, lime.output, lime.grid) == (1000, 0.25, 1.0, "softmax", 6)
     labels = lime.segments(torch.zeros(1, 3, 224, 224))
     assert int(labels.max()) + 1 == 36 and torch.bincount(labels.flatten()).min() >= 37 * 37
@@ -237,15 +237,15 @@ def test_lrp_epsilon_is_conservative_on_a_bias_free_relu_net():
                         nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.ReLU(), nn.Flatten(),
                         nn.Linear(64, 3, bias=False)).eval()
     x = images()
-    relevance = build("lrp", composite="epsilon", epsilon=1e-9, stabilizer=1e-9)(net, x, 1)
+    relevance = build_method("lrp", composite="epsilon", epsilon=1e-9, stabilizer=1e-9)(net, x, 1)
     with torch.no_grad():
         torch.testing.assert_close(relevance.sum((1, 2, 3)), net(x)[:, 1], rtol=1e-4, atol=1e-5)
-    plus_flat = build("lrp")(net, x, 1)
+    plus_flat = build_method("lrp")(net, x, 1)
     assert not torch.allclose(plus_flat, relevance, atol=1e-3)
     with pytest.raises(AttributionError, match="alpha − beta must be 1"):
-        build("lrp", alpha=1.0, beta=1.0)
+        build_method("lrp", alpha=1.0, beta=1.0)
     with pytest.raises(AttributionError, match="unknown composite 'zplus'"):
-        build("lrp", composite="zplus")
+        build_method("lrp", composite="zplus")
 
 
 # ---------------------------------------------------------------- Excitation Backprop
@@ -281,10 +281,10 @@ def test_excitation_backprop_matches_the_equations_on_an_mlp():
             return _eb_down(p1 * (z1 > 0), x.flatten(1), w1).view(3, 2, 8, 8).sum(1, keepdim=True)
 
         expected, expected_contrastive = to_input(p2), to_input(p2 - contrast).clamp(min=0)
-    ours = build("excitation_backprop")(net, x, torch.tensor([0, 1, 2]))
+    ours = build_method("excitation_backprop")(net, x, torch.tensor([0, 1, 2]))
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(ours.sum((1, 2, 3)), torch.ones(3), rtol=1e-5, atol=1e-5)  # probabilities sum to 1
-    contrastive = build("excitation_backprop", contrastive=True)(net, x, torch.tensor([0, 1, 2]))
+    contrastive = build_method("excitation_backprop", contrastive=True)(net, x, torch.tensor([0, 1, 2]))
     torch.testing.assert_close(contrastive, expected_contrastive, rtol=1e-5, atol=1e-7)
 
 
@@ -296,9 +296,9 @@ def test_excitation_backprop_at_a_layer_and_through_convolutions():
                         nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                         nn.Linear(6, 3)).eval()
     x = torch.rand(2, 2, 8, 8, generator=torch.Generator().manual_seed(4))
-    at_input = build("excitation_backprop")(net, x, 2)
+    at_input = build_method("excitation_backprop")(net, x, 2)
     torch.testing.assert_close(at_input.sum((1, 2, 3)), torch.ones(2), rtol=1e-4, atol=1e-4)
-    assert build("excitation_backprop", layer="3")(net, x, 2).shape == (2, 1, 4, 4)
+    assert build_method("excitation_backprop", layer="3")(net, x, 2).shape == (2, 1, 4, 4)
 
 
 # ---------------------------------------------------------------- PrunePGD_50*
@@ -340,9 +340,9 @@ def test_prune_pgd_dead_is_pgd_on_the_originally_active_neurons():
         with torch.no_grad():
             delta = delta + 0.01 * grad / grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
             delta = delta * (0.1 / delta.flatten(1).norm(dim=1)).clamp(max=1.0).view(-1, 1, 1, 1)
-    ours = build("prune_pgd_dead")(net, x, 2)
+    ours = build_method("prune_pgd_dead")(net, x, 2)
     torch.testing.assert_close(ours, delta, rtol=1e-5, atol=1e-6)
-    unpruned = build("prune_pgd", sparsity=0.0)(net, x, 2)
+    unpruned = build_method("prune_pgd", sparsity=0.0)(net, x, 2)
     assert not torch.allclose(ours, unpruned, atol=1e-4)
 
 
@@ -355,14 +355,14 @@ def test_contract_model_untouched_on_success_and_on_failure_midway(name):
     net.fc.weight.requires_grad_(False)
     x = images()
     before = model_state(net)
-    out = build(name, **NEW_METHODS[name])(net, x, torch.tensor([0, 1, 2]))
+    out = build_method(name, **NEW_METHODS[name])(net, x, torch.tensor([0, 1, 2]))
     assert out.shape[0] == 3 and out.shape[-2:] == x.shape[-2:] and bool(torch.isfinite(out).all())
     assert not out.requires_grad
     assert_same_state(before, model_state(net))
     assert torch._C._len_torch_function_stack() == 0
     for fail_at in (1, 2):
         failing = Failing(net, fail_at)
-        method = build(name, **NEW_METHODS[name], **({"max_batch": 2} if "max_batch" in kwargs_of(name) else {}))
+        method = build_method(name, **NEW_METHODS[name], **({"max_batch": 2} if "max_batch" in kwargs_of(name) else {}))
         try:
             method(failing, x, torch.tensor([0, 1, 2]))
             assert failing.calls < fail_at  # a single-pass method never reaches a second forward
@@ -376,15 +376,15 @@ def test_contract_model_untouched_on_success_and_on_failure_midway(name):
 def test_methods_run_inside_inference_mode(name):
     """Trainer.validate/test run under torch.inference_mode: the same map comes out."""
     net, x = MixedReLUNet().eval(), images()
-    expected = build(name, **NEW_METHODS[name])(net, x, 1)
+    expected = build_method(name, **NEW_METHODS[name])(net, x, 1)
     with torch.inference_mode():
-        got = build(name, **NEW_METHODS[name])(net, x.clone(), 1)
+        got = build_method(name, **NEW_METHODS[name])(net, x.clone(), 1)
     torch.testing.assert_close(got, expected)
 
 
 @pytest.mark.parametrize("name", sorted(NEW_METHODS))
 def test_contract_clear_errors(name):
-    net, method = MixedReLUNet().eval(), build(name, **NEW_METHODS[name])
+    net, method = MixedReLUNet().eval(), build_method(name, **NEW_METHODS[name])
     with pytest.raises(AttributionError, match="NaN or inf"):
         method(net, torch.full((1, 2, 8, 8), float("nan")), 0)
     with pytest.raises(AttributionError, match="out of range.*3 outputs"):
@@ -395,9 +395,9 @@ def test_contract_clear_errors(name):
 def test_relu_methods_reject_models_without_relus(name):
     net = nn.Sequential(nn.Conv2d(2, 3, 3), nn.GELU(), nn.Flatten(), nn.Linear(3 * 36, 3))
     with pytest.raises(AttributionError, match=rf"{name} .*ReLU.*the model calls nn\.GELU"):
-        build(name, **NEW_METHODS[name])(net, images(), 0)
+        build_method(name, **NEW_METHODS[name])(net, images(), 0)
     with pytest.raises(AttributionError, match="needs a network with ReLU activations"):
-        build(name, **NEW_METHODS[name])(nn.Sequential(nn.Flatten(), nn.Linear(128, 3)), images(), 0)
+        build_method(name, **NEW_METHODS[name])(nn.Sequential(nn.Flatten(), nn.Linear(128, 3)), images(), 0)
 
 
 def test_methods_build_from_yaml():
@@ -415,6 +415,6 @@ def test_methods_build_from_yaml():
     """)
     net, x = MixedReLUNet().eval(), images()
     for entry in config:
-        assert build(entry["name"], **entry["kwargs"])(net, x).shape[0] == 3
+        assert build_method(entry["name"], **entry["kwargs"])(net, x).shape[0] == 3
     with pytest.raises(AttributionError, match="unknown argument"):
-        build("rise", masks=3)
+        build_method("rise", masks=3)

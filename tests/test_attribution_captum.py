@@ -23,7 +23,7 @@ from captum.attr import (
     Occlusion as CaptumOcclusion,
 )
 
-from lit_xai.attribution import build
+from lit_xai.attribution import build_method
 from lit_xai.attribution.postprocess import upsample
 from lit_xai.models.backbones import build_backbone
 
@@ -67,19 +67,19 @@ def assert_close(ours: torch.Tensor, theirs: torch.Tensor, rtol: float = 1e-4, s
 
 def test_gradient_matches_saliency(case):
     model, x, t, _ = case
-    assert_close(build("gradient")(model, x, t), Saliency(model).attribute(x, target=t, abs=False))
+    assert_close(build_method("gradient")(model, x, t), Saliency(model).attribute(x, target=t, abs=False))
 
 
 def test_input_x_gradient_matches(case):
     model, x, t, _ = case
-    assert_close(build("input_x_gradient")(model, x, t), CaptumInputXGradient(model).attribute(x, target=t))
+    assert_close(build_method("input_x_gradient")(model, x, t), CaptumInputXGradient(model).attribute(x, target=t))
 
 
 @pytest.mark.parametrize("rule", ["riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid",
                                   "gausslegendre"])
 def test_integrated_gradients_matches(case, rule):
     model, x, t, _ = case
-    ours = build("integrated_gradients", steps=5, rule=rule, max_batch=4)(model, x, t)
+    ours = build_method("integrated_gradients", steps=5, rule=rule, max_batch=4)(model, x, t)
     theirs = CaptumIntegratedGradients(model).attribute(x, baselines=0.0, target=t, n_steps=5, method=rule)
     if rule == "riemann_trapezoid":
         # Captum's trapezoid weights are [½, 1, …, 1, ½]/n (they sum to (n−1)/n); the trapezoid rule's are
@@ -91,7 +91,7 @@ def test_integrated_gradients_matches(case, rule):
 def test_integrated_gradients_tensor_baseline_matches(case):
     model, x, t, _ = case
     baseline = torch.full_like(x[:1], 0.3)
-    ours = build("integrated_gradients", steps=4, rule="riemann_middle", baseline=baseline)(model, x, t)
+    ours = build_method("integrated_gradients", steps=4, rule="riemann_middle", baseline=baseline)(model, x, t)
     theirs = CaptumIntegratedGradients(model).attribute(x, baselines=baseline.expand_as(x), target=t, n_steps=4,
                                                         method="riemann_middle")
     assert_close(ours, theirs)
@@ -102,7 +102,7 @@ def test_smoothgrad_matches_noise_tunnel_with_the_same_noise(case, monkeypatch, 
     """Captum draws its noise with ``torch.normal``; we hand it our seeded noise, reordered to its layout."""
     model, x, t, _ = case
     samples = 3
-    method = build("smoothgrad", samples=samples, noise_level=0.15, squared=squared, seed=3, max_batch=5)
+    method = build_method("smoothgrad", samples=samples, noise_level=0.15, squared=squared, seed=3, max_batch=5)
     ours = method(model, x, t)
     stream = method.noise_stream(x)
     noise = stream.rows(0, samples * x.shape[0])  # row n·B + b
@@ -116,7 +116,7 @@ def test_smoothgrad_matches_noise_tunnel_with_the_same_noise(case, monkeypatch, 
 
 def test_guided_backprop_matches(case):
     model, x, t, _ = case
-    assert_close(build("guided_backprop")(model, x, t), CaptumGuidedBackprop(model).attribute(x, target=t))
+    assert_close(build_method("guided_backprop")(model, x, t), CaptumGuidedBackprop(model).attribute(x, target=t))
 
 
 def test_gradcam_matches_layer_gradcam_upsampled(case):
@@ -124,21 +124,21 @@ def test_gradcam_matches_layer_gradcam_upsampled(case):
     captum_cam = LayerGradCam(model, model.get_submodule(layer))
     signed = captum_cam.attribute(x, target=t, relu_attributions=False)
     scale = signed.abs().max().item()  # the ReLU'd map can be all zero on a random net
-    assert_close(build("gradcam", relu=False)(model, x, t), signed)
-    ours = build("gradcam")(model, x, t)  # automatic layer
+    assert_close(build_method("gradcam", relu=False)(model, x, t), signed)
+    ours = build_method("gradcam")(model, x, t)  # automatic layer
     theirs = captum_cam.attribute(x, target=t, relu_attributions=True)
     assert ours.shape == theirs.shape == (x.shape[0], 1, *signed.shape[-2:])
     assert_close(ours, theirs, scale=scale)
     upsampled = LayerAttribution.interpolate(theirs, x.shape[-2:], "bilinear")
     assert_close(upsample(ours, x), upsampled, scale=scale)
-    assert_close(build("gradcam", layer=layer, upsample=True)(model, x, t), upsampled, scale=scale)
+    assert_close(build_method("gradcam", layer=layer, upsample=True)(model, x, t), upsampled, scale=scale)
 
 
 @pytest.mark.parametrize("patch,stride", [(8, 4), (6, 5)])
 def test_occlusion_matches(case, patch, stride):
     model, x, t, _ = case
     x = x[:, :, :16, :16]
-    ours = build("occlusion", patch=patch, stride=stride, baseline=0.0, max_batch=40)(model, x, t)
+    ours = build_method("occlusion", patch=patch, stride=stride, baseline=0.0, max_batch=40)(model, x, t)
     theirs = CaptumOcclusion(model).attribute(x, sliding_window_shapes=(3, patch, patch), strides=stride,
                                               baselines=0.0, target=t)
     assert_close(ours, theirs)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_xai.attribution import AttributionError, AttributionMethod, available, build
+from lit_xai.attribution import AttributionError, AttributionMethod, available_methods, build_method
 from lit_xai.attribution.activations import ReLUInterceptor, forward_with_activations
 from lit_xai.attribution.base import input_gradient, preserved_model_state
 from lit_xai.models import build_backbone
@@ -48,11 +48,11 @@ class Leaky(AttributionMethod):
 
 
 def test_registry_lists_and_rejects_unknown_names_and_kwargs():
-    assert "gradient" in available() and available() == sorted(available())
+    assert "gradient" in available_methods() and available_methods() == sorted(available_methods())
     with pytest.raises(AttributionError, match=r"unknown attribution method 'gradcamm'.*'gradcam'.*Available:"):
-        build("gradcamm")
+        build_method("gradcamm")
     with pytest.raises(AttributionError, match=r"integrated_gradients: unknown argument\(s\) stepz; accepted:.*steps"):
-        build("integrated_gradients", stepz=3)
+        build_method("integrated_gradients", stepz=3)
 
 
 @pytest.mark.parametrize(
@@ -68,7 +68,7 @@ def test_registry_lists_and_rejects_unknown_names_and_kwargs():
 )
 def test_bad_inputs_and_targets_are_named(inputs, target, message):
     with pytest.raises(AttributionError, match=message):
-        build("gradient")(FunctionalNet(), inputs, target)
+        build_method("gradient")(FunctionalNet(), inputs, target)
 
 
 def test_model_state_is_restored_even_when_the_method_raises():
@@ -99,7 +99,7 @@ def test_methods_work_inside_inference_mode():
     model = FunctionalNet().eval()
     with torch.inference_mode():
         x = seeded_randn(2, 1, 8, 8, seed=7)
-        grad = build("gradient")(model, x, 1)
+        grad = build_method("gradient")(model, x, 1)
     assert grad.abs().sum() > 0
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_xai.attribution import AttributionError, build
+from lit_xai.attribution import AttributionError, build_method
 from lit_xai.attribution.base import preserved_model_state
 from lit_xai.attribution.fullgrad import bias_gradient_terms, effective_bias
 from lit_xai.models.backbones import build_backbone
@@ -80,7 +80,7 @@ def test_fullgrad_map_is_the_reference_post_processing_of_the_terms():
     torch.manual_seed(2)
     model = with_random_batchnorm(build_backbone("cnn6", num_classes=10))
     x = torch.randn(2, 3, 16, 16)
-    maps = build("fullgrad")(model, x, torch.tensor([3, 4]))
+    maps = build_method("fullgrad")(model, x, torch.tensor([3, 4]))
     with preserved_model_state(model):
         terms = bias_gradient_terms(model, x, torch.tensor([3, 4]))
 
@@ -125,7 +125,7 @@ def test_fullgrad_sums_channels_before_upsampling_and_equals_the_reference_order
     interpolate = F.interpolate
     monkeypatch.setattr(F, "interpolate", lambda t, *args, **kwargs: calls.append(tuple(t.shape)) or interpolate(
         t, *args, **kwargs))
-    maps = build("fullgrad")(model, x, target)
+    maps = build_method("fullgrad")(model, x, target)
     torch.testing.assert_close(maps, expected, rtol=0, atol=1e-5 * expected.max().item())
     assert sorted(calls) == [(2, 1, s, s) for s in (2, 4, 8, 16, 32)]
 
@@ -138,6 +138,6 @@ def test_fullgrad_min_max_adds_the_reference_eps():
         model[0].weight.fill_(1.0)
         model[2].weight.copy_(torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 0.0]]))
     x = torch.full((1, 1, 2, 2), 1e-6)  # |x ⊙ ∂y/∂x| = 1e-6 · [1, 2, 3, 4]: range 3e-6
-    maps = build("fullgrad")(model, x, 0)
+    maps = build_method("fullgrad")(model, x, 0)
     expected = (1e-6 * torch.tensor([0.0, 1.0, 2.0, 3.0]) / (3e-6 + 1e-6)).view(1, 1, 2, 2)
     torch.testing.assert_close(maps, expected, rtol=1e-5, atol=0)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_xai.attribution import AttributionError, build
+from lit_xai.attribution import AttributionError, build_method
 from lit_xai.attribution.cam import GradCAMPlusPlus
 from lit_xai.attribution.extremal import BlurPerturbation, ExtremalPerturbation, SmoothMask
 from lit_xai.attribution.layers import swin_reshape_transform, vit_reshape_transform
@@ -97,7 +97,7 @@ def test_extremal_perturbation_finds_the_planted_region_with_default_arguments()
     generator = torch.Generator().manual_seed(0)
     for b, (row, col) in enumerate(boxes):
         x[b, :, row:row + 24, col:col + 24] = torch.randn(3, 24, 24, generator=generator)
-    masks = build("extremal_perturbation")(TextureEnergyNet(), x, 0)
+    masks = build_method("extremal_perturbation")(TextureEnergyNet(), x, 0)
     for b, (row, col) in enumerate(boxes):
         inside = masks[b, 0, row:row + 24, col:col + 24]
         outside = (masks[b].sum() - inside.sum()) / (64 * 64 - 24 * 24)
@@ -189,7 +189,7 @@ def test_relu_methods_refuse_other_activations(method, net, called):
     model = net().eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(AttributionError, match=rf"^{method} needs a network with ReLU activations only") as error:
-        build(method)(model, torch.randn(2, 3, 8, 8), 0)
+        build_method(method)(model, torch.randn(2, 3, 8, 8), 0)
     assert called in str(error.value)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.requires_grad for p in model.parameters())
@@ -198,7 +198,7 @@ def test_relu_methods_refuse_other_activations(method, net, called):
 @pytest.mark.parametrize("method", RELU_METHODS)
 def test_relu_methods_accept_sigmoid_gates(method):
     torch.manual_seed(0)
-    maps = build(method)(SqueezeExcitationNet().eval(), torch.randn(2, 3, 8, 8), 0)
+    maps = build_method(method)(SqueezeExcitationNet().eval(), torch.randn(2, 3, 8, 8), 0)
     assert maps.shape[0] == 2 and bool(torch.isfinite(maps).all())
 
 
@@ -217,7 +217,7 @@ VIT_INPUT = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2)
 
 
 def test_gradcam_on_a_vit_with_the_reshape_transform(vit):
-    maps = build("gradcam", layer="blocks.11.norm1", reshape_transform="vit", upsample=True)(vit, VIT_INPUT, 1)
+    maps = build_method("gradcam", layer="blocks.11.norm1", reshape_transform="vit", upsample=True)(vit, VIT_INPUT, 1)
     assert maps.shape == (2, 1, 32, 32) and bool(torch.isfinite(maps).all()) and maps.abs().max() > 0
 
 
@@ -226,27 +226,27 @@ def test_gradcam_automatic_layer_refuses_a_vit(vit):
     for method in ("gradcam", "gradcam_pp"):
         with pytest.raises(AttributionError, match=rf"{method}: the automatic layer choice found "
                                                    r"'blocks\.11\.attn\.k_norm' .* not a convolutional feature map"):
-            build(method)(vit, VIT_INPUT, 1)
+            build_method(method)(vit, VIT_INPUT, 1)
 
 
 def test_gradcam_token_layer_without_transform_and_bad_transforms_are_clear(vit):
     with pytest.raises(AttributionError, match=r"'blocks\.11\.norm1' outputs shape \[2, 17, 192\].*reshape_transform"):
-        build("gradcam", layer="blocks.11.norm1")(vit, VIT_INPUT, 1)
+        build_method("gradcam", layer="blocks.11.norm1")(vit, VIT_INPUT, 1)
     with pytest.raises(AttributionError, match="reshape_transform needs an explicit layer"):
-        build("gradcam", reshape_transform="vit")(vit, VIT_INPUT, 1)
+        build_method("gradcam", reshape_transform="vit")(vit, VIT_INPUT, 1)
     with pytest.raises(AttributionError, match="unknown reshape_transform 'cnn'"):
-        build("gradcam", reshape_transform="cnn")
+        build_method("gradcam", reshape_transform="cnn")
 
 
 def test_fullgrad_refuses_a_vit_with_the_layer_named(vit):
     """Before: a raw size-mismatch RuntimeError from broadcasting a token layer's bias."""
     with pytest.raises(AttributionError, match=r"layer 'blocks\.0\.attn\.qkv' \(Linear\) outputs shape \[2, 17, 576\]"):
-        build("fullgrad")(vit, VIT_INPUT, 1)
+        build_method("fullgrad")(vit, VIT_INPUT, 1)
 
 
 def test_relu_methods_refuse_a_vit(vit):
     with pytest.raises(AttributionError, match="guided_backprop needs a network with ReLU activations only.*GELU"):
-        build("guided_backprop")(vit, VIT_INPUT, 1)
+        build_method("guided_backprop")(vit, VIT_INPUT, 1)
 
 
 def test_reshape_transforms_follow_pytorch_grad_cam():

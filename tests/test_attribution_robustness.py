@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from lit_xai.attribution import AttributionError, build
+from lit_xai.attribution import AttributionError, build_method
 from lit_xai.models.backbones import build_backbone
 
 torch.set_num_threads(1)
@@ -84,7 +84,7 @@ def tripwired_resnet8():
 def test_model_unchanged_after_call(tripwired_resnet8, name):
     model = tripwired_resnet8
     before = snapshot(model)
-    maps = build(name, **FAST[name])(model, torch.randn(2, 3, 16, 16), torch.tensor([0, 3]))
+    maps = build_method(name, **FAST[name])(model, torch.randn(2, 3, 16, 16), torch.tensor([0, 3]))
     assert maps.shape[0] == 2 and torch.isfinite(maps).all()
     assert not maps.requires_grad
     assert_unchanged(model, before)
@@ -99,7 +99,7 @@ def test_model_unchanged_after_a_call_that_raises_midway(tripwired_resnet8, name
     model.layer2[0].fuse = {"integrated_gradients": 2, "extremal_perturbation": 2}.get(name, 1)
     kwargs = dict(FAST[name])
     with pytest.raises(RuntimeError, match="tripwire"):
-        build(name, **kwargs)(model, torch.randn(2, 3, 16, 16), torch.tensor([0, 3]))
+        build_method(name, **kwargs)(model, torch.randn(2, 3, 16, 16), torch.tensor([0, 3]))
     model.layer2[0].fuse = None
     assert_unchanged(model, before)
 
@@ -130,17 +130,17 @@ def test_relu_interception_sees_functional_relus(name):
     modular = FunctionalReLUNet(functional=False)
     modular.load_state_dict(functional.state_dict())
     x = torch.randn(3, 3, 8, 8)
-    ours = build(name)(functional, x, 1)
-    reference = build(name)(modular, x, 1)
+    ours = build_method(name)(functional, x, 1)
+    reference = build_method(name)(modular, x, 1)
     torch.testing.assert_close(ours, reference)
-    assert not torch.allclose(ours, build("gradient")(functional, x, 1))  # the backward was really modified
+    assert not torch.allclose(ours, build_method("gradient")(functional, x, 1))  # the backward was really modified
 
 
 def test_guided_backprop_rejects_a_net_without_relu():
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU(), nn.Flatten(), nn.LazyLinear(3))
     net(torch.randn(1, 3, 8, 8))
     with pytest.raises(AttributionError, match="guided_backprop needs a network with ReLU"):
-        build("guided_backprop")(net, torch.randn(1, 3, 8, 8))
+        build_method("guided_backprop")(net, torch.randn(1, 3, 8, 8))
 
 
 def small_vgg11() -> nn.Module:
@@ -163,7 +163,7 @@ def test_methods_run_on_reference_architectures(reference_model, name):
     """torchvision ResNet reuses one in-place ReLU module per block; VGG uses in-place ReLUs; cnn6 has no BN."""
     before = snapshot(reference_model)
     x = torch.randn(2, 3, 32, 32)
-    maps = build(name, **FAST[name])(reference_model, x)
+    maps = build_method(name, **FAST[name])(reference_model, x)
     assert maps.shape[0] == 2 and torch.isfinite(maps).all() and maps.abs().sum() > 0
     assert_unchanged(reference_model, before)
 
@@ -175,7 +175,7 @@ def test_guided_backprop_matches_captum_with_a_reused_relu_module():
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=4).eval()
     x = torch.randn(2, 3, 32, 32)
-    ours = build("guided_backprop")(model, x, torch.tensor([2, 0]))
+    ours = build_method("guided_backprop")(model, x, torch.tensor([2, 0]))
     theirs = CaptumGuidedBackprop(model).attribute(x, target=torch.tensor([2, 0]))
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-4 * theirs.abs().max().item())
 
@@ -196,25 +196,25 @@ def test_clear_errors_for_bad_calls(name, inputs, target, message):
     torch.manual_seed(0)
     model = build_backbone("digits_cnn", num_classes=10, in_chans=3)
     with pytest.raises(AttributionError, match=message):
-        build(name, **FAST[name])(model, inputs, target)
+        build_method(name, **FAST[name])(model, inputs, target)
 
 
 def test_unknown_method_and_kwargs_are_reported():
     with pytest.raises(AttributionError, match="Did you mean 'gradcam'.*Available: .*integrated_gradients"):
-        build("gradcan")
+        build_method("gradcan")
     with pytest.raises(AttributionError, match="unknown argument.*n_steps.*accepted: steps"):
-        build("integrated_gradients", n_steps=10)
+        build_method("integrated_gradients", n_steps=10)
 
 
 def test_wrong_layer_name_lists_close_matches():
     model = build_backbone("resnet8", num_classes=10)
     with pytest.raises(AttributionError, match="no layer named 'layer3.conv'.*Close matches: .*layer3.conv1"):
-        build("gradcam", layer="layer3.conv")(model, torch.randn(1, 3, 16, 16))
+        build_method("gradcam", layer="layer3.conv")(model, torch.randn(1, 3, 16, 16))
 
 
 def test_methods_work_inside_inference_mode():
     model = build_backbone("resnet8", num_classes=10)
     with torch.inference_mode():
         x = torch.randn(2, 3, 16, 16)
-        maps = build("integrated_gradients", steps=2)(model, x)
+        maps = build_method("integrated_gradients", steps=2)(model, x)
     assert torch.isfinite(maps).all() and maps.abs().sum() > 0

@@ -224,12 +224,12 @@ def test_stacking_and_layer_errors_come_before_any_training(tmp_path: Path, call
 def test_progress_rates_are_per_method(tmp_path: Path) -> None:
     """Each method's rate counts only its own maps and metric updates (before: a bar's rate included the methods
     before it). A method that sleeps 50 ms per batch shows ≥ 50 ms/batch; the plain gradient does not."""
-    from lit_xai.attribution import build
+    from lit_xai.attribution import build_method
 
     class Slow:
         def __call__(self, model, inputs, target):
             time.sleep(0.05)
-            return build("gradient")(model, inputs, target)
+            return build_method("gradient")(model, inputs, target)
 
     callback = AttributionEvaluation(methods=[{"name": "gradient"}], random_control=False, max_samples=16,
                                      metrics=[{"name": "deletion", "kwargs": {"num_steps": 2}}], num_grid_samples=0,
@@ -268,14 +268,14 @@ def test_best_checkpoint_is_logged_as_an_offline_wandb_artifact(tmp_path: Path, 
 
 def test_per_image_scores_of_an_update_equal_a_separate_pass() -> None:
     """The callback reuses the update's per-image areas; they equal ``image_scores`` recomputed (tolerance 1e-6)."""
-    from lit_xai.attribution import build
+    from lit_xai.attribution import build_method
     from lit_xai.metrics import build_metric
 
     torch.manual_seed(0)
     model = ClassifierModule(backbone="digits_cnn").net.eval()
     inputs = torch.randn(6, 1, 16, 16, generator=torch.Generator().manual_seed(2))
     target = torch.arange(6) % 10
-    maps = build("input_x_gradient")(model, inputs, target)
+    maps = build_method("input_x_gradient")(model, inputs, target)
     metric = build_metric("deletion", num_steps=6, baseline="zero")
     metric.update(model, inputs, target, maps)
     torch.testing.assert_close(metric.last_image_scores, metric.image_scores(model, inputs, target, maps),

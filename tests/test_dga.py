@@ -8,7 +8,7 @@ import torch
 from scipy.stats import rankdata
 from torch import nn
 
-from lit_xai.attribution import AttributionError, build
+from lit_xai.attribution import AttributionError, build_method
 from lit_xai.attribution.dga import extreme_positive_contributor_mask, rank_fraction_at_most, weak_contributor_mask
 from lit_xai.models.backbones import build_backbone
 
@@ -95,7 +95,7 @@ def test_uniform_fullgrad_sums_to_the_logit_with_batchnorm() -> None:
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.normal_(0, 0.2), m.running_var.uniform_(0.5, 2.0), m.bias.normal_(0, 0.2)
     x = torch.randn(2, 3, 16, 16)
-    ufg = build("uniform_fullgrad")(model, x)
+    ufg = build_method("uniform_fullgrad")(model, x)
     logits = model(x)
     torch.testing.assert_close(ufg.flatten(1).sum(1), logits.max(1).values, rtol=1e-4, atol=1e-4)
 
@@ -104,7 +104,7 @@ def test_uniform_fullgrad_sums_to_the_logit_with_batchnorm() -> None:
 def test_dga_matches_the_per_image_reference(net: TinyConvNet, kind: str) -> None:
     x = torch.randn(3, 2, 6, 6)
     target = torch.tensor([0, 2, 1])
-    maps = build("dga", steps=5, epc_quantile=0.8, local_attribution=kind)(net, x, target)
+    maps = build_method("dga", steps=5, epc_quantile=0.8, local_attribution=kind)(net, x, target)
     assert maps.shape == x.shape and (maps >= 0).all()
     for b in range(3):
         expected = reference_dga(net, x[b : b + 1], int(target[b]), 5, 0.8, kind)
@@ -113,12 +113,12 @@ def test_dga_matches_the_per_image_reference(net: TinyConvNet, kind: str) -> Non
 
 def test_dga_leaves_the_model_unchanged_and_needs_relus(net: TinyConvNet) -> None:
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    build("dga", steps=3)(net, torch.randn(2, 2, 6, 6))
+    build_method("dga", steps=3)(net, torch.randn(2, 2, 6, 6))
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     assert all(p.requires_grad and p.grad is None for p in net.parameters())
     assert not any(m._forward_hooks for m in net.modules())
     gelu = nn.Sequential(nn.Flatten(), nn.Linear(72, 8), nn.GELU(), nn.Linear(8, 3))
     with pytest.raises(AttributionError, match="ReLU"):
-        build("dga")(gelu, torch.randn(2, 2, 6, 6))
+        build_method("dga")(gelu, torch.randn(2, 2, 6, 6))
     with pytest.raises(ValueError, match="local_attribution"):
-        build("dga", local_attribution="gradcam")
+        build_method("dga", local_attribution="gradcam")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from scipy import integrate
 from torch import nn
 
-from lit_xai.attribution import AttributionError, build
+from lit_xai.attribution import AttributionError, build_method
 from lit_xai.attribution.information import IBA, FeatureStatistics, capacity_per_input_pixel
 from lit_xai.attribution.information.bottleneck import GaussianSmoothing, iba_kl, prior_kl
 from lit_xai.attribution.information.statistics import (
@@ -316,7 +316,7 @@ def assert_unchanged(model: nn.Module, before: dict) -> None:
 def test_capacity_nonnegative_sums_to_reported_bits_and_model_untouched(name: str) -> None:
     model = tiny().train()  # train mode on entry must survive
     before = snapshot(model)
-    method = build(name, layer="block", steps=3, noise_draws=4).fit(model, loader())
+    method = build_method(name, layer="block", steps=3, noise_draws=4).fit(model, loader())
     x = loader(1, 3)[0]["image"]
     result = method.explain(model, x)
     assert result.capacity.shape == (3, 1, 4, 4)
@@ -466,7 +466,7 @@ def test_setup_uses_datamodule_and_cache(tmp_path) -> None:
             return loader()
 
     model = tiny()
-    method = build("iba", layer="block", steps=1, noise_draws=2, stats_samples=16, cache_dir=str(tmp_path),
+    method = build_method("iba", layer="block", steps=1, noise_draws=2, stats_samples=16, cache_dir=str(tmp_path),
                    missing_statistics="error")
     method.setup(model, DataModule())
     assert len(list(tmp_path.glob("iba_stats-*-block-n16.pt"))) == 1
@@ -477,7 +477,7 @@ def test_setup_uses_datamodule_and_cache(tmp_path) -> None:
 
 def test_default_layer_and_multilayer_intersection() -> None:
     model = tiny()
-    method = build("multilayer_iba", steps=2, noise_draws=2).fit(model, loader())
+    method = build_method("multilayer_iba", steps=2, noise_draws=2).fit(model, loader())
     x = loader(1, 2)[0]["image"]
     result = method.explain(model, x)
     assert list(result.layers) == ["block", "stem"]
@@ -490,9 +490,10 @@ def test_default_layer_and_multilayer_intersection() -> None:
     assert torch.equal(result.mask, block >= 1.344 * rms)
     assert bool((result.capacity[~result.mask] == 0).all())
     torch.testing.assert_close(result.capacity[result.mask], stem[result.mask])
-    finest = build("multilayer_iba", steps=2, noise_draws=2, resolution="finest").fit(model, loader()).explain(model, x)
+    finest_iba = build_method("multilayer_iba", steps=2, noise_draws=2, resolution="finest")
+    finest = finest_iba.fit(model, loader()).explain(model, x)
     assert finest.capacity.shape == (2, 1, 8, 8)
-    literal = build("multilayer_iba", steps=2, noise_draws=2, weight_by_finest=False).fit(model, loader())
+    literal = build_method("multilayer_iba", steps=2, noise_draws=2, weight_by_finest=False).fit(model, loader())
     eq5 = literal.explain(model, x)  # Eq. 5 literally: binary intersection of every thresholded layer
     stem_rms = stem.pow(2).mean((1, 2, 3), keepdim=True).sqrt()
     assert torch.equal(eq5.mask, (block >= 1.344 * rms) & (stem >= 1.344 * stem_rms))
@@ -515,7 +516,7 @@ def test_multilayer_threshold_drops_a_layer_whose_capacity_is_half_zero(monkeypa
     coarse[..., :5] = 0.0  # 5 of 8 columns carry exactly no information, the rest 1 bit per position
     fine = torch.rand(1, 1, 16, 16, generator=g) + 0.5
     fakes = {"coarse": _fake_layer(coarse), "fine": _fake_layer(fine)}
-    method = build("multilayer_iba", layers=["coarse", "fine"], resolution="finest")
+    method = build_method("multilayer_iba", layers=["coarse", "fine"], resolution="finest")
     monkeypatch.setattr(method, "_resolve_class_target", lambda model, inputs, target: torch.zeros(1, dtype=torch.long))
     monkeypatch.setattr(method, "_bottleneck_at", lambda model, layer, *args: fakes[layer])
     result = method.explain(nn.Identity(), torch.zeros(1, 3, 16, 16))
@@ -548,11 +549,11 @@ def test_non_spatial_layer_is_a_clear_error(name: str, layer: str, what: str) ->
     model = TokenNet()
     before = snapshot(model)
     stats = FeatureStatistics(torch.zeros(4, 6), torch.ones(4, 6), torch.ones(4, 6, dtype=torch.bool), 10)
-    method = build(name, layer=layer, statistics=stats)
+    method = build_method(name, layer=layer, statistics=stats)
     with pytest.raises(AttributionError, match=rf"{name}: layer '{layer}' outputs a {what} .* not a spatial map"):
         method(model, torch.randn(2, 3, 8, 8), torch.tensor([0, 1]))
     with pytest.raises(AttributionError, match=rf"layer '{layer}' outputs a {what}"):
-        build(name, layer=layer).fit(model, [torch.randn(4, 3, 8, 8)])
+        build_method(name, layer=layer).fit(model, [torch.randn(4, 3, 8, 8)])
     assert_unchanged(model, before)
 
 

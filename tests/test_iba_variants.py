@@ -7,7 +7,7 @@ import torch
 from test_iba import assert_unchanged, loader, snapshot, tiny
 from torch import nn
 
-from lit_xai.attribution import AttributionError, build
+from lit_xai.attribution import AttributionError, build_method
 from lit_xai.attribution.information import FeatureStatistics, InputIBA, RegressionIBA
 from lit_xai.attribution.information.input_iba import GroupedCritic
 from lit_xai.models.backbones import build_backbone
@@ -39,7 +39,7 @@ def test_grouped_critic_rejects_tiny_maps() -> None:
 def test_input_iba_map_has_input_resolution_and_model_untouched() -> None:
     model = tiny()
     before = snapshot(model)
-    method = build("input_iba", layer="stem", **TINY_GAN).fit(model, loader())
+    method = build_method("input_iba", layer="stem", **TINY_GAN).fit(model, loader())
     x = loader(1, 2)[0]["image"]
     result = method.explain(model, x)
     assert result.attribution.shape == (2, 1, 16, 16)  # input resolution, no interpolation
@@ -47,7 +47,8 @@ def test_input_iba_map_has_input_resolution_and_model_untouched() -> None:
     assert result.prior.shape == x.shape and bool(((result.prior >= 0) & (result.prior <= 1)).all())
     assert bool(((result.attribution >= 0) & (result.attribution <= 1)).all())
     # the reference's map is sigmoid(α) after the last update, unblurred: without a blur it is Λ*'s channel mean
-    unblurred = build("input_iba", layer="stem", input_sigma=0.0, **TINY_GAN).fit(model, loader()).explain(model, x)
+    unblurred_iba = build_method("input_iba", layer="stem", input_sigma=0.0, **TINY_GAN)
+    unblurred = unblurred_iba.fit(model, loader()).explain(model, x)
     torch.testing.assert_close(unblurred.attribution, unblurred.lam.mean(1, keepdim=True))
     assert bool((result.capacity >= 0).all())
     torch.testing.assert_close(result.capacity.sum((1, 2, 3)), result.total_bits)
@@ -123,7 +124,7 @@ def test_iba_on_project_backbones(backbone: str, layer: str, size: tuple[int, in
     model = build_backbone(backbone, num_classes=10)
     before = snapshot(model)
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    method = build("iba", layer=layer, steps=1, noise_draws=2).fit(model, [{"image": x.repeat(2, 1, 1, 1)}])
+    method = build_method("iba", layer=layer, steps=1, noise_draws=2).fit(model, [{"image": x.repeat(2, 1, 1, 1)}])
     capacity = method(model, x)
     assert capacity.shape == (1, 1, *size) and bool((capacity >= 0).all())
     assert_unchanged(model, before)
@@ -133,5 +134,5 @@ def test_iba_on_project_backbones(backbone: str, layer: str, size: tuple[int, in
 def test_iba_on_vgg16_conv4_1() -> None:
     model = build_backbone("torchvision/vgg16", num_classes=10)
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    method = build("iba", layer="features.17", steps=1, noise_draws=1).fit(model, [{"image": x}])
+    method = build_method("iba", layer="features.17", steps=1, noise_draws=1).fit(model, [{"image": x}])
     assert method(model, x).shape == (1, 1, 4, 4)  # conv4_1 runs at 1/8 of the input resolution

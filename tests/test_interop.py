@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_xai.attribution import build
+from lit_xai.attribution import build_method
 from lit_xai.attribution.interop import QuantusExplainer, explain_numpy
 
 
@@ -40,7 +40,7 @@ def test_quantus_runs_a_lit_xai_method_as_explain_func(net_and_batch) -> None:
     explainer = QuantusExplainer("input_x_gradient")
     metric = quantus.Sparseness(disable_warnings=True, display_progressbar=False)
     through_quantus = metric(model=net, x_batch=x, y_batch=y, a_batch=None, explain_func=explainer)
-    maps = build("input_x_gradient")(net, torch.from_numpy(x), torch.from_numpy(y)).numpy()
+    maps = build_method("input_x_gradient")(net, torch.from_numpy(x), torch.from_numpy(y)).numpy()
     direct = quantus.Sparseness(disable_warnings=True, display_progressbar=False)(
         model=net, x_batch=x, y_batch=y, a_batch=maps, explain_func=explainer
     )
@@ -50,7 +50,7 @@ def test_quantus_runs_a_lit_xai_method_as_explain_func(net_and_batch) -> None:
 
 def test_numpy_in_and_out_single_image_and_batch(net_and_batch) -> None:
     net, x, y = net_and_batch
-    ig = build("integrated_gradients", steps=8)
+    ig = build_method("integrated_gradients", steps=8)
     batch = explain_numpy(ig, net, x, y)
     single = explain_numpy(ig, net, x[1], 1)
     assert isinstance(batch, np.ndarray) and batch.shape == x.shape and single.shape == x.shape[1:]
@@ -61,7 +61,7 @@ def test_numpy_in_and_out_single_image_and_batch(net_and_batch) -> None:
 
 def test_bad_input_names_the_argument(net_and_batch) -> None:
     net, x, y = net_and_batch
-    method = build("gradient")
+    method = build_method("gradient")
     with pytest.raises(ValueError, match=r"inputs must have shape \[B, C, H, W\] or \[C, H, W\], got \(8, 8\)"):
         explain_numpy(method, net, x[0, 0], None)
     with pytest.raises(ValueError, match="targets must have one entry per image"):

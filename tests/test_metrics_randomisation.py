@@ -13,7 +13,7 @@ from skimage.metrics import structural_similarity
 from torch import nn
 
 import lit_xai.metrics.similarity as similarity
-from lit_xai.attribution import build
+from lit_xai.attribution import build_method
 from lit_xai.metrics import ParameterRandomisation
 from lit_xai.metrics.randomisation import randomisable_layers
 from lit_xai.metrics.similarity import average_ranks, spearman, ssim
@@ -43,7 +43,7 @@ def test_linear_model_gradient_after_randomisation_is_the_new_weight_row() -> No
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(36, 3, bias=False)).eval()
     inputs, target = torch.randn(4, 1, 6, 6), torch.tensor([0, 1, 2, 0])
-    gradient = build("gradient")
+    gradient = build_method("gradient")
     maps = gradient(model, inputs, target)
     metric = ParameterRandomisation(protocol="normal", seed=7)
     metric.update(model, inputs, target, maps, method=gradient)
@@ -63,7 +63,7 @@ def test_linear_model_gradient_after_randomisation_is_the_new_weight_row() -> No
 def test_protocols_leave_the_model_untouched_and_build_each_layer_once(protocol: str, monkeypatch) -> None:
     model = _cnn()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    gradient = build("gradient")
+    gradient = build_method("gradient")
     inputs, target = torch.randn(3, 1, 10, 10), torch.tensor([0, 1, 2])
     maps = gradient(model, inputs, target)
     metric = ParameterRandomisation(protocol=protocol)
@@ -91,7 +91,7 @@ def test_guided_backprop_stays_similar_while_gradient_decorrelates() -> None:
     inputs, target = torch.randn(6, 1, 10, 10), torch.tensor([0, 1, 2, 0, 1, 2])
     scores = {}
     for name in ("gradient", "guided_backprop"):
-        method = build(name)
+        method = build_method(name)
         metric = ParameterRandomisation(protocol="normal_all", score="spearman_abs")
         metric.update(model, inputs, target, method(model, inputs, target), method=method)
         scores[name] = float(metric.compute()["score"])
@@ -101,7 +101,7 @@ def test_guided_backprop_stays_similar_while_gradient_decorrelates() -> None:
 def test_explaining_the_prediction_and_max_steps() -> None:
     model = _cnn(2)
     inputs, target = torch.randn(2, 1, 10, 10), torch.tensor([0, 1])
-    gradient = build("gradient")
+    gradient = build_method("gradient")
     metric = ParameterRandomisation(explain="prediction", max_steps=2)
     metric.update(model, inputs, target, gradient(model, inputs, target), method=gradient)
     assert metric.compute()["curve/spearman_abs"].shape == (2,)
@@ -146,7 +146,7 @@ def test_protocols_equal_a_step_by_step_cascade_of_their_source(protocol: str) -
     the biases."""
     model = _cnn(3)
     inputs, target = torch.randn(3, 1, 10, 10), torch.tensor([0, 1, 2])
-    gradient = build("gradient")
+    gradient = build_method("gradient")
     maps = gradient(model, inputs, target)
     metric = ParameterRandomisation(protocol=protocol, seed=11)
     metric.update(model, inputs, target, maps, method=gradient)
@@ -183,7 +183,7 @@ def test_original_map_is_ranked_once_per_batch(monkeypatch) -> None:
     monkeypatch.setattr(similarity, "average_ranks", lambda values: calls.append(1) or original(values))
     model = _cnn()
     inputs, target = torch.randn(2, 1, 10, 10), torch.tensor([0, 1])
-    gradient = build("gradient")
+    gradient = build_method("gradient")
     metric = ParameterRandomisation(max_steps=3)
     metric.update(model, inputs, target, gradient(model, inputs, target), method=gradient)
     assert len(calls) == 2 + 2 * 3
@@ -195,7 +195,7 @@ def test_explaining_the_randomised_models_prediction() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(36, 3)).eval()
     inputs, target = torch.randn(4, 1, 6, 6), torch.tensor([0, 1, 2, 0])
-    gradient = build("gradient")
+    gradient = build_method("gradient")
     maps = gradient(model, inputs, target)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(7)  # the one layer draws weight, then bias, with seed + 0
@@ -215,7 +215,7 @@ def test_torchmetrics_forward_and_tracker(monkeypatch) -> None:
     from torchmetrics.wrappers import MetricTracker
 
     model = _cnn(4)
-    gradient = build("gradient")
+    gradient = build_method("gradient")
     batches = [(torch.randn(2, 1, 10, 10), torch.tensor([0, 1])), (torch.randn(3, 1, 10, 10), torch.tensor([2, 1, 0]))]
     updated, forwarded = ParameterRandomisation(max_steps=2), ParameterRandomisation(max_steps=2)
     draws = []
@@ -256,7 +256,7 @@ def test_bad_arguments_name_what_is_wrong(kwargs: dict, name: str) -> None:
 def test_non_finite_maps_of_a_randomised_model_are_an_error_naming_the_method() -> None:
     model = _cnn()
     inputs, target = torch.randn(2, 1, 10, 10), torch.tensor([0, 1])
-    gradient = build("gradient")
+    gradient = build_method("gradient")
 
     def vanishing(net: nn.Module, x: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
         maps = gradient(net, x, t)

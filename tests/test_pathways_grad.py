@@ -8,7 +8,7 @@ from captum.attr import LayerConductance, LayerGradientXActivation
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from lit_xai.attribution import AttributionError, build
+from lit_xai.attribution import AttributionError, build_method
 from lit_xai.attribution.pathway_grad import pathway_gradient
 from lit_xai.attribution.postprocess import morphological_opening
 from lit_xai.models.backbones import build_backbone
@@ -207,13 +207,13 @@ def test_zero_replacement_is_the_masked_network_of_the_reference_code(mlp: TinyM
     x = torch.randn(2, 2, 4, 4)
     contrib = mct_contributions(mlp, x, None, "t")
     keep = select_pathway(contrib.contributions, 0.6)
-    maps = build("neuron_mct", sparsity=0.6, replacement="zero")(mlp, x)
+    maps = build_method("neuron_mct", sparsity=0.6, replacement="zero")(mlp, x)
     xg = x.clone().requires_grad_(True)
     h1 = torch.relu(mlp.fc1(xg.flatten(1))) * keep[0]
     out = mlp.fc3(torch.relu(mlp.fc2(h1)) * keep[1])
     (expected,) = torch.autograd.grad(out.gather(1, contrib.target[:, None]).sum(), xg)
     torch.testing.assert_close(maps, expected)
-    assert not torch.allclose(maps, build("neuron_mct", sparsity=0.6)(mlp, x))
+    assert not torch.allclose(maps, build_method("neuron_mct", sparsity=0.6)(mlp, x))
 
 
 @pytest.mark.parametrize(
@@ -228,7 +228,7 @@ def test_batched_pathway_gradients_equal_single_images(backbone: str, name: str,
     torch.manual_seed(0)
     model = build_backbone(backbone, num_classes=4, in_chans=3).eval()
     x = torch.randn(2, 3, 16, 16)
-    method = build(name, **kwargs)
+    method = build_method(name, **kwargs)
     batched = method(model, x)
     singles = torch.cat([method(model, x[i : i + 1]) for i in range(2)])
     torch.testing.assert_close(batched, singles, rtol=1e-4, atol=1e-6)
@@ -236,37 +236,38 @@ def test_batched_pathway_gradients_equal_single_images(backbone: str, name: str,
 
 def test_star_variants_are_the_opened_absolute_maps(mlp: TinyMLP) -> None:
     x = torch.randn(2, 2, 4, 4)
-    plain = build("neuron_mct", sparsity=0.5)(mlp, x)
-    star = build("neuron_mct_star", sparsity=0.5)(mlp, x)
+    plain = build_method("neuron_mct", sparsity=0.5)(mlp, x)
+    star = build_method("neuron_mct_star", sparsity=0.5)(mlp, x)
     torch.testing.assert_close(star, morphological_opening(plain.abs(), 3))
-    star_ig = build("neuron_intgrad_star", sparsity=0.5, steps=3)(mlp, x)
-    plain_ig = build("neuron_intgrad", sparsity=0.5, steps=3)(mlp, x)
+    star_ig = build_method("neuron_intgrad_star", sparsity=0.5, steps=3)(mlp, x)
+    plain_ig = build_method("neuron_intgrad", sparsity=0.5, steps=3)(mlp, x)
     torch.testing.assert_close(star_ig, morphological_opening(plain_ig.abs(), 3))
 
 
 def test_input_space_counterparts_are_the_baselines(mlp: TinyMLP) -> None:
     x = torch.randn(2, 2, 4, 4)
-    torch.testing.assert_close(build("input_mct")(mlp, x), build("input_x_gradient")(mlp, x))
-    torch.testing.assert_close(build("input_intgrad", steps=8)(mlp, x), build("integrated_gradients", steps=8)(mlp, x))
+    torch.testing.assert_close(build_method("input_mct")(mlp, x), build_method("input_x_gradient")(mlp, x))
+    ig = build_method("integrated_gradients", steps=8)
+    torch.testing.assert_close(build_method("input_intgrad", steps=8)(mlp, x), ig(mlp, x))
 
 
 def test_model_unchanged_and_relu_free_models_rejected(mlp: TinyMLP) -> None:
     before = {k: v.clone() for k, v in mlp.state_dict().items()}
     x = torch.randn(2, 2, 4, 4)
     for name in ("neuron_mct", "neuron_intgrad", "neuron_conductance"):
-        build(name)(mlp, x)
+        build_method(name)(mlp, x)
     with pytest.raises(AttributionError, match="out of range"):
-        build("neuron_intgrad")(mlp, x, 5)
+        build_method("neuron_intgrad")(mlp, x, 5)
     assert all(torch.equal(before[k], v) for k, v in mlp.state_dict().items())
     assert all(p.requires_grad and p.grad is None for p in mlp.parameters())
     assert not any(m._forward_hooks or m._backward_hooks for m in mlp.modules())
     gelu = nn.Sequential(nn.Flatten(), nn.Linear(32, 8), nn.GELU(), nn.Linear(8, 3))
     with pytest.raises(AttributionError, match="ReLU"):
-        build("neuron_mct")(gelu, x)
+        build_method("neuron_mct")(gelu, x)
     with pytest.raises(ValueError, match="replacement"):
-        build("neuron_mct", replacement="mean")
+        build_method("neuron_mct", replacement="mean")
     with pytest.raises(ValueError, match="α steps"):
-        build("neuron_conductance", steps=1)
+        build_method("neuron_conductance", steps=1)
 
 
 @pytest.mark.parametrize(
@@ -278,17 +279,17 @@ def test_seed_methods_run_on_the_supported_architectures(backbone: str) -> None:
     model = build_backbone(backbone, num_classes=4, in_chans=3).eval()
     x = torch.randn(2, 3, 32, 32)
     for name, kwargs in (("prune_grad", {}), ("neuron_mct_star", {}), ("dga", {"steps": 1})):
-        maps = build(name, **kwargs)(model, x)
+        maps = build_method(name, **kwargs)(model, x)
         assert maps.shape == x.shape and torch.isfinite(maps).all() and maps.abs().sum() > 0, name
 
 
 def test_whole_network_pathway_gives_the_plain_gradient(mlp: TinyMLP) -> None:
     """κ = 0 keeps every neuron; the constant replacement then changes nothing: PathwayGrad = Gradient."""
     x = torch.randn(3, 2, 4, 4)
-    gradient = build("gradient")(mlp, x)
-    torch.testing.assert_close(build("neuron_mct", sparsity=0.0)(mlp, x), gradient)
-    torch.testing.assert_close(build("neuron_intgrad", sparsity=0.0, steps=3)(mlp, x), gradient)
-    torch.testing.assert_close(build("neuron_conductance", sparsity=0.0, steps=3)(mlp, x), gradient)
+    gradient = build_method("gradient")(mlp, x)
+    torch.testing.assert_close(build_method("neuron_mct", sparsity=0.0)(mlp, x), gradient)
+    torch.testing.assert_close(build_method("neuron_intgrad", sparsity=0.0, steps=3)(mlp, x), gradient)
+    torch.testing.assert_close(build_method("neuron_conductance", sparsity=0.0, steps=3)(mlp, x), gradient)
 
 
 class BiasFreeChain(nn.Module):
@@ -369,13 +370,13 @@ def test_intgrad_rules_are_pinned() -> None:
         torch.testing.assert_close(got_weights, torch.tensor(weights, dtype=torch.float64))
     defaults = inspect.signature(intgrad_contributions).parameters
     assert (defaults["rule"].default, defaults["steps"].default) == ("midpoint", 5)
-    method = build("neuron_intgrad")
+    method = build_method("neuron_intgrad")
     assert (method.rule, method.steps) == ("midpoint", 5)
-    assert build("neuron_conductance").steps == 11
+    assert build_method("neuron_conductance").steps == 11
     with pytest.raises(ValueError, match="rule must be one of"):
-        build("neuron_intgrad", rule="simpson")
+        build_method("neuron_intgrad", rule="simpson")
     with pytest.raises(ValueError, match="at least 2"):
-        build("neuron_intgrad", rule="closed", steps=1)
+        build_method("neuron_intgrad", rule="closed", steps=1)
 
 
 def test_intgrad_reference_rule_reproduces_the_authors_code(mlp: TinyMLP) -> None:

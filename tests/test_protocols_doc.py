@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from lit_xai.attribution import available
+from lit_xai.attribution import available_methods
 from lit_xai.metrics import available_metrics
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "protocols.md"
@@ -19,12 +19,12 @@ def test_every_registered_method_and_metric_has_a_card() -> None:
     names = set()
     for heading in card_headings():
         names |= set(re.findall(r"[a-z][a-z0-9_]+", heading))
-    missing = sorted(set(available()) - names) + sorted(set(available_metrics()) - names)
+    missing = sorted(set(available_methods()) - names) + sorted(set(available_metrics()) - names)
     assert not missing, f"no protocol card in docs/protocols.md for {missing}"
 
 
 def test_method_and_metric_cards_name_their_source_and_defaults() -> None:
-    registered = set(available()) | set(available_metrics())
+    registered = set(available_methods()) | set(available_metrics())
     cards = re.split(r"^### ", DOC.read_text(), flags=re.M)[1:]
     named = [card for card in cards if registered & set(re.findall(r"[a-z][a-z0-9_]+", card.splitlines()[0]))]
     assert len(named) >= 40

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from lit_xai.attribution import AttributionError, build
+from lit_xai.attribution import AttributionError, build_method
 from lit_xai.attribution.pruning import calibrate_sparsity, output_change_curve
 from lit_xai.models.backbones import build_backbone
 from lit_xai.pathways.selection import select_pathway
@@ -69,7 +69,7 @@ def assert_unchanged(model: nn.Module, before: dict, training: bool = False) -> 
 def test_prune_grad_matches_hand_pruned_network(mlp: TinyMLP) -> None:
     x = torch.randn(4, 2, 4, 4)
     target = torch.tensor([0, 1, 2, 1])
-    maps = build("prune_grad", sparsity=0.4)(mlp, x, target)
+    maps = build_method("prune_grad", sparsity=0.4)(mlp, x, target)
     for b in range(4):
         expected = manual_prune_grad(mlp, x[b : b + 1], int(target[b]), 0.4)
         torch.testing.assert_close(maps[b : b + 1], expected)
@@ -77,7 +77,7 @@ def test_prune_grad_matches_hand_pruned_network(mlp: TinyMLP) -> None:
 
 def test_zero_sparsity_is_the_plain_gradient(mlp: TinyMLP) -> None:
     x = torch.randn(3, 2, 4, 4)
-    torch.testing.assert_close(build("prune_grad", sparsity=0.0)(mlp, x), build("gradient")(mlp, x))
+    torch.testing.assert_close(build_method("prune_grad", sparsity=0.0)(mlp, x), build_method("gradient")(mlp, x))
 
 
 def test_pruning_removes_the_lowest_fraction_network_wide() -> None:
@@ -96,11 +96,11 @@ def test_batched_masks_are_per_sample_with_reused_relus(backbone: str) -> None:
     torch.manual_seed(0)
     model = build_backbone(backbone, num_classes=5, in_chans=3).eval()
     x = torch.randn(2, 3, 32, 32)
-    method = build("prune_grad", sparsity=0.6)
+    method = build_method("prune_grad", sparsity=0.6)
     batched = method(model, x)
     singles = torch.cat([method(model, x[i : i + 1]) for i in range(2)])
     torch.testing.assert_close(batched, singles, rtol=1e-4, atol=1e-6)
-    assert not torch.allclose(batched, build("gradient")(model, x))
+    assert not torch.allclose(batched, build_method("gradient")(model, x))
 
 
 def test_model_is_unchanged_also_after_an_error(mlp: TinyMLP) -> None:
@@ -108,42 +108,42 @@ def test_model_is_unchanged_also_after_an_error(mlp: TinyMLP) -> None:
     before = snapshot(mlp)
     x = torch.randn(2, 2, 4, 4)
     for name in ("prune_grad", "prune_pgd"):
-        build(name)(mlp, x)
+        build_method(name)(mlp, x)
         assert_unchanged(mlp, before, training=True)
     with pytest.raises(AttributionError, match="out of range"):
-        build("prune_grad")(mlp, x, torch.tensor([0, 7]))
+        build_method("prune_grad")(mlp, x, torch.tensor([0, 7]))
     assert_unchanged(mlp, before, training=True)
 
 
 def test_model_without_relu_is_rejected() -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.GELU(), nn.Linear(8, 3))
     with pytest.raises(AttributionError, match="ReLU"):
-        build("prune_grad")(model, torch.randn(2, 1, 4, 4))
+        build_method("prune_grad")(model, torch.randn(2, 1, 4, 4))
 
 
 def test_prune_grad_mid_matches_hooked_layer_gradient() -> None:
     torch.manual_seed(0)
     model = build_backbone("resnet8", num_classes=4, in_chans=1).eval()
     x = torch.randn(2, 1, 16, 16)
-    saliency = build("prune_grad_mid", sparsity=0.0, upsample=False)(model, x)
+    saliency = build_method("prune_grad_mid", sparsity=0.0, upsample=False)(model, x)
     captured = []
     handle = model.layer2.register_forward_hook(lambda _m, _i, out: captured.append(out))
     logits = model(x.requires_grad_(True))
     handle.remove()
     (grad,) = torch.autograd.grad(logits.gather(1, logits.argmax(1, keepdim=True)).sum(), captured[0])
     torch.testing.assert_close(saliency, grad.abs().sum(1, keepdim=True))
-    upsampled = build("prune_grad_mid", sparsity=0.5)(model, x)
+    upsampled = build_method("prune_grad_mid", sparsity=0.5)(model, x)
     assert upsampled.shape == (2, 1, 16, 16)
     with pytest.raises(AttributionError, match="no layer named"):
-        build("prune_grad_mid", layer="layer9")(model, x)
+        build_method("prune_grad_mid", layer="layer9")(model, x)
 
 
 def test_prune_pgd_stays_in_the_ball_and_follows_the_pruned_gradient(mlp: TinyMLP) -> None:
     x = torch.randn(3, 2, 4, 4)
-    delta = build("prune_pgd", sparsity=0.3)(mlp, x)
+    delta = build_method("prune_pgd", sparsity=0.3)(mlp, x)
     assert (delta.flatten(1).norm(dim=1) <= 0.1 + 1e-6).all()
-    one_step = build("prune_pgd", sparsity=0.3, steps=1)(mlp, x)
-    grad = build("prune_grad", sparsity=0.3)(mlp, x)
+    one_step = build_method("prune_pgd", sparsity=0.3, steps=1)(mlp, x)
+    grad = build_method("prune_grad", sparsity=0.3)(mlp, x)
     expected = 0.01 * grad / grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
     torch.testing.assert_close(one_step, expected)
 
@@ -159,7 +159,7 @@ def test_calibration_hits_the_target_output_change() -> None:
     target = (curve[i - 1] + curve[i]) / 2
     calibration = calibrate_sparsity(model, loader, target, grid)
     assert grid[i - 1] < calibration.sparsity < grid[i] and calibration.mean_change == curve
-    method = build("prune_grad", calibration_loader=loader, target_output_change=target)
+    method = build_method("prune_grad", calibration_loader=loader, target_output_change=target)
     method(model, loader[0]["image"][:2])
     assert method.sparsity == pytest.approx(calibrate_sparsity(model, loader, target).sparsity)
 

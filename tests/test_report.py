@@ -255,7 +255,7 @@ def test_cell_scores_average_to_the_metrics_own_score(name: str, kwargs: dict) -
     """The report's per-image scores (batched or one update per image) have the metric's batch score as their mean
     (these metrics' scores are means over images), to 1e-3 relative (the metrics sum in float32); images the protocol
     skips (EHR: boxes over 33 % of the image) score NaN and are left out of both."""
-    from lit_xai.attribution import build
+    from lit_xai.attribution import build_method
     from lit_xai.metrics import build_metric
 
     torch.manual_seed(0)
@@ -263,7 +263,7 @@ def test_cell_scores_average_to_the_metrics_own_score(name: str, kwargs: dict) -
     inputs, target = torch.randn(6, 3, 32, 32), torch.tensor([0, 1, 2, 3, 0, 1])
     boxes = torch.tensor([[4, 4, 20, 20], [0, 0, 32, 32], [10, 12, 14, 30], [2, 5, 9, 9], [16, 16, 32, 32],
                           [8, 0, 24, 8]])
-    method = build("gradient")
+    method = build_method("gradient")
     maps = method(model, inputs, target)
     metric = build_metric(name, **kwargs)
     metric.set_data_normalisation((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))

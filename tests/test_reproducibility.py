@@ -11,7 +11,7 @@ import torch
 from global_state import restore_changed, snapshot_switches
 from torch import nn
 
-from lit_xai.attribution import available, build, get_class
+from lit_xai.attribution import available_methods, build_method, get_class
 from lit_xai.attribution.information.iba import FeatureBottleneckMethod
 from lit_xai.attribution.noise import (
     NoiseStream,
@@ -50,7 +50,9 @@ FAST = {
 #: the methods that draw random numbers: each must take a ``seed`` (guards the detection below)
 KNOWN_RANDOM = {"random", "smoothgrad", "smoothgrad_sq", "iba", "inverse_iba", "regression_iba", "multilayer_iba",
                 "input_iba"}
-SEEDED = sorted(name for name in available() if "seed" in inspect.signature(get_class(name).__init__).parameters)
+SEEDED = sorted(
+    name for name in available_methods() if "seed" in inspect.signature(get_class(name).__init__).parameters
+)
 
 
 class TinyNet(nn.Module):
@@ -79,7 +81,7 @@ def images(count: int, seed: int, dtype: torch.dtype = torch.float64) -> torch.T
 def prepared(name: str, model: nn.Module, dtype: torch.dtype) -> object:
     """The method with its cheap settings; bottleneck methods get feature statistics fitted on seeded data (their
     fallback, batch statistics, would make an image's map depend on its batch mates by design)."""
-    method = build(name, **FAST.get(name, {}))
+    method = build_method(name, **FAST.get(name, {}))
     if isinstance(method, FeatureBottleneckMethod):
         method.fit(model, [images(16, seed=99, dtype=dtype)])
     return method
@@ -151,7 +153,7 @@ def test_seeded_map_of_an_image_does_not_depend_on_batch_position_or_call_order(
     torch.testing.assert_close(shuffled, batch[order], rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", available())
+@pytest.mark.parametrize("name", available_methods())
 def test_no_method_touches_the_global_generator(name):
     """Issue 19 item 16: input_iba's critic was built with nn.Conv2d's default init, which draws from (and
     advanced) the global generator on every call."""

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from lit_xai.attribution import build
+from lit_xai.attribution import build_method
 from lit_xai.data.base import TensorImageDataset
 from lit_xai.roar.grid import BASELINE, build_grid, parse_shard, shard_cells
 from lit_xai.roar.manifest import Manifest, merge_manifests, read_manifest
@@ -80,7 +80,7 @@ def test_cache_matches_direct_computation_and_resumes_only_missing_shards(tmp_pa
     assert [(j.start, j.stop) for j in jobs] == [(0, 4), (4, 8), (8, 10)]
     assert compute_maps(cache, jobs, model, {"test": dataset}, batch_size=3) == 3
     maps = cache.load(spec, "test", len(dataset))
-    direct = reduce_to_pixels(build("gradient")(model, dataset.images), (5, 5), "abs_sum")
+    direct = reduce_to_pixels(build_method("gradient")(model, dataset.images), (5, 5), "abs_sum")
     assert maps.dtype == torch.float16 and maps.shape == (10, 5, 5)
     torch.testing.assert_close(maps.float(), direct, atol=1e-3, rtol=1e-3)
     assert not list(tmp_path.rglob("*.tmp"))  # atomic writes leave no temp files

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_xai.attribution import AttributionError, available, build
+from lit_xai.attribution import AttributionError, available_methods, build_method
 
 timm = pytest.importorskip("timm")
 
@@ -45,11 +45,11 @@ def vit() -> torch.nn.Module:
     ).eval()
 
 
-@pytest.mark.parametrize("name", available())
+@pytest.mark.parametrize("name", available_methods())
 def test_every_method_serves_a_vit_or_says_why_not(vit: torch.nn.Module, name: str) -> None:
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     state = {k: v.clone() for k, v in vit.state_dict().items()}
-    method = build(name, **FAST.get(name, {}))
+    method = build_method(name, **FAST.get(name, {}))
     if name in MODEL_AGNOSTIC:
         maps = method(vit, x, torch.tensor([0, 1]))
         assert maps.shape[0] == 2 and maps.shape[-2:] == (32, 32)

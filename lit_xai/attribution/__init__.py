@@ -1,6 +1,6 @@
-"""Attribution methods: ``build(name, **kwargs)(model, inputs, target=None)`` → raw map.
+"""Attribution methods: ``build_method(name, **kwargs)(model, inputs, target=None)`` → raw map.
 
-Importing this package registers every method family; ``available()`` lists them.
+Importing this package registers every method family; ``available_methods()`` lists them.
 """
 
 from lit_xai.attribution import (  # noqa: F401  (importing registers the methods)
@@ -25,6 +25,6 @@ from lit_xai.attribution import (  # noqa: F401  (importing registers the method
     surrogate,
 )
 from lit_xai.attribution.base import AttributionError, AttributionMethod
-from lit_xai.attribution.registry import available, build, get_class, register
+from lit_xai.attribution.registry import available_methods, build_method, get_class, register
 
-__all__ = ["AttributionError", "AttributionMethod", "available", "build", "get_class", "register"]
+__all__ = ["AttributionError", "AttributionMethod", "available_methods", "build_method", "get_class", "register"]

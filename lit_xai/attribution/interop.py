@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_xai.attribution.base import AttributionMethod
-from lit_xai.attribution.registry import build
+from lit_xai.attribution.registry import build_method
 
 
 def _as_tensor(array: Any, dtype: torch.dtype, device: torch.device, name: str) -> Tensor:
@@ -67,7 +67,7 @@ class QuantusExplainer:
 
     def __init__(self, method: str | AttributionMethod, **kwargs: Any) -> None:
         if isinstance(method, str):
-            method = build(method, **kwargs)
+            method = build_method(method, **kwargs)
         elif kwargs:
             raise TypeError("method arguments go with a method name, not with a built method")
         self.method = method

@@ -13,7 +13,7 @@ _REGISTRY: dict[str, type[AttributionMethod]] = {}
 
 
 def register(name: str) -> Callable[[type[AttributionMethod]], type[AttributionMethod]]:
-    """Class decorator: make ``name`` buildable with :func:`build`."""
+    """Class decorator: make ``name`` buildable with :func:`build_method`."""
 
     def decorator(cls: type[AttributionMethod]) -> type[AttributionMethod]:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
@@ -25,7 +25,7 @@ def register(name: str) -> Callable[[type[AttributionMethod]], type[AttributionM
     return decorator
 
 
-def available() -> list[str]:
+def available_methods() -> list[str]:
     """The registered method names, sorted."""
     return sorted(_REGISTRY)
 
@@ -35,11 +35,12 @@ def get_class(name: str) -> type[AttributionMethod]:
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, _REGISTRY, n=3)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise AttributionError(f"unknown attribution method {name!r}.{hint} Available: {', '.join(available())}")
+        names = ", ".join(available_methods())
+        raise AttributionError(f"unknown attribution method {name!r}.{hint} Available: {names}")
     return _REGISTRY[name]
 
 
-def build(name: str, **kwargs: Any) -> AttributionMethod:
+def build_method(name: str, **kwargs: Any) -> AttributionMethod:
     """Instantiate the method registered as ``name``; unknown keyword arguments are an error."""
     cls = get_class(name)
     # a method without its own constructor inherits object.__init__(*args, **kwargs), which takes no arguments

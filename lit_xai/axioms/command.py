@@ -141,9 +141,9 @@ def build_method(
     method_name: str, method_kwargs: dict[str, Any], model: torch.nn.Module, cfg: Namespace, datamodule: Any
 ) -> AttributionMethod:
     """The method; an IBA-family method is fitted on the host model's training data (statistics cached on disk)."""
-    from lit_xai.attribution import build
+    from lit_xai.attribution import build_method
 
-    method = build(method_name, **method_kwargs)
+    method = build_method(method_name, **method_kwargs)
     if not isinstance(method, FeatureBottleneckMethod):
         return method
     if datamodule is None:
@@ -153,7 +153,7 @@ def build_method(
             "configs/axioms_digits_model.yaml)"
         )
     cache_dir = cfg.stats_cache_dir or str(Path(cfg.output_dir) / "iba_stats")
-    method = build(method_name, **{"cache_dir": cache_dir, "missing_statistics": "error", **method_kwargs})
+    method = build_method(method_name, **{"cache_dir": cache_dir, "missing_statistics": "error", **method_kwargs})
     method.setup(model, datamodule)
     return method
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from lit_xai.attribution import AttributionMethod, build
+from lit_xai.attribution import AttributionMethod, build_method
 from lit_xai.attribution import postprocess as post
 
 POSTPROCESS_STEPS: dict[str, Callable[..., Tensor]] = {
@@ -84,5 +84,5 @@ def build_explainer(spec: dict[str, Any] | str) -> Explainer:
     unknown = sorted(set(spec) - SPEC_KEYS)
     if unknown or "name" not in spec:
         raise ValueError(f"a method spec needs 'name' and may have {sorted(SPEC_KEYS - {'name'})}; got {spec}")
-    method = build(spec["name"], **(spec.get("kwargs") or {}))
+    method = build_method(spec["name"], **(spec.get("kwargs") or {}))
     return Explainer(spec.get("label") or spec["name"], method, parse_postprocess(spec.get("postprocess")))

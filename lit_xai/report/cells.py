@@ -136,7 +136,7 @@ def compute_cells(
     """Compute and store every cell of ``todo``; maps are computed once per (method, chunk). Yields each cell."""
     from tqdm.auto import tqdm
 
-    from lit_xai.attribution import build
+    from lit_xai.attribution import build_method
     from lit_xai.metrics import build_metric
 
     groups: dict[tuple[str, int], list[Cell]] = {}
@@ -151,7 +151,7 @@ def compute_cells(
             with torch.no_grad():
                 target = data["label"].long() if target_rule == "label" else model(inputs).argmax(1)
             extras = {name: data.get(key) for name, key in GROUND_TRUTH_KEYS.items()}
-            method = build(first.method.name, **first.method.kwargs)
+            method = build_method(first.method.name, **first.method.kwargs)
             with torch.random.fork_rng(devices=[]):
                 # the maps' seed depends on the method and images only, so any subset of cells sees the same maps
                 torch.manual_seed(_seed(seed, json.dumps([first.method.name, first.method.kwargs, first.chunk.start,

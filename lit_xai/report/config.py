@@ -151,7 +151,7 @@ def metric_specs(cfg: Namespace) -> list[MetricSpec]:
 
 def validate(cfg: Namespace) -> tuple[list[MethodSpec], list[MetricSpec]]:
     """Every check that needs no model or data: names, arguments, sizes, files. Raises ConfigurationError."""
-    from lit_xai.attribution import build
+    from lit_xai.attribution import build_method
     from lit_xai.attribution.base import AttributionError
     from lit_xai.metrics import build_metric
     from lit_xai.roar.grid import parse_shard
@@ -182,7 +182,7 @@ def validate(cfg: Namespace) -> tuple[list[MethodSpec], list[MetricSpec]]:
 
     for spec in methods:
         try:
-            method = build(spec.name, **spec.kwargs)
+            method = build_method(spec.name, **spec.kwargs)
         except (AttributionError, TypeError) as error:
             raise ConfigurationError(f"report: method {spec.display!r}: {error}") from None
         if isinstance(method, FeatureBottleneckMethod):  # needs feature statistics of the training data

@@ -31,7 +31,7 @@ RANK_COLOURS = ("#1a9850", "#91cf60", "#d9ef8b", "#fee08b", "#fc8d59", "#d73027"
 def examples(model: nn.Module, dataset: Any, methods: list[MethodSpec], target_rule: str, count: int, device: str,
              seed: int, denormalize: Any) -> Figure:
     """Rows: the first ``count`` images; columns: the image and each method's map (channels summed by |·|)."""
-    from lit_xai.attribution import build
+    from lit_xai.attribution import build_method
     from lit_xai.report.cells import Chunk, batch
 
     data = batch(dataset, Chunk(0, 0, count))
@@ -48,7 +48,7 @@ def examples(model: nn.Module, dataset: Any, methods: list[MethodSpec], target_r
     for column, spec in enumerate(methods, start=1):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            maps = build(spec.name, **spec.kwargs)(model, inputs, target).detach().abs().sum(1).cpu()
+            maps = build_method(spec.name, **spec.kwargs)(model, inputs, target).detach().abs().sum(1).cpu()
         for b in range(count):
             axes[b, column].imshow(maps[b].numpy(), cmap="magma")
             if b == 0:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from lit_xai.attribution import AttributionError, build
+from lit_xai.attribution import AttributionError, build_method
 from lit_xai.attribution.postprocess import reduce_channels
 from lit_xai.data.base import UnpaddedDistributedSampler
 from lit_xai.storage import atomic_torch_save, atomic_write_json, is_intact, load_checked
@@ -54,8 +54,8 @@ class MethodSpec:
 
     def __post_init__(self) -> None:
         """Fail at configuration time, before the source model trains: an unknown method name or argument raises
-        (:func:`lit_xai.attribution.build` lists what exists), as does an unknown reduction."""
-        build(self.name, **self.kwargs)
+        (:func:`lit_xai.attribution.build_method` lists what exists), as does an unknown reduction."""
+        build_method(self.name, **self.kwargs)
         if self.reduction not in ("abs_sum", "sum"):
             raise AttributionError(f"roar method {self.display!r}: reduction must be 'abs_sum' or 'sum', "
                                    f"got {self.reduction!r}")
@@ -131,7 +131,7 @@ class MapCache:
 
     def compute(self, job: MapJob, model: nn.Module, dataset: Dataset, batch_size: int = 128) -> None:
         """Compute and atomically store one shard (explaining each sample's predicted class)."""
-        method = build(job.spec.name, **job.spec.kwargs)
+        method = build_method(job.spec.name, **job.spec.kwargs)
         device = next(model.parameters()).device
         loader = DataLoader(Subset(dataset, range(job.start, job.stop)), batch_size=batch_size, shuffle=False)
         parts = []

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from lit_xai.attribution import build
+from lit_xai.attribution import build_method
 
 #: float32 rounding of the same computation in different batch compositions / libraries
 FLOAT_TOL = {"rtol": 1e-5, "atol": 1e-5}
@@ -34,7 +34,7 @@ def test_extremal_perturbation_defaults_equal_torchray(foreign_net: nn.Module, a
     torchray_ep = pytest.importorskip("torchray.attribution.extremal_perturbation")
     x = torch.randn(2, 3, 24, 24, generator=torch.Generator().manual_seed(4))
     target = [1, 3]
-    ours = build("extremal_perturbation", areas=areas, iterations=10)(foreign_net, x, torch.tensor(target))
+    ours = build_method("extremal_perturbation", areas=areas, iterations=10)(foreign_net, x, torch.tensor(target))
     requires_grad = [p.requires_grad for p in foreign_net.parameters()]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchRay's torch.meshgrid without indexing=
@@ -49,7 +49,7 @@ def test_extremal_perturbation_delete_variant_equals_torchray(reused_relu_net: n
     """The deletion game (mask 1 − m perturbs the image): same tolerance as above."""
     torchray_ep = pytest.importorskip("torchray.attribution.extremal_perturbation")
     x = torch.randn(1, 3, 24, 24, generator=torch.Generator().manual_seed(5))
-    ours = build("extremal_perturbation", variant="delete", iterations=8)(reused_relu_net, x, 2)
+    ours = build_method("extremal_perturbation", variant="delete", iterations=8)(reused_relu_net, x, 2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs, _ = torchray_ep.extremal_perturbation(reused_relu_net, x, 2, variant="delete", max_iter=8)
@@ -82,7 +82,7 @@ def test_gradcam_equals_pytorch_grad_cam(foreign_net: nn.Module, images: torch.T
     layer = CAM_LAYERS[type(foreign_net).__name__]
     target = foreign_net(images).argmax(1).tolist()
     kwargs = {"eps": 1e-6} if method == "gradcam_pp" else {}
-    ours = build(method, layer=layer, **kwargs)(foreign_net, images, torch.tensor(target))
+    ours = build_method(method, layer=layer, **kwargs)(foreign_net, images, torch.tensor(target))
     peer = GradCAMPlusPlus if method == "gradcam_pp" else GradCAM
     theirs = _grad_cam_raw(peer, foreign_net, foreign_net.get_submodule(layer), images, target, monkeypatch)
     scale = theirs.abs().max().item()
@@ -102,7 +102,7 @@ def test_gradcam_pipeline_reproduces_pytorch_grad_cam_output(foreign_net: nn.Mod
     target = foreign_net(images).argmax(1).tolist()
     with GradCAM(model=foreign_net, target_layers=[foreign_net.get_submodule(layer)]) as cam:
         theirs = torch.from_numpy(cam(input_tensor=images, targets=[ClassifierOutputTarget(t) for t in target]))
-    ours = build("gradcam", layer=layer, upsample=True)(foreign_net, images, torch.tensor(target))
+    ours = build_method("gradcam", layer=layer, upsample=True)(foreign_net, images, torch.tensor(target))
     low = ours.amin(dim=(1, 2, 3), keepdim=True)
     ours = (ours - low) / (ours.amax(dim=(1, 2, 3), keepdim=True) - low + 1e-7)
     torch.testing.assert_close(ours[:, 0], theirs, rtol=0, atol=5e-4)
@@ -123,7 +123,8 @@ def test_gradcam_on_a_vit_equals_pytorch_grad_cam_with_its_reshape_transform(met
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     target = [1, 4]
     kwargs = {"eps": 1e-6} if method == "gradcam_pp" else {}
-    ours = build(method, layer="blocks.11.norm1", reshape_transform="vit", **kwargs)(model, x, torch.tensor(target))
+    method_fn = build_method(method, layer="blocks.11.norm1", reshape_transform="vit", **kwargs)
+    ours = method_fn(model, x, torch.tensor(target))
     peer = GradCAMPlusPlus if method == "gradcam_pp" else GradCAM
     theirs = _grad_cam_raw(peer, model, model.blocks[-1].norm1, x, target, monkeypatch,
                            reshape_transform=lambda t: vit_reshape_transform(t, height=4, width=4))

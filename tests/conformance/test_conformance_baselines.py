@@ -19,7 +19,7 @@ from captum.attr import DeepLiftShap as CaptumDeepLiftShap
 from captum.attr import GradientShap as CaptumGradientShap
 from torch import nn
 
-from lit_xai.attribution import build
+from lit_xai.attribution import build_method
 
 
 def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -54,7 +54,7 @@ TARGET = torch.tensor([0, 1, 2, 3, 4, 0])
 def test_deeplift_matches_captum(foreign_net, images):
     """Tolerance: correlation ≥ 0.9999 and max abs difference ≤ 1e-5 · max |map| (float32 round-off)."""
     baseline = 0.3 * torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    ours = build("deeplift", baseline=baseline)(foreign_net, images, TARGET)
+    ours = build_method("deeplift", baseline=baseline)(foreign_net, images, TARGET)
     theirs = CaptumDeepLift(SeparateReLUs(foreign_net).eval()).attribute(images, baseline.expand_as(images), TARGET)
     assert foreign_net(images).shape == (6, 5)
     assert correlation(ours, theirs) >= 0.9999
@@ -63,15 +63,15 @@ def test_deeplift_matches_captum(foreign_net, images):
 
 def test_deeplift_differs_from_input_x_gradient(reused_relu_net, images):
     """Guard: the Rescale multipliers are not the plain gradient (the test above could otherwise pass trivially)."""
-    ours = build("deeplift")(reused_relu_net, images, TARGET)
-    ixg = build("input_x_gradient")(reused_relu_net, images, TARGET)
+    ours = build_method("deeplift")(reused_relu_net, images, TARGET)
+    ixg = build_method("input_x_gradient")(reused_relu_net, images, TARGET)
     assert correlation(ours, ixg) < 0.99
 
 
 def test_deepshap_matches_captum(foreign_net, images):
     """Tolerance as for DeepLIFT; 4 background images, every one paired with every input."""
     background = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(2))
-    ours = build("deepshap", background=background, max_batch=5)(foreign_net, images, TARGET)
+    ours = build_method("deepshap", background=background, max_batch=5)(foreign_net, images, TARGET)
     theirs = CaptumDeepLiftShap(SeparateReLUs(foreign_net).eval()).attribute(images, background, TARGET)
     assert correlation(ours, theirs) >= 0.9999
     assert (ours - theirs).abs().max() <= 1e-5 * theirs.abs().max()
@@ -82,7 +82,7 @@ def test_gradient_shap_matches_captum_on_the_same_samples(foreign_net, images, m
     (``torch.normal``) from global generators, image-major; we feed it our seeded draws, permuted to its layout.
     Tolerance: correlation ≥ 0.9999, max abs difference ≤ 1e-5 · max |map|."""
     background = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(3))
-    method = build("gradient_shap", background=background, n_samples=3, stdevs=0.2, seed=7, max_batch=7)
+    method = build_method("gradient_shap", background=background, n_samples=3, stdevs=0.2, seed=7, max_batch=7)
     ours = method(foreign_net, images, TARGET)
     index, alpha, noise = method.draw(images, 4)
     n, batch = index.shape
@@ -98,7 +98,7 @@ def test_gradient_shap_matches_captum_on_the_same_samples(foreign_net, images, m
 def test_gradient_shap_is_complete_in_expectation(reused_relu_net, images):
     """E[Σ φ] = f(x) − E f(x̄). Tolerance: 0.05 absolute + 5% relative (the Monte-Carlo error of 1024 samples)."""
     background = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(4))
-    maps = build("gradient_shap", background=background, n_samples=1024, max_batch=1024)(
+    maps = build_method("gradient_shap", background=background, n_samples=1024, max_batch=1024)(
         reused_relu_net, images[:2], TARGET[:2]
     )
     with torch.no_grad():
@@ -112,7 +112,7 @@ def test_rise_matches_the_reference_code_formula(foreign_net, images):
     shifts. Tolerance: 1e-5 relative (float32 sums in another order)."""
     from skimage.transform import resize
 
-    method = build("rise", num_masks=40, mask_resolution=5, p=0.5, max_batch=37)
+    method = build_method("rise", num_masks=40, mask_resolution=5, p=0.5, max_batch=37)
     ours = method(foreign_net, images, TARGET)
     grids, shifts = method.grids_and_shifts((16, 16))
     cell = int(np.ceil(16 / 5))
@@ -149,7 +149,7 @@ def test_lime_matches_captum_with_the_same_segments_samples_and_kernel(foreign_n
     from captum._utils.models.linear_model import SkLearnLinearModel
     from captum.attr import Lime as CaptumLime
 
-    method = build("lime", n_samples=60, grid=4, max_batch=50)
+    method = build_method("lime", n_samples=60, grid=4, max_batch=50)
     ours = method(foreign_net, images, TARGET)
     samples = method.coalitions(16, 60)
     mask = method.segments(images)
@@ -166,7 +166,7 @@ def test_kernel_shap_matches_captum_with_the_same_segments_and_samples(foreign_n
     Tolerance: 1e-3 relative + 1e-4 absolute (the 1e6 weights of the empty/full coalitions amplify round-off)."""
     from captum.attr import KernelShap as CaptumKernelShap
 
-    method = build("kernel_shap", n_samples=80, grid=3, max_batch=64)
+    method = build_method("kernel_shap", n_samples=80, grid=3, max_batch=64)
     ours = method(foreign_net, images, TARGET)
     samples = method.coalitions(9, 80)
     assert samples[0].all() and not samples[1].any()
@@ -219,7 +219,7 @@ def test_guided_ig_matches_the_published_algorithm(foreign_net, images):
     """Per image, float64 on both sides. Tolerance: 1e-9 relative + 1e-12 absolute."""
     net, x = foreign_net.double(), images[:3].double()
     steps, fraction, max_dist = 16, 0.25, 0.05
-    ours = build("guided_ig", steps=steps, fraction=fraction, max_dist=max_dist)(net, x, TARGET[:3])
+    ours = build_method("guided_ig", steps=steps, fraction=fraction, max_dist=max_dist)(net, x, TARGET[:3])
     for b in range(3):
 
         def grad_fn(point: np.ndarray, b: int = b) -> np.ndarray:
@@ -275,7 +275,7 @@ def test_lrp_matches_zennit_composites_with_batchnorm_folding(images):
 
     net = plain_conv_net()
     for name, (kwargs, composite) in zennit_composites([SequentialMergeBatchNorm()]).items():
-        ours = build("lrp", composite=name, **kwargs)(net, images, TARGET)
+        ours = build_method("lrp", composite=name, **kwargs)(net, images, TARGET)
         theirs = zennit_relevance(net, images, composite)
         assert correlation(ours, theirs) >= 0.9999, name
         assert (ours - theirs).abs().max() <= 1e-4 * theirs.abs().max(), name
@@ -290,7 +290,7 @@ def test_lrp_matches_zennit_on_the_foreign_nets(foreign_net, images):
     pairs = [(["net.stem"], "net.bn"), (["net.conv1"], "net.bn1"), (["net.conv2"], "net.bn2")]
     canonizers = [NamedMergeBatchNorm(pairs)] if type(foreign_net).__name__ == "ReusedInplaceReLUNet" else []
     for name, (kwargs, composite) in zennit_composites(canonizers).items():
-        ours = build("lrp", composite=name, **kwargs)(foreign_net, images, TARGET)
+        ours = build_method("lrp", composite=name, **kwargs)(foreign_net, images, TARGET)
         theirs = zennit_relevance(separate, images, composite)
         assert correlation(ours, theirs) >= 0.9999, name
         assert (ours - theirs).abs().max() <= 1e-4 * theirs.abs().max(), name
@@ -311,11 +311,11 @@ def test_excitation_backprop_matches_torchray(images):
     ).eval()
     x = images.abs()
     for layer in ("3", "6"):
-        ours = build("excitation_backprop", layer=layer)(net, x, TARGET)
+        ours = build_method("excitation_backprop", layer=layer)(net, x, TARGET)
         theirs = torch.cat([excitation.excitation_backprop(net, x[i : i + 1], int(TARGET[i]), saliency_layer=layer)
                             for i in range(len(x))])
         assert (ours - theirs).abs().max() <= 1e-5 * theirs.abs().max()
-        ours = build("excitation_backprop", layer=layer, contrastive=True)(net, x, TARGET)
+        ours = build_method("excitation_backprop", layer=layer, contrastive=True)(net, x, TARGET)
         theirs = torch.cat([excitation.contrastive_excitation_backprop(
             net, x[i : i + 1], int(TARGET[i]), saliency_layer=layer, contrast_layer="12", classifier_layer="13")
             for i in range(len(x))])

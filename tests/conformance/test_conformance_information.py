@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_xai.attribution import build
+from lit_xai.attribution import build_method
 from lit_xai.attribution.information import FeatureStatistics, estimate_feature_statistics
 from lit_xai.attribution.information.iba import rms_threshold
 
@@ -82,11 +82,11 @@ def test_iba_equals_the_authors_per_sample_loop(foreign_net: nn.Module) -> None:
     stats = estimate_feature_statistics(model, layer_name, data, max_samples=32)
     images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     targets = torch.tensor([1, 3])
-    ours = build("iba", layer=layer_name, statistics=stats)(model, images, targets)
+    ours = build_method("iba", layer=layer_name, statistics=stats)(model, images, targets)
     for i in range(2):
         expected = reference_heatmap(model, model.get_submodule(layer_name), images[i], int(targets[i]), stats)
         torch.testing.assert_close(ours[i, 0], expected, rtol=1e-8, atol=1e-10)
-    old = build("iba", layer=layer_name, statistics=stats, smoothing_truncate=3.0, smoothing_padding="replicate",
+    old = build_method("iba", layer=layer_name, statistics=stats, smoothing_truncate=3.0, smoothing_padding="replicate",
                 map_from="final_update")(model, images, targets)
     assert not torch.allclose(old, ours, rtol=0.05)
 
@@ -98,7 +98,7 @@ def test_inverse_iba_equals_the_authors_reverse_lambda_loop(functional_relu_net:
     stats = estimate_feature_statistics(model, "conv2", data, max_samples=16)
     images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     targets = torch.tensor([2, 4])
-    ours = build("inverse_iba", layer="conv2", statistics=stats)(model, images, targets)
+    ours = build_method("inverse_iba", layer="conv2", statistics=stats)(model, images, targets)
     for i in range(2):
         expected = reference_heatmap(model, model.conv2, images[i], int(targets[i]), stats, reverse_lambda=True)
         torch.testing.assert_close(ours[i, 0], expected, rtol=1e-8, atol=1e-10)
@@ -117,7 +117,8 @@ def test_capacity_of_a_known_mask_is_the_closed_form_kl() -> None:
     active = torch.rand(4, 6, 6) > 0.3
     stats = FeatureStatistics(mean, std, active, 100)
     for steps, alpha in ((0, 0.3), (1, -1.2)):
-        capacity = build("iba", layer="0", statistics=stats, steps=steps, sigma=0.0, initial_alpha=alpha)(model, x)
+        iba = build_method("iba", layer="0", statistics=stats, steps=steps, sigma=0.0, initial_alpha=alpha)
+        capacity = iba(model, x)
         lam = 1 / (1 + np.exp(-alpha))
         r_hat = ((features - mean) / std).numpy()
         kl = -np.log(1 - lam) + ((1 - lam) ** 2 + lam**2 * r_hat**2) / 2 - 0.5
@@ -132,7 +133,7 @@ def test_multilayer_threshold_is_the_authors_l2_rule_at_224() -> None:
     maps = g.gamma(0.5, size=(3, 1, 224, 224))
     maps[1, :, :, :150] = 0.0  # most of a layer carries no information
     expected = np.stack([m / np.linalg.norm(m) >= 0.006 for m in maps])
-    ours = rms_threshold(torch.from_numpy(maps), build("multilayer_iba").threshold).numpy()
+    ours = rms_threshold(torch.from_numpy(maps), build_method("multilayer_iba").threshold).numpy()
     assert (ours == expected).all()
     assert not ours[1, :, :, :150].any()
 
@@ -143,7 +144,7 @@ def test_multilayer_iba_on_a_functional_relu_net(functional_relu_net: nn.Module)
     input as bits per pixel, is ≥ 0.006 after L2 normalisation scaled to this size (0.006·224/16 per RMS)."""
     model = functional_relu_net
     data = [torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))]
-    method = build("multilayer_iba", layers=["conv1", "conv2"]).fit(model, data)
+    method = build_method("multilayer_iba", layers=["conv1", "conv2"]).fit(model, data)
     result = method.explain(model, torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2)))
     fine, coarse = result.layers["conv1"].capacity, result.layers["conv2"].capacity
     assert fine.shape == (2, 1, 16, 16) and coarse.shape == (2, 1, 8, 8)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from captum.attr import LayerGradientXActivation
 from torch import nn
 
-from lit_xai.attribution import build
+from lit_xai.attribution import build_method
 from lit_xai.pathways import intgrad_contributions, mct_contributions, routing_gates, select_pathway
 from lit_xai.pathways.neurons import NeuronGate, gated
 
@@ -79,7 +79,7 @@ def test_prune_grad_equals_the_hand_masked_net(foreign_net: nn.Module, images: t
     """PruneGrad = ∂y/∂x of the net with the lowest-κ neurons (network-wide) zeroed, every ReLU call masked."""
     net = foreign_net.double()
     x = images.double()
-    ours = build("prune_grad", sparsity=0.7)(net, x)
+    ours = build_method("prune_grad", sparsity=0.7)(net, x)
     contrib = mct_contributions(net, x, None, "t")
     keep = select_pathway(contrib.contributions, 0.7)
     xg = x.clone().requires_grad_(True)

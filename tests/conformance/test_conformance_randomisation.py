@@ -14,12 +14,12 @@ import quantus
 import torch
 from quantus.functions.similarity_func import ssim as quantus_ssim
 
-from lit_xai.attribution import build
+from lit_xai.attribution import build_method
 from lit_xai.metrics import ParameterRandomisation
 from lit_xai.metrics.similarity import ssim
 
 TOLERANCE = 1e-6
-_gradient = build("gradient")
+_gradient = build_method("gradient")
 
 
 def _method(model: torch.nn.Module, inputs: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
