@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from lit_xai.attribution.batching import rows_per_chunk
 from lit_xai.metrics import Deletion, Insertion, PixelPerturbation, build_metric
 from lit_xai.metrics.baselines import baseline_images, gaussian_blur
 from lit_xai.metrics.perturbation import pixel_ranks, step_counts
@@ -96,14 +97,15 @@ def test_chunking_bounds_memory_and_does_not_change_results() -> None:
     results = []
     for chunk in (1, 7, 10_000, None):
         model = PixelLinear(weights)
-        metric = Deletion(baseline="zero", pixels_per_step=8, chunk_size=chunk)
+        metric = Deletion(baseline="zero", pixels_per_step=8, max_batch=chunk)
         metric.update(model, inputs, target, maps)
         results.append(metric.compute()["curve/probability"])
-        steps, size = 9, chunk or 5  # None: the batch of 5 images, one forward per step
+        steps, size = 9, chunk or rows_per_chunk(PixelLinear(weights), inputs)  # None: the memory-budget rule
         assert model.largest_batch <= size
-        assert model.calls == -(-5 * steps // size)  # one forward per chunk of (images × steps)
-    with pytest.raises(ValueError, match="chunk_size"):
-        Deletion(chunk_size=0)
+        # one forward per chunk of (images × steps), and with None the budget rule's one-row probe
+        assert model.calls == -(-5 * steps // size) + (chunk is None)
+    with pytest.raises(ValueError, match="max_batch"):
+        Deletion(max_batch=0)
     for other in results[1:]:
         torch.testing.assert_close(other, results[0])
 

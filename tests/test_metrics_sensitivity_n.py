@@ -70,26 +70,26 @@ def test_default_schedule_is_inputiba_truncated_logspace_with_200_sets() -> None
 def test_patch_cells_and_sums_are_consistent() -> None:
     """A 2-cell schedule on 4×4 images with 2×2 patches: the drop equals the removed patch's contribution."""
     model, inputs, target, maps = _linear_case(1)
-    metric = SensitivityN(n_values=[1, 2], num_masks=4, patch_size=4, chunk_size=3)
+    metric = SensitivityN(n_values=[1, 2], num_masks=4, patch_size=4, max_batch=3)
     metric.update(model, inputs, target, maps)
     torch.testing.assert_close(metric.compute()["curve/correlation"], torch.ones(2))
     with pytest.raises(ValueError, match="n_values must lie in"):
         SensitivityN(n_values=[4], patch_size=4).update(model, inputs, target, maps)
 
 
-def test_chunk_size_does_not_change_the_result() -> None:
+def test_max_batch_does_not_change_the_result() -> None:
     torch.manual_seed(4)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 4)).eval()
     inputs, maps, target = torch.randn(3, 3, 8, 8), torch.randn(3, 3, 8, 8), torch.tensor([0, 1, 2])
     values = []
     for chunk in (5, 1000, None):
-        metric = SensitivityN(num_n=4, num_masks=6, chunk_size=chunk)
+        metric = SensitivityN(num_n=4, num_masks=6, max_batch=chunk)
         metric.update(model, inputs, target, maps)
         values.append(metric.compute()["curve/correlation"])
     torch.testing.assert_close(values[0], values[1])
     torch.testing.assert_close(values[0], values[2])
-    with pytest.raises(ValueError, match="chunk_size"):
-        SensitivityN(chunk_size=0)
+    with pytest.raises(ValueError, match="max_batch"):
+        SensitivityN(max_batch=0)
 
 
 def test_pearson_matches_numpy_and_is_zero_for_constant_rows() -> None:

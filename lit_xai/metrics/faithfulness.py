@@ -3,8 +3,9 @@
 All score the map per input *feature* (C×H×W; a 1-channel map is repeated over the channels and layer maps are
 upsampled, as Quantus 0.6 broadcasts ``a_batch`` to ``x_batch``) and perturb the inputs by replacing features with a
 *fill* (:mod:`lit_xai.metrics.baselines`; ``image_min`` is Quantus' ``perturb_baseline="black"``). The perturbed
-images of a batch are built on the device with one ``torch.where`` per chunk and evaluated ``chunk_size`` at a time
-(``None``: the batch size), one forward per chunk: the cost is the forwards the protocol needs. Random choices come
+images of a batch are built on the device with one ``torch.where`` per chunk and evaluated ``max_batch`` at a time
+(``None``: the methods' memory-budget rule, :func:`lit_xai.attribution.batching.rows_per_chunk`), one forward per
+chunk: the cost is the forwards the protocol needs, and the scores do not depend on the chunking. Random choices come
 from per-image generators seeded with (``seed``, the image's content) (:mod:`lit_xai.attribution.noise`), so a score
 does not depend on the batch, its order, the device or the DDP rank.
 
@@ -36,8 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lit_xai.attribution.batching import check_max_batch, row_chunks, rows_per_chunk
 from lit_xai.attribution.noise import sample_generators, sample_seeds
-from lit_xai.metrics.base import Explainer, pixel_scores, resolve_chunk_size
+from lit_xai.metrics.base import Explainer, pixel_scores
 from lit_xai.metrics.baselines import Fill, baseline_images, check_fill
 from lit_xai.metrics.image_scores import ImageScoreMean, feature_maps, prepared_maps
 from lit_xai.metrics.perturbation import pixel_ranks
@@ -54,12 +56,12 @@ def class_outputs(logits: Tensor, target: Tensor, output: str) -> Tensor:
 
 
 def chunked_outputs(model: nn.Module, build: Callable[[Tensor], tuple[Tensor, Tensor]], rows: int,
-                    chunk_size: int, output: str, device: torch.device) -> Tensor:
-    """``[rows]`` class outputs of the perturbed images ``build(row_indices) -> (images, target)``, one forward per
-    chunk of ``chunk_size`` rows."""
-    result = torch.empty(rows, device=device)
-    for begin in range(0, rows, chunk_size):
-        index = torch.arange(begin, min(begin + chunk_size, rows), device=device)
+                    inputs: Tensor, max_batch: int | None, output: str) -> Tensor:
+    """``[rows]`` class outputs of the perturbed images ``build(row_indices) -> (images, target)`` (images shaped as
+    ``inputs``), one forward per chunk of ``max_batch`` rows (``None``: :func:`rows_per_chunk`'s budget rule)."""
+    result = torch.empty(rows, device=inputs.device)
+    for begin, stop in row_chunks(rows, rows_per_chunk(model, inputs, max_batch)):
+        index = torch.arange(begin, stop, device=inputs.device)
         images, target = build(index)
         result[index] = class_outputs(model(images), target, output)
     return result
@@ -73,14 +75,13 @@ def pearson(a: Tensor, b: Tensor) -> Tensor:
 class FilledPerturbation(ImageScoreMean):
     """The fill and output arguments shared by this module's metrics."""
 
-    def __init__(self, baseline: Fill, output: str, chunk_size: int | None, data_mean: Sequence[float] | None,
+    def __init__(self, baseline: Fill, output: str, max_batch: int | None, data_mean: Sequence[float] | None,
                  data_std: Sequence[float] | None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         check_fill(baseline, data_mean, data_std)
         if output not in OUTPUTS:
             raise ValueError(f"output={output!r}: expected one of {OUTPUTS}")
-        resolve_chunk_size(chunk_size, 1)
-        self.baseline, self.output, self.chunk_size = baseline, output, chunk_size
+        self.baseline, self.output, self.max_batch = baseline, output, check_max_batch(max_batch)
         self.data_mean = None if data_mean is None else tuple(float(m) for m in data_mean)
         self.data_std = None if data_std is None else tuple(float(s) for s in data_std)
 
@@ -105,7 +106,8 @@ class FaithfulnessCorrelation(FilledPerturbation):
         absolute: ``|a|`` first, ``False`` (Quantus default: signed attributions).
         normalise: divide by the image's max |a|, ``True`` (Quantus default; Pearson is scale-free, so no effect).
         seed: base seed of the subsets (ours; Quantus draws from NumPy's global generator).
-        chunk_size: perturbed images per forward (``None``: the update's batch size, one forward per run).
+        max_batch: perturbed images per forward (``None``: the methods' memory-budget rule, docs/performance.md
+            "Chunk size"; the scores do not depend on it).
         data_mean, data_std: the data's normalisation, for the ``black`` fill.
     """
 
@@ -113,9 +115,9 @@ class FaithfulnessCorrelation(FilledPerturbation):
 
     def __init__(self, num_runs: int = 100, subset_size: int = 224, baseline: Fill = "image_min",
                  output: str = "logit", absolute: bool = False, normalise: bool = True, seed: int = 0,
-                 chunk_size: int | None = None, data_mean: Sequence[float] | None = None,
+                 max_batch: int | None = None, data_mean: Sequence[float] | None = None,
                  data_std: Sequence[float] | None = None, **kwargs: Any) -> None:
-        super().__init__(baseline, output, chunk_size, data_mean, data_std, **kwargs)
+        super().__init__(baseline, output, max_batch, data_mean, data_std, **kwargs)
         if num_runs < 2 or subset_size < 1:
             raise ValueError(f"num_runs must be ≥ 2 and subset_size ≥ 1, got {num_runs} and {subset_size}")
         self.num_runs, self.subset_size, self.seed = num_runs, subset_size, seed
@@ -142,8 +144,7 @@ class FaithfulnessCorrelation(FilledPerturbation):
             removed = torch.zeros_like(flat[image], dtype=torch.bool).scatter_(1, subsets[image, run], True)
             return torch.where(removed, fill[image], flat[image]).view(-1, *inputs.shape[1:]), target[image]
 
-        chunk = resolve_chunk_size(self.chunk_size, batch)
-        perturbed = chunked_outputs(model, build, self.num_runs * batch, chunk, self.output, inputs.device)
+        perturbed = chunked_outputs(model, build, self.num_runs * batch, inputs, self.max_batch, self.output)
         deltas = class_outputs(model(inputs), target, self.output)[:, None] - perturbed.view(self.num_runs, batch).T
         sums = relevance.gather(1, subsets.flatten(1)).view(batch, self.num_runs, -1).sum(-1)
         return pearson(sums, deltas)
@@ -163,15 +164,15 @@ class Monotonicity(FilledPerturbation):
             user-given ``base``).
         output: ``probability`` (AIX360 ``predict_proba``; Quantus default ``softmax=True``) or ``logit``.
         absolute: order by ``|a|``, ``True`` (Quantus default; AIX360 sorts the signed coefficients: ``False``).
-        chunk_size, data_mean, data_std: as :class:`FaithfulnessCorrelation`.
+        max_batch, data_mean, data_std: as :class:`FaithfulnessCorrelation`.
     """
 
     higher_is_better = True
 
     def __init__(self, features_in_step: int = 1, baseline: Fill = "image_min", output: str = "probability",
-                 absolute: bool = True, chunk_size: int | None = None, data_mean: Sequence[float] | None = None,
+                 absolute: bool = True, max_batch: int | None = None, data_mean: Sequence[float] | None = None,
                  data_std: Sequence[float] | None = None, **kwargs: Any) -> None:
-        super().__init__(baseline, output, chunk_size, data_mean, data_std, **kwargs)
+        super().__init__(baseline, output, max_batch, data_mean, data_std, **kwargs)
         if features_in_step < 1:
             raise ValueError(f"features_in_step must be ≥ 1, got {features_in_step}")
         self.features_in_step, self.absolute = features_in_step, absolute
@@ -189,8 +190,7 @@ class Monotonicity(FilledPerturbation):
             inserted = ranks[image] < ((step + 1) * self.features_in_step)[:, None]
             return torch.where(inserted, flat[image], fill[image]).view(-1, *inputs.shape[1:]), target[image]
 
-        chunk = resolve_chunk_size(self.chunk_size, batch)
-        return chunked_outputs(model, build, steps * batch, chunk, self.output, inputs.device).view(steps, batch).T
+        return chunked_outputs(model, build, steps * batch, inputs, self.max_batch, self.output).view(steps, batch).T
 
     def _image_scores(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor,
                       method: Explainer | None) -> Tensor:
@@ -214,23 +214,22 @@ class MonotonicityCorrelation(ImageScoreMean):
         output: ``probability`` (Quantus default ``softmax=True``; the paper's "probability estimation").
         absolute: ``|a|``, ``True`` (Nguyen: "absolute values of the attributions"; Quantus default).
         seed: base seed of the uniform draws (ours; Quantus draws from NumPy's global generator).
-        chunk_size: as :class:`FaithfulnessCorrelation`.
+        max_batch: as :class:`FaithfulnessCorrelation`.
     """
 
     higher_is_better = True
 
     def __init__(self, features_in_step: int = 1, num_samples: int = 100, uniform_low: float = 0.0,
                  uniform_high: float = 1.0, eps: float = 1e-5, output: str = "probability", absolute: bool = True,
-                 seed: int = 0, chunk_size: int | None = None, **kwargs: Any) -> None:
+                 seed: int = 0, max_batch: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if output not in OUTPUTS:
             raise ValueError(f"output={output!r}: expected one of {OUTPUTS}")
-        resolve_chunk_size(chunk_size, 1)
         if features_in_step < 1 or num_samples < 1 or not uniform_low < uniform_high:
             raise ValueError(f"features_in_step={features_in_step}, num_samples={num_samples}, uniform range "
                              f"[{uniform_low}, {uniform_high}): expected ≥ 1, ≥ 1 and low < high")
         self.features_in_step, self.num_samples, self.eps = features_in_step, num_samples, eps
-        self.output, self.chunk_size = output, chunk_size
+        self.output, self.max_batch = output, check_max_batch(max_batch)
         self.uniform_low, self.uniform_high, self.absolute, self.seed = uniform_low, uniform_high, absolute, seed
 
     def fills(self, inputs: Tensor, steps: int) -> Tensor:
@@ -255,8 +254,7 @@ class MonotonicityCorrelation(ImageScoreMean):
             images = torch.where(step_of[image] == step[:, None], value, flat[image])
             return images.view(-1, *inputs.shape[1:]), target[image]
 
-        chunk = resolve_chunk_size(self.chunk_size, batch)
-        outputs = chunked_outputs(model, build, steps * samples * batch, chunk, self.output, inputs.device)
+        outputs = chunked_outputs(model, build, steps * samples * batch, inputs, self.max_batch, self.output)
         clean = class_outputs(model(inputs), target, self.output)
         weight = torch.where(clean.abs() >= self.eps, clean.double().abs().clamp_min(self.eps) ** -2, 1.0)
         squared = (outputs.view(steps, samples, batch).double() - clean.double()) ** 2
@@ -284,16 +282,16 @@ class Infidelity(FilledPerturbation):
         output: ``logit`` (Quantus default ``softmax=False``) or ``probability``.
         absolute, normalise: applied to the map first, both ``False`` (Quantus defaults; the score depends on the
             map's scale, as Yeh's Eq. 2).
-        chunk_size, data_mean, data_std: as :class:`FaithfulnessCorrelation`.
+        max_batch, data_mean, data_std: as :class:`FaithfulnessCorrelation`.
     """
 
     higher_is_better = False
 
     def __init__(self, patch_sizes: Sequence[int] = (4,), baseline: Fill = "image_min", output: str = "logit",
-                 absolute: bool = False, normalise: bool = False, chunk_size: int | None = None,
+                 absolute: bool = False, normalise: bool = False, max_batch: int | None = None,
                  data_mean: Sequence[float] | None = None, data_std: Sequence[float] | None = None,
                  **kwargs: Any) -> None:
-        super().__init__(baseline, output, chunk_size, data_mean, data_std, **kwargs)
+        super().__init__(baseline, output, max_batch, data_mean, data_std, **kwargs)
         self.patch_sizes = tuple(int(p) for p in patch_sizes)
         if not self.patch_sizes or min(self.patch_sizes) < 1:
             raise ValueError(f"patch_sizes must be positive integers, got {list(patch_sizes)}")
@@ -313,8 +311,7 @@ class Infidelity(FilledPerturbation):
             removed = (patch_of <= step[:, None, None])[:, None]
             return torch.where(removed, fill[image], inputs[image]), target[image]
 
-        chunk = resolve_chunk_size(self.chunk_size, batch)
-        outputs = chunked_outputs(model, build, rows * cols * batch, chunk, self.output, inputs.device)
+        outputs = chunked_outputs(model, build, rows * cols * batch, inputs, self.max_batch, self.output)
         deltas = clean[:, None] - outputs.view(rows * cols, batch).T
         return ((explained.double() - deltas.double()) ** 2).mean(1)
 
@@ -399,23 +396,22 @@ class ROAD(ImageScoreMean):
             perturbation metrics).
         seed: base seed of the noise (ours; Quantus draws from NumPy's global generator).
         tol: relative residual of the imputation's linear solve, 1e-10 (ours; Quantus solves directly).
-        chunk_size: imputed images per solve and forward (``None``: the batch size).
+        max_batch: imputed images per solve and forward (``None``: the methods' memory-budget rule).
     """
 
     curve_label = "removed pixels (%)"
 
     def __init__(self, percentages: Sequence[float] = tuple(range(1, 100, 2)), noise: float = 0.01,
                  order: str = "morf", channel_reduction: str = "sum", seed: int = 0, tol: float = 1e-10,
-                 chunk_size: int | None = None, **kwargs: Any) -> None:
+                 max_batch: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.percentages = tuple(float(p) for p in percentages)
         if not self.percentages or not all(0 <= p < 100 for p in self.percentages):
             raise ValueError(f"percentages must be in [0, 100), got {list(percentages)}")
         if order not in ("morf", "lerf") or noise < 0:
             raise ValueError(f"order={order!r}, noise={noise}: expected 'morf' or 'lerf' and noise ≥ 0")
-        resolve_chunk_size(chunk_size, 1)
         self.noise, self.order, self.channel_reduction = noise, order, channel_reduction
-        self.seed, self.tol, self.chunk_size = seed, tol, chunk_size
+        self.seed, self.tol, self.max_batch = seed, tol, check_max_batch(max_batch)
         self.add_state("curve_sum", torch.zeros(len(self.percentages), dtype=torch.float64), dist_reduce_fx="sum")
 
     @property
@@ -450,15 +446,15 @@ class ROAD(ImageScoreMean):
         """1.0 where the imputed image is still classified as ``target``, ``[B, P]``."""
         batch = inputs.shape[0]
         result = torch.empty(len(self.percentages) * batch, device=inputs.device)
-        chunk = resolve_chunk_size(self.chunk_size, batch)
-        for begin in range(0, result.shape[0], chunk):
-            rows = torch.arange(begin, min(begin + chunk, result.shape[0]), device=inputs.device)
+        for begin, stop in row_chunks(result.shape[0], rows_per_chunk(model, inputs, self.max_batch)):
+            rows = torch.arange(begin, stop, device=inputs.device)
             result[rows] = (model(self.imputed(inputs, maps, rows)).argmax(1) == target[rows % batch]).float()
         return result.view(-1, batch).T
 
-    def _image_scores(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor,
-                      method: Explainer | None) -> Tensor:
-        return self.curves(model, inputs, target, maps).mean(1)
+    def _image_results(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor,
+                       **extras: Any) -> dict[str, Tensor]:
+        curves = self.curves(model, inputs, target, maps)
+        return {"score": curves.mean(1), "curve/accuracy": curves}
 
     def _update(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor, **extras: Any) -> None:
         curves = self.curves(model, inputs, target, maps)
@@ -510,16 +506,16 @@ class IROF(FilledPerturbation):
             ``"mean"`` without its batch dependence, see above), or any fill of :mod:`lit_xai.metrics.baselines`.
         n_segments, compactness: SLIC's, 100 and 10.0 (scikit-image defaults, which Quantus uses).
         output: ``probability`` (Quantus default ``softmax=True``) or ``logit``.
-        chunk_size, data_mean, data_std: as :class:`FaithfulnessCorrelation`.
+        max_batch, data_mean, data_std: as :class:`FaithfulnessCorrelation`.
     """
 
     higher_is_better = True
 
     def __init__(self, baseline: Fill = "image_mean", n_segments: int = 100, compactness: float = 10.0,
-                 output: str = "probability", chunk_size: int | None = None,
+                 output: str = "probability", max_batch: int | None = None,
                  data_mean: Sequence[float] | None = None, data_std: Sequence[float] | None = None,
                  **kwargs: Any) -> None:
-        super().__init__(baseline, output, chunk_size, data_mean, data_std, **kwargs)
+        super().__init__(baseline, output, max_batch, data_mean, data_std, **kwargs)
         if n_segments < 1:
             raise ValueError(f"n_segments must be ≥ 1, got {n_segments}")
         self.n_segments, self.compactness = n_segments, compactness
@@ -549,8 +545,7 @@ class IROF(FilledPerturbation):
             removed = pixel_rank[image] <= step.view(-1, 1, 1, 1)
             return torch.where(removed, fill[image], inputs[image]), target[image]
 
-        chunk = resolve_chunk_size(self.chunk_size, batch)
-        values = chunked_outputs(model, build, active.shape[0], chunk, self.output, inputs.device)
+        values = chunked_outputs(model, build, active.shape[0], inputs, self.max_batch, self.output)
         clean = class_outputs(model(inputs), target, self.output)
         curve = torch.zeros(longest * batch, device=inputs.device)
         curve[active] = values / clean[images[active]]

@@ -1,4 +1,10 @@
-"""Metrics scored as the mean of one number per image, and the map preparation they share.
+"""Per-image results of a metric in one batched call, metrics scored as the mean of one number per image, and the
+map preparation they share.
+
+:class:`PerImageMetric` is the per-image API every registered metric has: :meth:`PerImageMetric.image_results`
+gives, for a batch, each image's score ``[B]`` (NaN where the protocol skips the image, e.g. EHR's large boxes) and
+its curves ``[B, K]``, each row equal to ``update`` + ``compute`` on that image alone, without touching the state;
+:meth:`PerImageMetric.image_scores` is the score alone. The report and the callback's paired statistics use it.
 
 :class:`ImageScoreMean` is the state of the complexity, faithfulness, robustness and Random Logit families: the mean
 of per-image scores as a sum and a count (``dist_reduce_fx="sum"``), so DDP ranks that see disjoint images reduce to
@@ -41,8 +47,36 @@ def feature_maps(maps: Tensor, inputs: Tensor) -> Tensor:
     return maps.expand(-1, inputs.shape[1], -1, -1)
 
 
+class PerImageMetric(AttributionMetric):
+    """A metric with batched per-image results; subclasses implement :meth:`_image_results`."""
 
-class ImageScoreMean(AttributionMetric):
+    def _image_results(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor,
+                       **extras: Any) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def image_results(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor, *,
+                      method: Explainer | None = None, masks: Tensor | None = None,
+                      boxes: Tensor | None = None) -> dict[str, Tensor]:
+        """Every image's ``"score"`` ``[B]`` (NaN where the protocol skips the image) and, where the metric has
+        curves, ``"curve/<name>"`` ``[B, K]`` over :meth:`curve_axis`: row b equals ``update`` + ``compute`` on image
+        b alone. Arguments as :meth:`update`; the metric's state is unchanged."""
+        extras = {"method": method, "masks": masks, "boxes": boxes}
+        missing = sorted(name for name in self.requires if extras[name] is None)
+        if missing:
+            raise ValueError(f"{type(self).__name__}.image_results needs {', '.join(missing)} (see AttributionMetric)")
+        check_batch(inputs, target, maps)
+        check_finite(maps, method)
+        with torch.no_grad():
+            return self._image_results(model, inputs, target.long(), maps.detach(), **extras)
+
+    def image_scores(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor, *,
+                     method: Explainer | None = None, masks: Tensor | None = None,
+                     boxes: Tensor | None = None) -> Tensor:
+        """The score of every image ``[B]`` (for paired per-image comparisons): ``image_results(...)["score"]``."""
+        return self.image_results(model, inputs, target, maps, method=method, masks=masks, boxes=boxes)["score"]
+
+
+class ImageScoreMean(PerImageMetric):
     """A metric whose score is the mean of one number per image; subclasses implement :meth:`_image_scores`."""
 
     def __init__(self, **kwargs: Any) -> None:
@@ -54,15 +88,9 @@ class ImageScoreMean(AttributionMetric):
                       method: Explainer | None) -> Tensor:
         raise NotImplementedError
 
-    def image_scores(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor,
-                     method: Explainer | None = None) -> Tensor:
-        """The score of every image ``[B]`` (for paired per-image comparisons); the metric's state is unchanged."""
-        if "method" in self.requires and method is None:
-            raise ValueError(f"{type(self).__name__}.image_scores needs method (see AttributionMetric)")
-        check_batch(inputs, target, maps)
-        check_finite(maps, method)
-        with torch.no_grad():
-            return self._image_scores(model, inputs, target.long(), maps.detach(), method)
+    def _image_results(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor,
+                       **extras: Any) -> dict[str, Tensor]:
+        return {"score": self._image_scores(model, inputs, target, maps, extras.get("method"))}
 
     def _update(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor, **extras: Any) -> None:
         scores = self._image_scores(model, inputs, target, maps, extras.get("method"))

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_xai.metrics.base import AttributionMetric, method_name, pixel_scores, trapezoid_auc
+from lit_xai.metrics.base import method_name, pixel_scores, trapezoid_auc
+from lit_xai.metrics.image_scores import PerImageMetric
 
 NORMALIZATIONS = ("min_max", "max", "none")
 
@@ -69,7 +70,7 @@ def effective_heat_ratios(
     return torch.where(valid.any(1, keepdim=True), ratios, torch.zeros_like(ratios)).nan_to_num(0.0)
 
 
-class EffectiveHeatRatio(AttributionMetric):
+class EffectiveHeatRatio(PerImageMetric):
     """EHR: AUC over quantile thresholds of the attribution mass inside the GT box per pixel above the threshold.
 
     Args:
@@ -109,20 +110,28 @@ class EffectiveHeatRatio(AttributionMetric):
         self.add_state("count", torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("skipped", torch.tensor(0.0), dist_reduce_fx="sum")
 
-    def _update(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor, **extras: Any) -> None:
+    def _image_results(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor,
+                       **extras: Any) -> dict[str, Tensor]:
+        """Per image the EHR curve ``[B, Q]`` and its AUC; NaN for images whose box exceeds ``max_box_fraction``."""
         size = (inputs.shape[-2], inputs.shape[-1])
         inside = box_masks(extras["boxes"].to(inputs.device), size)
         keep = inside.float().mean(1) <= self.max_box_fraction
-        self.skipped += (~keep).sum()
-        if not bool(keep.any()):
-            return
-        scores = pixel_scores(maps[keep], size, self.channel_reduction)
-        scores = normalise_scores(scores, self.normalize, extras.get("method"))
-        curves = effective_heat_ratios(
-            scores, inside[keep].float(), self.curve_axis().to(scores.device), self.min_value, self.max_threshold
-        )
-        self.curve_sum += curves.sum(0)
+        axis = self.curve_axis().to(inputs.device)
+        curves = torch.full((inputs.shape[0], self.num_quantiles), float("nan"), device=inputs.device)
+        if bool(keep.any()):
+            scores = pixel_scores(maps[keep], size, self.channel_reduction)
+            scores = normalise_scores(scores, self.normalize, extras.get("method"))
+            curves[keep] = effective_heat_ratios(scores, inside[keep].float(), axis, self.min_value,
+                                                 self.max_threshold)
+        return {"score": trapezoid_auc(curves, axis), "curve/ehr": curves}
+
+    def _update(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor, **extras: Any) -> None:
+        results = self._image_results(model, inputs, target, maps, **extras)
+        keep = ~results["score"].isnan()
+        self.curve_sum += results["curve/ehr"][keep].sum(0)
         self.count += keep.sum()
+        self.skipped += (~keep).sum()
+        self.last_image_scores = results["score"]  # this update's (not a state; NaN: skipped), as ImageScoreMean
 
     def curve_axis(self) -> Tensor:
         return torch.linspace(0, 1, self.num_quantiles)
@@ -149,7 +158,7 @@ def disk_dilation(region: Tensor, tolerance: float) -> Tensor:
     return F.conv2d(region, disk[None, None], padding=radius).gt(0).to(region.dtype)
 
 
-class PointingGame(AttributionMetric):
+class PointingGame(PerImageMetric):
     """Pointing game (Zhang et al. 2016): a hit when the map's maximum lies within ``tolerance`` of the object.
 
     The object is the GT mask when the batch has one, else the GT box. A hit: Euclidean distance from the maximum to
@@ -182,22 +191,29 @@ class PointingGame(AttributionMetric):
         self.add_state("hits", torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("count", torch.tensor(0.0), dist_reduce_fx="sum")
 
-    def _update(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor, **extras: Any) -> None:
+    def _image_results(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor,
+                       **extras: Any) -> dict[str, Tensor]:
+        """Per image 1.0 for a hit, 0.0 for a miss."""
         size = (inputs.shape[-2], inputs.shape[-1])
         if extras["masks"] is not None:
             region = extras["masks"].to(inputs.device).reshape(inputs.shape[0], 1, *size).float()
         elif extras["boxes"] is not None:
             region = box_masks(extras["boxes"].to(inputs.device), size).view(-1, 1, *size).float()
         else:
-            raise ValueError("PointingGame.update needs masks or boxes (see AttributionMetric)")
+            raise ValueError("PointingGame needs masks or boxes (see AttributionMetric)")
         accepted = disk_dilation(region, self.tolerance).flatten(1).gt(0)
         scores = pixel_scores(maps, size, self.channel_reduction)
         if self.ties == "first":
             peaks = torch.zeros_like(accepted).scatter_(1, scores.argmax(1, keepdim=True), True)
         else:
             peaks = scores == scores.amax(1, keepdim=True)
-        self.hits += (peaks & accepted).any(1).sum()
+        return {"score": (peaks & accepted).any(1).float()}
+
+    def _update(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor, **extras: Any) -> None:
+        hits = self._image_results(model, inputs, target, maps, **extras)["score"]
+        self.hits += hits.sum()
         self.count += inputs.shape[0]
+        self.last_image_scores = hits  # this update's (not a state), as ImageScoreMean
 
     def compute(self) -> dict[str, Tensor]:
         if self.count == 0:

@@ -22,9 +22,10 @@ The score is an area under the mean curve ``y_0 … y_K`` (``y_0``: nothing swit
 - ``quantus``: Quantus' ``np.trapz(y_1 … y_K, dx=1)`` (Quantus records no ``y_0``; the area grows with K);
 - ``inputiba``: the InputIBA code's ``trapezoid(y_1 … y_K, dx=1/K)`` (``y_0`` dropped).
 
-The (images × steps) perturbed inputs are built on the device with one ``torch.where`` and evaluated in chunks of
-at most ``chunk_size`` images, one forward per chunk: memory is bounded by ``chunk_size``, and the cost is the
-forward passes the protocol needs.
+The (images × steps) perturbed inputs are built on the device with one ``torch.where`` per chunk and evaluated
+``max_batch`` rows per forward (``None``: the shared memory-budget rule of the methods,
+:func:`lit_xai.attribution.batching.rows_per_chunk`, ⌊budget / forward-activation bytes of one row⌋): memory is
+bounded by the chunk, the cost is the forward passes the protocol needs, and the scores do not depend on the chunking.
 """
 
 from __future__ import annotations
@@ -35,15 +36,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lit_xai.metrics.base import (
-    AttributionMetric,
-    check_batch,
-    check_finite,
-    pixel_scores,
-    resolve_chunk_size,
-    trapezoid_auc,
-)
+from lit_xai.attribution.batching import check_max_batch, row_chunks, rows_per_chunk
+from lit_xai.metrics.base import pixel_scores, trapezoid_auc
 from lit_xai.metrics.baselines import BLUR_PADDINGS, Fill, baseline_images, check_fill
+from lit_xai.metrics.image_scores import PerImageMetric
 
 ORDERS = ("morf", "lerf")
 MODES = ("remove", "insert")
@@ -104,24 +100,24 @@ def target_outputs(
     ranks: Tensor,
     counts: Tensor,
     target: Tensor,
-    chunk_size: int | None,
+    max_batch: int | None = None,
     output: str = "probability",
 ) -> Tensor:
     """Target output ``[B, K]`` after switching the ``counts[k]`` first-ranked pixels from ``start`` to ``end``.
 
     ``ranks`` ``[B, H*W]`` rank pixels (all channels switch together) or ``[B, C*H*W]`` single features. The
-    flattened (step, image) pairs are evaluated ``chunk_size`` at a time (``None``: the batch size ``B``, one
-    forward per step), one forward per chunk.
+    flattened (step, image) pairs are evaluated ``max_batch`` at a time (``None``: by the memory budget,
+    :func:`~lit_xai.attribution.batching.rows_per_chunk`), one forward per chunk.
     """
     batch, channels, height, width = start.shape
     mask_channels = ranks.shape[1] // (height * width)
-    chunk_size = resolve_chunk_size(chunk_size, batch)
+    rows = rows_per_chunk(model, start, check_max_batch(max_batch))
     steps = counts.shape[0]
     counts = counts.to(start.device)
     total = steps * batch
     result = torch.empty(total, device=start.device)
-    for begin in range(0, total, chunk_size):
-        pair = torch.arange(begin, min(begin + chunk_size, total), device=start.device)
+    for begin, stop in row_chunks(total, rows):
+        pair = torch.arange(begin, stop, device=start.device)
         step, image = pair // batch, pair % batch
         switched = (ranks[image] < counts[step, None]).view(-1, mask_channels, height, width)
         logits = model(torch.where(switched, end[image], start[image]))
@@ -133,7 +129,7 @@ def target_outputs(
     return result.view(steps, batch).T
 
 
-class PerturbationCurve(AttributionMetric):
+class PerturbationCurve(PerImageMetric):
     """The general perturbation curve; :class:`PixelPerturbation`, :class:`Deletion`, :class:`Insertion` preset it.
 
     Args:
@@ -153,8 +149,9 @@ class PerturbationCurve(AttributionMetric):
             DataModule's through :meth:`set_data_normalisation`).
         channel_reduction: how maps are reduced over channels before ranking (``sum``, ``abs_sum``, ``max_abs``).
         min_probability: skip images whose clean target probability is below this (InputIBA code: 0.6).
-        chunk_size: the most perturbed images per forward pass (memory bound); ``None``: the update's batch size,
-            one forward per step — the fastest on CPUs, where large batches fall out of cache; raise it on a GPU.
+        max_batch: perturbed images per forward pass; ``None`` (default): the methods' memory-budget rule
+            (:func:`lit_xai.attribution.batching.rows_per_chunk`: 80 MiB of forward activations per chunk on a CPU,
+            2 GiB on an accelerator; docs/performance.md "Chunk size"). The scores do not depend on it.
     """
 
     curve_label = "fraction of pixels"
@@ -177,7 +174,7 @@ class PerturbationCurve(AttributionMetric):
         data_std: Sequence[float] | None = None,
         channel_reduction: str = "sum",
         min_probability: float = 0.0,
-        chunk_size: int | None = None,
+        max_batch: int | None = None,  # None: lit_xai.attribution.batching's memory budget
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -197,14 +194,14 @@ class PerturbationCurve(AttributionMetric):
         if pixels_per_step is not None:
             num_steps = None
         step_counts(100, pixels_per_step, num_steps, max_fraction)  # validate the schedule early
-        resolve_chunk_size(chunk_size, 1)
+        self.max_batch = check_max_batch(max_batch)
         self.order, self.mode, self.baseline, self.output = order, mode, baseline, output
         self.pixels_per_step, self.num_steps, self.max_fraction = pixels_per_step, num_steps, max_fraction
         self.auc, self.rank_by = auc, rank_by
         self.blur_kernel_size, self.blur_sigma, self.blur_padding = blur_kernel_size, blur_sigma, blur_padding
         self.data_mean = None if data_mean is None else tuple(float(m) for m in data_mean)
         self.data_std = None if data_std is None else tuple(float(s) for s in data_std)
-        self.channel_reduction, self.min_probability, self.chunk_size = channel_reduction, min_probability, chunk_size
+        self.channel_reduction, self.min_probability = channel_reduction, min_probability
         drops = (order == "morf") == (mode == "remove")  # the curve falls when relevant pixels go first
         self._higher_is_better = (not drops) if output != "fractional_change" else drops
         self._counts: Tensor | None = None
@@ -259,7 +256,7 @@ class PerturbationCurve(AttributionMetric):
         base = baseline_images(inputs, self.baseline, self.blur_kernel_size, self.blur_sigma,
                                data_mean=self.data_mean, data_std=self.data_std, blur_padding=self.blur_padding)
         start, end = (inputs, base) if self.mode == "remove" else (base, inputs)
-        curves = target_outputs(model, start, end, ranks, self._counts, target, self.chunk_size, self.output)
+        curves = target_outputs(model, start, end, ranks, self._counts, target, self.max_batch, self.output)
         if self.mode == "remove":
             clean = curves[:, 0]
         elif self.max_fraction == 1.0:
@@ -270,16 +267,11 @@ class PerturbationCurve(AttributionMetric):
             curves = (curves - clean[:, None]).abs() / clean[:, None].clamp_min(1e-12)
         return curves, clean
 
-    def image_scores(
-        self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor, method: Any = None
-    ) -> Tensor:
-        """Area under each image's curve ``[B]``, for paired per-image comparisons of methods; the metric's score
-        is their mean over the images that pass ``min_probability``. Leaves the metric's state unchanged."""
-        check_batch(inputs, target, maps)
-        check_finite(maps, method)
-        with torch.no_grad():
-            curves, _ = self.image_curves(model, inputs, target.long(), maps.detach())
-        return curve_area(curves, self.curve_axis(), self.auc)
+    def _image_results(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor,
+                       **extras: Any) -> dict[str, Tensor]:
+        """Per image: the area under its curve (``"score"``, not filtered by ``min_probability``) and the curve."""
+        curves, _ = self.image_curves(model, inputs, target, maps)
+        return {"score": curve_area(curves, self.curve_axis(), self.auc), "curve/" + self.output: curves}
 
     def _update(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor, **extras: Any) -> None:
         curves, clean = self.image_curves(model, inputs, target, maps)

@@ -27,7 +27,9 @@ seed=42`` reproduces ``quantus.MPRT(seed=42)`` on CPU models exactly; Quantus dr
 Cost: the maps are computed on one deep copy of the model (the real model is never modified; the copy is dropped at
 ``reset()``), reloaded from the model at each batch and randomised in place step by step; the original map's ranks
 are computed once per batch; the ranks of each new map take one sort. The floor is one method call per recorded step
-(prefix activations cannot be shared with a black-box ``method``). Peer test against Quantus:
+(prefix activations cannot be shared with a black-box ``method``). The method sees ``max_batch`` images per call
+(``None``: the methods' memory-budget rule, :func:`lit_xai.attribution.batching.rows_per_chunk`); the similarities do
+not depend on it. Peer test against Quantus:
 ``tests/conformance/test_conformance_randomisation.py``.
 
 The method is needed to recompute maps: ``update(..., method=explainer)`` (see :mod:`lit_xai.metrics.base`).
@@ -44,8 +46,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lit_xai.attribution.batching import check_max_batch, row_chunks, rows_per_chunk
 from lit_xai.attribution.postprocess import reduce_channels
-from lit_xai.metrics.base import AttributionMetric, Explainer, check_finite
+from lit_xai.metrics.base import Explainer, check_finite
+from lit_xai.metrics.image_scores import PerImageMetric
 from lit_xai.metrics.similarity import (
     check_data_range,
     normalize_max_abs,
@@ -97,7 +101,7 @@ def _signature(model: nn.Module) -> tuple:
     return tuple((name, tuple(t.shape), t.dtype, t.device) for name, t in tensors)
 
 
-class ParameterRandomisation(AttributionMetric):
+class ParameterRandomisation(PerImageMetric):
     """Cascading parameter randomisation: similarity of the maps before/after randomising the last s layers.
 
     Args:
@@ -125,6 +129,9 @@ class ParameterRandomisation(AttributionMetric):
             ``return_average_correlation`` convention, whose mean also counts the similarity of the given map with
             the map recomputed on the unrandomised model (Quantus 0.6 skips a key ``"orig"`` but stores it as
             ``"original"``): the curve gets that point first, labelled ``original``.
+        max_batch: images per method call on the randomised model; ``None`` (default): the methods' memory-budget
+            rule (docs/performance.md "Chunk size"; the methods chunk their own rows inside). Does not change the
+            similarities.
     """
 
     requires = frozenset({"method"})
@@ -147,6 +154,7 @@ class ParameterRandomisation(AttributionMetric):
         ssim_layout: str = "2d",
         score: str = "spearman_abs",
         include_original: bool = False,
+        max_batch: int | None = None,  # None: lit_xai.attribution.batching's memory budget
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -167,6 +175,7 @@ class ParameterRandomisation(AttributionMetric):
         self.max_steps, self.channel_reduction = max_steps, channel_reduction
         self.ssim_window, self.ssim_data_range, self.score_name = ssim_window, ssim_data_range, score
         self.ssim_layout, self.include_original = ssim_layout, include_original
+        self.max_batch = check_max_batch(max_batch)
         self._cascades: list[_Cascade] = []  # at most one (a list: not registered as a submodule)
         self._recorded: list[int] = []
         for name in SIMILARITIES:
@@ -258,11 +267,11 @@ class ParameterRandomisation(AttributionMetric):
             "ssim": ssim_against(reference["ssim"], self._ssim_layout(b), self.ssim_data_range),
         }
 
-    def _update(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor, **extras: Any) -> None:
-        method: Explainer = extras["method"]
+    def similarity_curves(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor,
+                          method: Explainer) -> dict[str, Tensor]:
+        """Every similarity of every image at every recorded step, ``{name: [B, P]}`` (the real model untouched)."""
         with torch.inference_mode(False):
-            self.prepare(model)
-            cascade = self._cascades[0]
+            cascade = self._cascade(model)
             work = cascade.work
             inputs, target, maps = inputs.clone(), target.clone(), maps.clone()
             work.load_state_dict(model.state_dict())  # the copy starts from the model's current state
@@ -270,12 +279,16 @@ class ParameterRandomisation(AttributionMetric):
                 copied.training = original.training
             reference = self._reference(maps)
             explained = target if self.explain == "label" else None
+            chunks = list(row_chunks(inputs.shape[0], rows_per_chunk(work, inputs, self.max_batch)))
             recorded = set(self._recorded)
             rows: list[dict[str, Tensor]] = []
 
             def compare() -> None:
                 with torch.enable_grad():
-                    rows.append(self._similarities(reference, method(work, inputs, explained), method))
+                    new_maps = torch.cat([method(work, inputs[begin:stop],
+                                                 None if explained is None else explained[begin:stop])
+                                          for begin, stop in chunks])
+                rows.append(self._similarities(reference, new_maps, method))
 
             if self.include_original:
                 compare()
@@ -285,10 +298,21 @@ class ParameterRandomisation(AttributionMetric):
                         tensor.copy_(value)
                 if step in recorded:
                     compare()
+        return {name: torch.stack([row[name] for row in rows], 1) for name in SIMILARITIES}
+
+    def _image_results(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor,
+                       **extras: Any) -> dict[str, Tensor]:
+        curves = self.similarity_curves(model, inputs, target, maps, extras["method"])
+        return {"score": curves[self.score_name].mean(1), **{f"curve/{name}": c for name, c in curves.items()}}
+
+    def _update(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor, **extras: Any) -> None:
+        self.prepare(model)
+        curves = self.similarity_curves(model, inputs, target, maps, extras["method"])
         for name in SIMILARITIES:
             state = getattr(self, f"{name}_sum")
-            state += torch.stack([row[name].sum() for row in rows]).to(state.device)
+            state += curves[name].sum(0).to(state)
         self.count += inputs.shape[0]
+        self.last_image_scores = curves[self.score_name].mean(1)  # this update's (not a state), as ImageScoreMean
 
     def curve_axis(self) -> Tensor:
         return torch.arange(1, len(self._recorded) + int(self.include_original) + 1, dtype=torch.float32)

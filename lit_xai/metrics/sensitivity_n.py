@@ -13,7 +13,8 @@ curve is scaled to the same fraction of the cells, ``10^4.5 / 224²`` (``n_round
 
 A cell is a pixel (``patch_size=1``) or a ``patch_size × patch_size`` square of a grid (seed 004: 14×14 patches).
 Maps are reduced over channels (``sum``: the attribution of a pixel is the sum over its channels) and upsampled if
-needed. The (sets × images) perturbed inputs are evaluated in chunks of ``chunk_size``, one forward per chunk.
+needed. The (sets × images) perturbed inputs are evaluated ``max_batch`` per forward (``None``: the methods'
+memory-budget rule, :func:`lit_xai.attribution.batching.rows_per_chunk`); the result does not depend on the chunking.
 
 Quantus 0.6's ``SensitivityN`` is a different protocol (features removed cumulatively in attribution order, the
 attribution of the last step only, correlation across the images of a batch); no argument here reproduces it.
@@ -28,8 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_xai.metrics.base import AttributionMetric, pixel_scores, resolve_chunk_size
+from lit_xai.attribution.batching import check_max_batch, row_chunks, rows_per_chunk
+from lit_xai.metrics.base import pixel_scores
 from lit_xai.metrics.baselines import Fill, baseline_images, check_fill
+from lit_xai.metrics.image_scores import PerImageMetric
 
 #: InputIBA's largest set, 10^4.5 cells, as a fraction of its 224² images
 INPUTIBA_MAX_FRACTION = 10**4.5 / 224**2
@@ -65,7 +68,7 @@ def pearson(a: Tensor, b: Tensor, eps: float = 1e-12) -> Tensor:
     return torch.where(denominator > eps, (a * b).sum(-1) / denominator.clamp_min(eps), torch.zeros_like(denominator))
 
 
-class SensitivityN(AttributionMetric):
+class SensitivityN(PerImageMetric):
     """Sensitivity-N: Pearson(Σ attribution in S, target drop when S is removed) per n.
 
     Args:
@@ -80,8 +83,8 @@ class SensitivityN(AttributionMetric):
         output: ``logit`` (target logit drop, Ancona) or ``probability``.
         channel_reduction: reduction of the maps over channels before summing inside a set.
         seed: seed of the random sets.
-        chunk_size: the most perturbed images per forward pass; ``None``: the update's batch size (one forward per
-            set), the fastest on CPUs; raise it on a GPU.
+        max_batch: perturbed images per forward pass; ``None`` (default): the methods' memory-budget rule
+            (docs/performance.md "Chunk size"). The result does not depend on it.
     """
 
     higher_is_better = True
@@ -98,7 +101,7 @@ class SensitivityN(AttributionMetric):
         output: str = "logit",  # Ancona et al.: the target output before the softmax
         channel_reduction: str = "sum",
         seed: int = 0,
-        chunk_size: int | None = None,
+        max_batch: int | None = None,  # None: lit_xai.attribution.batching's memory budget
         blur_kernel_size: int = 29,
         blur_sigma: float = 15.0,
         n_rounding: str = "truncate",  # InputIBA code: np.logspace(..., dtype=int)
@@ -114,10 +117,9 @@ class SensitivityN(AttributionMetric):
             raise ValueError(f"output={output!r}: expected 'logit' or 'probability'")
         if num_masks < 2 or patch_size < 1:
             raise ValueError(f"need num_masks ≥ 2 and patch_size ≥ 1; got {num_masks}, {patch_size}")
-        resolve_chunk_size(chunk_size, 1)
         self.n_values, self.num_n, self.max_fraction = n_values, num_n, max_fraction
         self.num_masks, self.patch_size, self.baseline, self.output = num_masks, patch_size, baseline, output
-        self.channel_reduction, self.seed, self.chunk_size = channel_reduction, seed, chunk_size
+        self.channel_reduction, self.seed, self.max_batch = channel_reduction, seed, check_max_batch(max_batch)
         self.blur_kernel_size, self.blur_sigma, self.n_rounding = blur_kernel_size, blur_sigma, n_rounding
         self.data_mean = None if data_mean is None else tuple(float(m) for m in data_mean)
         self.data_std = None if data_std is None else tuple(float(v) for v in data_std)
@@ -138,6 +140,13 @@ class SensitivityN(AttributionMetric):
     def prepare(self, model: nn.Module, image_size: tuple[int, ...]) -> None:
         """Draw the random sets for ``image_size`` (``(H, W)`` or ``(C, H, W)``; once per evaluation) and allocate
         the curve state."""
+        self._draw_sets(image_size)
+        assert self._sizes is not None
+        if self.correlation_sum.numel() != self._sizes.numel():
+            self.correlation_sum = torch.zeros(self._sizes.numel(), device=self.count.device)
+
+    def _draw_sets(self, image_size: tuple[int, ...]) -> None:
+        """The set sizes and the random sets for ``image_size`` (drawn again only when the size changes)."""
         image_size = (int(image_size[-2]), int(image_size[-1]))
         if self._image_size != image_size:
             grid = self._grid(image_size)
@@ -151,9 +160,6 @@ class SensitivityN(AttributionMetric):
             self._sizes = sizes
             self._sets = random_sets(cells, sizes, self.num_masks, self.seed).to(self.count.device)
             self._image_size = image_size
-        assert self._sizes is not None
-        if self.correlation_sum.numel() != self._sizes.numel():
-            self.correlation_sum = torch.zeros(self._sizes.numel(), device=self.count.device)
 
     def _cells_to_pixels(self, cell_masks: Tensor) -> Tensor:
         """``[N, cells]`` boolean → ``[N, 1, H, W]`` pixel masks."""
@@ -181,8 +187,9 @@ class SensitivityN(AttributionMetric):
             return logits.float().gather(1, target[:, None]).squeeze(1)
         return logits.float().softmax(1).gather(1, target[:, None]).squeeze(1)
 
-    def _update(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor, **extras: Any) -> None:
-        self.prepare(model, tuple(inputs.shape[-2:]))
+    def correlations(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor) -> Tensor:
+        """Sensitivity-n of every image at every set size ``[B, K]``: Pearson over the sets (Ancona et al. §4)."""
+        self._draw_sets(tuple(inputs.shape[-2:]))
         assert self._sets is not None and self._sizes is not None
         sets = self._sets.to(inputs.device)
         num_sizes, num_masks, _ = sets.shape
@@ -195,16 +202,26 @@ class SensitivityN(AttributionMetric):
         flat_sets = sets.view(num_sizes * num_masks, -1)
         total = num_sizes * num_masks * batch
         perturbed = torch.empty(total, device=inputs.device)
-        chunk_size = resolve_chunk_size(self.chunk_size, batch)
-        for begin in range(0, total, chunk_size):
-            pair = torch.arange(begin, min(begin + chunk_size, total), device=inputs.device)
+        for begin, stop in row_chunks(total, rows_per_chunk(model, inputs, self.max_batch)):
+            pair = torch.arange(begin, stop, device=inputs.device)
             set_index, image = pair // batch, pair % batch
             removed = self._cells_to_pixels(flat_sets[set_index])
             logits = model(torch.where(removed, base[image], inputs[image]))
             perturbed[pair] = self._target_output(logits, target[image])
         drops = clean[:, None, None] - perturbed.view(num_sizes, num_masks, batch).permute(2, 0, 1)
-        self.correlation_sum += pearson(attribution_sums, drops).sum(0)
-        self.count += batch
+        return pearson(attribution_sums, drops)
+
+    def _image_results(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor,
+                       **extras: Any) -> dict[str, Tensor]:
+        correlations = self.correlations(model, inputs, target, maps)
+        return {"score": correlations.mean(1), "curve/correlation": correlations}
+
+    def _update(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor, **extras: Any) -> None:
+        self.prepare(model, tuple(inputs.shape[-2:]))
+        correlations = self.correlations(model, inputs, target, maps)
+        self.correlation_sum += correlations.sum(0)
+        self.count += inputs.shape[0]
+        self.last_image_scores = correlations.mean(1)  # this update's (not a state), as ImageScoreMean
 
     def curve_axis(self) -> Tensor:
         if self._sizes is None:

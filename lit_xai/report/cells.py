@@ -6,17 +6,15 @@ recomputed. The key hashes everything the scores depend on: the weights fingerpr
 image range and target rule, the method's and the metric's names and arguments, and the seed. Each cell runs in a
 forked RNG seeded from (seed, key), so a cell gives the same scores alone, in a shard, or in one process.
 
-Per-image scores come from ``metric.image_scores`` where a metric has it (batched). Metrics without it
-(``sensitivity_n``, ``randomisation``, ``ehr``, ``pointing_game`` at the time of writing) are scored by
-updating a fresh copy on one image at a time — a documented deviation (docs/report.md): exact, but one metric
-update per image. An image the metric's protocol skips (its count stays 0, e.g. EHR's boxes over 33 % of the image)
-scores NaN; the statistics use the images every method scored.
+Per-image scores and curves come from every metric's batched ``image_results``
+(:class:`lit_xai.metrics.image_scores.PerImageMetric`): one call per cell, each image's row equal to the metric's
+score on that image alone. An image the metric's protocol skips (e.g. EHR's boxes over 33 % of the image) scores
+NaN; the statistics use the images every method scored.
 """
 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -79,40 +77,16 @@ def plan(context: dict[str, Any], methods: list[MethodSpec], metrics: list[Metri
     return [Cell(m, s, c, cell_key(context, m, s, c)) for c in parts for m in methods for s in metrics]
 
 
-def has_image_scores(metric: nn.Module) -> bool:
-    """Whether the metric has a batched ``image_scores(model, inputs, target, maps, method=…)``."""
-    scores = getattr(metric, "image_scores", None)
-    return callable(scores) and "method" in inspect.signature(scores).parameters
-
-
 def image_scores(metric: nn.Module, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor,
                  method: Any, extras: dict[str, Tensor | None], curves: dict[str, Any] | None = None) -> Tensor:
-    """Per-image scores ``[B]``: the metric's batched ``image_scores``, else one fresh update per image. On the
-    per-image path the metric's curves come for free: ``curves`` (if given) receives ``{name: [B, K]}``, the x values
-    ``axis`` and tick labels ``ticks`` (e.g. the randomisation cascade's layer names)."""
-    if has_image_scores(metric):
-        return metric.image_scores(model, inputs, target, maps, method=method).detach().double().cpu()
-    scores, rows = [], []
-    for b in range(inputs.shape[0]):  # metrics without a per-image API (see the module docstring)
-        single = metric.clone()
-        single.reset()
-        picked = {k: None if v is None else v[b : b + 1] for k, v in extras.items()}
-        single.update(model, inputs[b : b + 1], target[b : b + 1], maps[b : b + 1], method=method, **picked)
-        if float(getattr(single, "count", 1)) == 0:  # the protocol skips this image (e.g. EHR: box > 33 %)
-            scores.append(torch.tensor(float("nan"), dtype=torch.float64))
-            rows.append(None)
-            continue
-        results = single.results()
-        scores.append(results["score"].detach().double().cpu().reshape(()))
-        rows.append({k.removeprefix("curve/"): v.detach().double().cpu() for k, v in results.items()
-                     if k.startswith("curve/")})
-        if curves is not None and "axis" not in curves and rows[-1]:
-            curves["axis"], curves["ticks"] = single.curve_axis().double().cpu(), single.curve_ticks()
-    if curves is not None and "axis" in curves:
-        shape = next(r for r in rows if r)
-        curves["values"] = {name: torch.stack([r[name] if r else torch.full_like(v, float("nan")) for r in rows])
-                            for name, v in shape.items()}
-    return torch.stack(scores)
+    """Per-image scores ``[B]`` from the metric's batched ``image_results``; ``curves`` (if given) receives the
+    per-image curves ``{name: [B, K]}`` as ``values``, their x values ``axis`` and tick labels ``ticks`` (e.g. the
+    randomisation cascade's layer names) where the metric has curves."""
+    results = metric.image_results(model, inputs, target, maps, method=method, **extras)
+    values = {k.removeprefix("curve/"): v.detach().double().cpu() for k, v in results.items() if k.startswith("curve/")}
+    if curves is not None and values:
+        curves.update(axis=metric.curve_axis().double().cpu(), ticks=metric.curve_ticks(), values=values)
+    return results["score"].detach().double().cpu()
 
 
 def load_cell(cell: Cell, root: Path) -> dict[str, Tensor] | None:
