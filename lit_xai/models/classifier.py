@@ -1,4 +1,4 @@
-"""ClassifierModule: any backbone by name, trained and evaluated with top-1/top-5 torchmetrics."""
+"""ClassifierModule: any backbone by name, trained and evaluated for one task (:mod:`lit_xai.models.tasks`)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-import torch.nn.functional as F
-from torch import Tensor
-from torchmetrics.classification import MulticlassAccuracy
+from torch import Tensor, nn
 
 from lit_xai.models.backbones import build_backbone
+from lit_xai.models.tasks import TASKS, build_task
 
 
 class ConfigurationError(ValueError):
@@ -19,11 +18,14 @@ class ConfigurationError(ValueError):
 
 
 class ClassifierModule(L.LightningModule):
-    """Image classifier around ``build_backbone(backbone)``; the network is ``self.net``.
+    """Image model around ``build_backbone(backbone)``; the network is ``self.net``.
 
     Args:
         backbone: ``resnet8``, ``cnn6``, ``digits_cnn``, ``timm/<name>`` or ``torchvision/<name>``.
-        num_classes: number of outputs; must match the DataModule's.
+        num_classes: number of targets (classes, labels, 1 score, regions); must match the DataModule's.
+        task: ``multiclass`` (softmax CE), ``multilabel`` (weighted BCE, seed 002 Eq. 1), ``regression`` (weighted MSE,
+            Eq. 2) or ``regions`` (SCCE + MAE^d over six regions × four scores, Eq. 3-4); :mod:`lit_xai.models.tasks`.
+        weighting: ``batch`` (the chapters' batch-wise β of Eq. 1/2) or ``none`` (the unweighted losses they compare).
         in_chans: input channels; must match the DataModule's.
         pretrained: timm/torchvision pretrained weights (needs them in the local cache; nothing is downloaded here).
         weights: a local ``state_dict`` file or Lightning checkpoint to initialise the backbone from.
@@ -37,6 +39,8 @@ class ClassifierModule(L.LightningModule):
         backbone: str = "digits_cnn",
         num_classes: int = 10,
         in_chans: int = 1,
+        task: Literal["multiclass", "multilabel", "regression", "regions"] = "multiclass",
+        weighting: Literal["batch", "none"] = "batch",
         pretrained: bool = False,
         weights: str | None = None,
         backbone_kwargs: dict[str, Any] | None = None,
@@ -51,21 +55,31 @@ class ClassifierModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if task not in TASKS:
+            raise ConfigurationError(f"unknown task {task!r}; use one of {', '.join(sorted(TASKS))}")
+        try:
+            self.task = build_task(task, num_classes, weighting)
+        except ValueError as error:
+            raise ConfigurationError(str(error)) from None
         self.net = build_backbone(
-            backbone, num_classes=num_classes, in_chans=in_chans, pretrained=pretrained,
+            backbone, num_classes=self.task.num_outputs, in_chans=in_chans, pretrained=pretrained,
             weights=Path(weights) if weights else None, **(backbone_kwargs or {}),
         )
-        top_k = min(5, num_classes)
-        self.metrics = torch.nn.ModuleDict(
-            {
-                f"{stage}_{name}": MulticlassAccuracy(num_classes=num_classes, top_k=k, average="micro")
-                for stage in ("train", "val", "test")
-                for name, k in (("acc", 1), ("top5", top_k))
-            }
+        per_stage = {stage: self.task.metrics() for stage in ("train", "val", "test")}
+        self.metric_names = tuple(per_stage["train"])
+        self.metrics = nn.ModuleDict(
+            {f"{stage}_{name}": metric for stage, metrics in per_stage.items() for name, metric in metrics.items()}
         )
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)
+
+    @property
+    def explained_net(self) -> nn.Module:
+        """The network whose outputs attribution targets index: ``net``, or ``net`` followed by the task's head (the
+        six expected region scores of the ``regions`` task)."""
+        head = self.task.explained()
+        return self.net if head is None else nn.Sequential(self.net, head.to(self.device))
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -81,13 +95,13 @@ class ClassifierModule(L.LightningModule):
 
     def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         images, labels = batch["image"], batch["label"]
-        logits = self(images)
-        loss = F.cross_entropy(logits, labels)
+        outputs = self(images)
+        loss = self.task.loss(outputs, labels)
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, sync_dist=True, batch_size=len(labels))
-        for name in ("acc", "top5"):
-            metric = self.metrics[f"{stage}_{name}"]
-            metric(logits.detach(), labels)
+        metrics = {name: self.metrics[f"{stage}_{name}"] for name in self.metric_names}
+        self.task.update(metrics, outputs.detach(), labels)
+        for name, metric in metrics.items():
             self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, batch_size=len(labels))
         return loss
 
@@ -101,8 +115,7 @@ class ClassifierModule(L.LightningModule):
         return self._step(batch, "test")
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        logits = self(batch["image"])
-        return {"index": batch["index"], "prediction": logits.argmax(1), "probabilities": logits.softmax(1)}
+        return {"index": batch["index"], **self.task.predict(self(batch["image"]))}
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
