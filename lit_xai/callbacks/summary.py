@@ -67,7 +67,8 @@ def summarise(
     Args:
         scores: method → metric label → the metric's own score (``compute()["score"]``).
         image_scores: method → metric label → per-image scores ``[n]`` in the same image order for every method
-            (missing where the metric has no per-image score: then SE and the paired difference stay empty).
+            (missing where the metric has no per-image score: then SE and the paired difference stay empty; NaN
+            where the protocol skips an image, e.g. EHR's large boxes: left out of the SE and the paired difference).
         directions: metric label → ``higher_is_better``.
         metric_names: metric label → registered metric name (to recognise e.g. randomisation).
         counts: method → metric label → images the metric counted (used where there are no per-image scores).
@@ -76,7 +77,8 @@ def summarise(
     rows = []
     for method, per_metric in scores.items():
         for metric, score in per_metric.items():
-            per_image = image_scores.get(method, {}).get(metric)
+            raw = image_scores.get(method, {}).get(metric)
+            per_image = None if raw is None else raw[~raw.isnan()]  # NaN: an image the protocol skips (EHR)
             n = int(per_image.numel()) if per_image is not None else (counts or {}).get(method, {}).get(metric)
             row = SummaryRow(
                 method, metric, direction_arrow(directions.get(metric)), n, float(score),
@@ -88,8 +90,9 @@ def summarise(
                     row.verdict = "control (worst by construction: its map ignores the weights)"
             elif control is not None:
                 reference = image_scores.get(control, {}).get(metric)
-                if per_image is not None and reference is not None and reference.shape == per_image.shape:
-                    paired = per_image.double() - reference.double()
+                if raw is not None and reference is not None and reference.shape == raw.shape:
+                    paired = raw.double() - reference.double()
+                    paired = paired[~paired.isnan()]
                     row.diff, row.diff_se = float(paired.mean()), standard_error(paired)
                     row.verdict = _verdict(row.diff, row.diff_se, directions.get(metric))
             rows.append(row)
