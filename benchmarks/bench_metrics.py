@@ -90,16 +90,16 @@ def bench_model(
     )
     cases = {
         "MoRF (pixel flipping)": (
-            ours(lambda: PixelPerturbation("morf", num_steps=steps, chunk_size=chunk)),
+            ours(lambda: PixelPerturbation("morf", num_steps=steps, max_batch=chunk)),
             lambda: quantus_pf(model=model, x_batch=x_np, y_batch=y_np, a_batch=a_np, device="cpu", batch_size=batch),
             batch * k,
         ),
-        "Deletion": (ours(lambda: Deletion(baseline="zero", num_steps=steps, chunk_size=chunk)), None, batch * k),
+        "Deletion": (ours(lambda: Deletion(baseline="zero", num_steps=steps, max_batch=chunk)), None, batch * k),
         "Insertion (blur canvas)": (
-            ours(lambda: Insertion(num_steps=steps, chunk_size=chunk)), None, batch * k
+            ours(lambda: Insertion(num_steps=steps, max_batch=chunk)), None, batch * k
         ),
         "Sensitivity-N": (
-            ours(lambda: SensitivityN(num_n=num_n, num_masks=num_masks, max_fraction=0.5, chunk_size=chunk)),
+            ours(lambda: SensitivityN(num_n=num_n, num_masks=num_masks, max_fraction=0.5, max_batch=chunk)),
             lambda: quantus_sn(model=model, x_batch=x_np, y_batch=y_np, a_batch=a_np, device="cpu", batch_size=batch),
             None,
         ),
@@ -110,7 +110,7 @@ def bench_model(
           f"{'quantus/floor':>14}{'quantus/ours':>13}")
     for label, (run_ours, run_quantus, forwards) in cases.items():
         if forwards is None:  # Sensitivity-N: sizes actually drawn × masks × images (+ the clean pass)
-            probe = SensitivityN(num_n=num_n, num_masks=num_masks, max_fraction=0.5, chunk_size=chunk)
+            probe = SensitivityN(num_n=num_n, num_masks=num_masks, max_fraction=0.5, max_batch=chunk)
             probe.prepare(model, (size, size))
             forwards = batch * (probe.curve_axis().numel() * num_masks + 1)
         floor = _floor(model, inputs, forwards, chunk or batch)
@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=None, help="override the images per batch of every model")
-    parser.add_argument("--chunk", type=int, default=None, help="our metrics' chunk_size (default: the batch size)")
+    parser.add_argument("--chunk", type=int, default=None, help="our metrics' max_batch (default: memory budget)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 

@@ -107,7 +107,7 @@ def curve_aucs(
     base = baseline.expand_as(x) if isinstance(baseline, Tensor) else baseline_images(x, baseline)
     start, end = (x, base) if mode == "remove" else (base, x)
     with torch.no_grad():
-        curves = target_outputs(model, start, end, ranks, counts, y, chunk_size=512)
+        curves = target_outputs(model, start, end, ranks, counts, y, max_batch=512)
     return trapezoid_auc(curves, counts.float() / counts[-1])
 
 
