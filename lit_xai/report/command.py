@@ -17,7 +17,18 @@ import torch
 from jsonargparse import Namespace
 from torch import nn
 
+from lit_xai.axioms.evaluation import make_metric
+from lit_xai.axioms.generation import SceneBatch
 from lit_xai.models.classifier import ConfigurationError
+from lit_xai.report.axioms import (
+    StoredScenes,
+    check_stores,
+    compute_axiom_cells,
+    find_stores,
+    load_scenes,
+    merge_axioms,
+    plan_axioms,
+)
 from lit_xai.report.cells import Cell, chunks, compute_cells, load_cell, plan
 from lit_xai.report.config import CONTROL, MethodSpec, MetricSpec, build_parser, check_ground_truth, validate
 from lit_xai.report.statistics import MetricReport, metric_report
@@ -103,45 +114,82 @@ def run(cfg: Namespace) -> dict[str, Any]:
     check_ground_truth(metrics, dataset[0], type(datamodule).__name__)
     model = load_model(cfg)
     root = Path(cfg.output_dir)
-    cells = plan(context(cfg, model), methods, metrics, chunks(cfg.num_images, cfg.chunk_size))
-    mine = select_shard(cells, cfg.shard)
+    shared = context(cfg, model)
+    cells = plan(shared, methods, metrics, chunks(cfg.num_images, cfg.chunk_size))
+    stores, scenes, axiom_cells = axiom_plan(cfg, model, methods, shared)  # checks the scenes' model first
+    mine = select_shard(cells + axiom_cells, cfg.shard)
     todo = [cell for cell in mine if load_cell(cell, root) is None]
-    print(f"[lit_xai report] {len(cells)} cells ({len(methods)} methods × {len(metrics)} metrics × "
-          f"{len(cells) // max(1, len(methods) * len(metrics))} chunks); this run: {len(mine)}, cached "
-          f"{len(mine) - len(todo)}, to compute {len(todo)}", flush=True)
+    print(f"[lit_xai report] {len(cells) + len(axiom_cells)} cells ({len(methods)} methods × {len(metrics)} metrics × "
+          f"{len(cells) // max(1, len(methods) * len(metrics))} chunks"
+          + (f", + {len(axiom_cells)} axiom cells over {len(stores)} scenarios" if axiom_cells else "")
+          + f"); this run: {len(mine)}, cached {len(mine) - len(todo)}, to compute {len(todo)}", flush=True)
     normalisation = (getattr(datamodule, "mean", None), getattr(datamodule, "std", None))
-    for _ in compute_cells(todo, root, model, dataset, cfg.target, cfg.seed, normalisation, cfg.device,
-                           cfg.progress):
+    axiom_keys = {cell.key for cell in axiom_cells}
+    for _ in compute_cells([c for c in todo if c.key not in axiom_keys], root, model, dataset, cfg.target, cfg.seed,
+                           normalisation, cfg.device, cfg.progress):
+        pass
+    for _ in compute_axiom_cells([c for c in todo if c.key in axiom_keys], root, model, stores, scenes, cfg.seed,
+                                 cfg.device, cfg.progress):
         pass
     if cfg.shard is not None:
         print(f"[lit_xai report] shard {cfg.shard} done; run without --shard to merge", flush=True)
         return {"cells": len(mine), "computed": len(todo)}
-    scores, index, curves = merge(cells, root, methods, metrics)
+    scores, image_index, curves = merge(cells, root, methods, metrics) if metrics else ({}, torch.zeros(0), {})
     hib = directions(metrics)
     reports = [metric_report(s.family, s.name, scores[s.name], hib[s.name], CONTROL, cfg.bootstrap,
                              cfg.confidence, cfg.seed) for s in metrics]
+    index = {s.name: image_index for s in metrics}
+    if axiom_cells:
+        axiom_scores, scene_ids = merge_axioms(axiom_cells, root, methods)
+        scores.update(axiom_scores)
+        index.update(scene_ids)
+        reports += [metric_report("axioms", s.scenario, axiom_scores[s.scenario],
+                                  make_metric(s.scenario, cfg.axioms_correlation).higher_is_better, CONTROL,
+                                  cfg.bootstrap, cfg.confidence, cfg.seed) for s in stores]
     from lit_xai.report.html import examples, write_outputs
 
     pictures = examples(model, dataset, methods, cfg.target, min(cfg.num_examples, cfg.num_images), cfg.device,
                         cfg.seed, getattr(datamodule, "denormalize", None))
-    written = write_outputs(root, reports, scores, index, curves, pictures, external_tables(cfg), cfg)
+    written = write_outputs(root, reports, scores, index, curves, pictures, external_tables(cfg, stores, scenes), cfg)
     if cfg.wandb.enabled:
         log_wandb(cfg, reports, scores, index, written)
     print(f"[lit_xai report] {written['html']}", flush=True)
     return {"cells": len(mine), "computed": len(todo), "reports": reports, "scores": scores, **written}
 
 
-def external_tables(cfg: Namespace) -> dict[str, Any]:
-    """ROAR and axiom results from finished runs (rows), or the reason they are absent."""
+def axiom_plan(cfg: Namespace, model: nn.Module, methods: list[MethodSpec], shared: dict[str, Any]
+               ) -> tuple[list[StoredScenes], dict[str, SceneBatch], list[Cell]]:
+    """The scene stores (checked to be the report model's), their scenes and the axiom cells; none without
+    ``axioms_scenes``."""
+    if cfg.axioms_scenes is None:
+        return [], {}, []
+    from lit_xai.storage import weights_fingerprint
+
+    stores = find_stores(cfg.axioms_scenes)
+    check_stores(stores, weights_fingerprint(model), cfg.model.num_classes, cfg.model.in_chans)
+    scenes = {s.scenario: load_scenes(s, cfg.axioms_num_scenes) for s in stores}
+    return stores, scenes, plan_axioms(shared, methods, stores, scenes, cfg.chunk_size, cfg.axioms_reduction,
+                                       cfg.axioms_correlation)
+
+
+def external_tables(cfg: Namespace, stores: list[StoredScenes] | None = None,
+                    scenes: dict[str, SceneBatch] | None = None) -> dict[str, Any]:
+    """ROAR and axiom results from finished runs (rows), the scene stores the axiom family was scored on, or the
+    reason they are absent."""
     import csv
 
     tables: dict[str, Any] = {}
+    if stores:
+        tables["axioms"] = [{"scenario": s.scenario, "scenes": len((scenes or {})[s.scenario]),
+                             "image_size": s.config.image_size, "patch_size": s.config.patch_size,
+                             "store": str(s.directory)} for s in stores]
     for family, path, command in (("roar", cfg.roar_summary, "roar"), ("axioms", cfg.axioms_table, "axioms")):
-        if family not in cfg.families:
+        if family not in cfg.families or family in tables:
             continue
         if path is None:
             option = "roar_summary" if family == "roar" else "axioms_table"
-            tables[family] = f"skipped: no finished {command} run given (set {option})"
+            tables[family] = f"skipped: no finished {command} run given (set {option})" + (
+                " and no scene store to score (set axioms_scenes)" if family == "axioms" else "")
         elif path.endswith(".json"):
             loaded = json.loads(Path(path).read_text())
             tables[family] = loaded if isinstance(loaded, list) else [loaded]
@@ -152,7 +200,7 @@ def external_tables(cfg: Namespace) -> dict[str, Any]:
 
 
 def log_wandb(cfg: Namespace, reports: list[MetricReport], scores: dict[str, dict[str, torch.Tensor]],
-              index: torch.Tensor, written: dict[str, Any]) -> None:
+              index: dict[str, torch.Tensor], written: dict[str, Any]) -> None:
     """A W&B run (offline unless opted in): per-sample table, summary metrics with min/max by direction, images."""
     import wandb
 
@@ -162,8 +210,8 @@ def log_wandb(cfg: Namespace, reports: list[MetricReport], scores: dict[str, dic
                      mode=wandb_mode(), config=json.loads(json.dumps(cfg.as_dict(), default=str)),
                      job_type="report", settings=wandb.Settings(silent=True), reinit="finish_previous")
     try:
-        rows = [[r.family, r.metric, method, int(i), float(v)]
-                for r in reports for method, values in scores[r.metric].items() for i, v in zip(index, values)]
+        rows = [[r.family, r.metric, method, int(i), float(v)] for r in reports
+                for method, values in scores[r.metric].items() for i, v in zip(index[r.metric], values)]
         run.log({"report/samples": wandb.Table(columns=["family", "metric", "method", "index", "score"], data=rows)})
         for r in reports:
             for row in r.rows:

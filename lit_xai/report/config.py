@@ -1,10 +1,11 @@
 """The report's configuration: parser, evaluation families, and validation before any work starts.
 
 A family is a group of registered metrics (:func:`lit_xai.metrics.available_metrics`); a family lists only the
-metrics registered in this installation, so new metric modules join their family without a change here. ROAR and
-the axioms are not recomputed by the report: a finished ROAR summary (``roar_summary``, the CSV/JSON the ``roar``
-command writes) and an axiom table (``axioms_table``, ``axioms_table.csv``) are shown as given, else skipped with
-the reason stated on the page.
+metrics registered in this installation, so new metric modules join their family without a change here. The axiom
+family scores every method on the scenes of a scene store (``axioms_scenes``, :mod:`lit_xai.report.axioms`), one
+column per scenario; without a store, a finished axioms run's table (``axioms_table``) is shown as given. ROAR is not
+recomputed: a finished ROAR summary (``roar_summary``, the CSV/JSON the ``roar`` command writes) is shown as given.
+Either is otherwise skipped with the reason stated on the page.
 """
 
 from __future__ import annotations
@@ -85,7 +86,19 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--metric_kwargs", type=dict[str, dict[str, Any]], default={},
                         help="metric name → constructor arguments")
     parser.add_argument("--roar_summary", type=str | None, default=None, help="a finished ROAR grid's summary file")
-    parser.add_argument("--axioms_table", type=str | None, default=None, help="an axioms run's axioms_table.csv")
+    parser.add_argument("--axioms_table", type=str | None, default=None,
+                        help="an axioms run's axioms_table.csv, shown as given (without axioms_scenes)")
+    parser.add_argument("--axioms_scenes", type=str | None, default=None,
+                        help="a scene store of the axioms command (a store directory, or its scene_dir with one per "
+                        "scenario) generated for this model: the axiom family scores every method on its scenes")
+    parser.add_argument("--axioms_num_scenes", type=int | None, default=None,
+                        help="the first verified scenes of each store (None: all)")
+    parser.add_argument("--axioms_reduction", type=Literal["abs", "positive", "signed"], default="abs",
+                        help="maps → one value per pixel, as the axioms command's `reduction` (default abs, its "
+                        "default: Σ_c |a|, the usual heatmap)")
+    parser.add_argument("--axioms_correlation", type=Literal["pearson", "spearman"], default="spearman",
+                        help="Eq. 10/11's correlation across scenes (default spearman, the authors' code, as the "
+                        "axioms command)")
     parser.add_argument("--seed", type=int, default=0, help="seeds every cell (forked RNG) and the bootstrap")
     parser.add_argument("--bootstrap", type=int, default=0,
                         help="bootstrap resamples for a percentile CI of each mean (0: standard error only)")
@@ -177,6 +190,7 @@ def validate(cfg: Namespace) -> tuple[list[MethodSpec], list[MetricSpec]]:
     for path in (cfg.roar_summary, cfg.axioms_table):
         if path is not None and not Path(path).is_file():
             raise ConfigurationError(f"report: {path}: no such file")
+    check_axiom_options(cfg)
     methods = with_control(cfg.methods)
     from lit_xai.attribution.information.iba import FeatureBottleneckMethod
 
@@ -197,6 +211,24 @@ def validate(cfg: Namespace) -> tuple[list[MethodSpec], list[MetricSpec]]:
         except (ValueError, TypeError) as error:
             raise ConfigurationError(f"report: {error}") from None
     return methods, metrics
+
+
+def check_axiom_options(cfg: Namespace) -> None:
+    """``axioms_scenes`` only with the axiom family and without ``axioms_table``; a positive scene count; the stores
+    readable (:func:`lit_xai.report.axioms.find_stores`)."""
+    if cfg.axioms_scenes is None:
+        return
+    if "axioms" not in cfg.families:
+        raise ConfigurationError("report: axioms_scenes is set but families has no 'axioms'; add it or drop the store")
+    if cfg.axioms_table is not None:
+        raise ConfigurationError("report: give the axiom family either axioms_scenes (scored here) or axioms_table "
+                                 "(shown as given), not both")
+    if cfg.axioms_num_scenes is not None and cfg.axioms_num_scenes < 3:
+        raise ConfigurationError(f"report: axioms_num_scenes must be ≥ 3 (the jackknife of Eq. 10/11), got "
+                                 f"{cfg.axioms_num_scenes}")
+    from lit_xai.report.axioms import find_stores
+
+    find_stores(cfg.axioms_scenes)
 
 
 def check_ground_truth(metrics: list[MetricSpec], sample: dict[str, Any], data_name: str) -> None:

@@ -201,10 +201,12 @@ def page(reports: list[MetricReport], figures: dict[str, bytes], external: dict[
     return "\n".join(parts)
 
 
-def write_outputs(root: Path, reports: list[MetricReport], scores: dict[str, dict[str, Tensor]], index: Tensor,
+def write_outputs(root: Path, reports: list[MetricReport], scores: dict[str, dict[str, Tensor]],
+                  index: dict[str, Tensor],
                   curves: dict[str, dict[str, Any]], examples_figure: Figure, external: dict[str, Any],
                   cfg: Namespace) -> dict[str, Path]:
-    """Write report.html, report.csv/json, samples.csv, pairwise.csv and the PNGs into ``root``."""
+    """Write report.html, report.csv/json, samples.csv, pairwise.csv and the PNGs into ``root``; ``index``: metric →
+    the image indices (or, for the axiom family, the scene ids) its scores are in the order of."""
     figures = {"rank": _png(rank_plot(reports)), "examples": _png(examples_figure)}
     for family in dict.fromkeys(r.family for r in reports):
         members = [r for r in reports if r.family == family]
@@ -216,7 +218,7 @@ def write_outputs(root: Path, reports: list[MetricReport], scores: dict[str, dic
     _write_csv(root / "pairwise.csv", [d.as_dict() for r in reports for d in r.differences])
     _write_csv(root / "samples.csv", [
         {"family": r.family, "metric": r.metric, "method": m, "index": int(i), "score": float(v)}
-        for r in reports for m, values in scores[r.metric].items() for i, v in zip(index, values)
+        for r in reports for m, values in scores[r.metric].items() for i, v in zip(index[r.metric], values)
     ])
     atomic_write_json(root / "report.json", {"rows": rows, "pairwise": [d.as_dict() for r in reports
                                                                        for d in r.differences],
