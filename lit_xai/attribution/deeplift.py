@@ -1,4 +1,4 @@
-"""DeepLIFT with the Rescale rule (Shrikumar et al. 2017) and DeepSHAP (Lundberg & Lee 2017).
+"""DeepLIFT with the Rescale or the RevealCancel rule (Shrikumar et al. 2017) and DeepSHAP (Lundberg & Lee 2017).
 
 DeepLIFT explains ``Δy = f(x) − f(x̄)`` against a reference ``x̄`` by back-propagating *multipliers*: through a
 ReLU ``a = max(z, 0)`` the multiplier is ``m = Δa / Δz`` (Rescale rule, §3.5.2), ``Δz = z(x) − z(x̄)``,
@@ -11,6 +11,17 @@ The input and reference halves run as one ``[x; x̄]`` batch; every ReLU *call* 
 one module reused in a block) is replaced through a ``TorchFunctionMode`` by one whose backward is the Rescale
 multiplier, so nothing is registered on the model.
 
+RevealCancel (§3.5.3) treats the positive and negative contributions reaching a ReLU input ``z`` separately. The
+linear rule (§3.5.1) splits a conv/linear output by the sign of each term ``w_i Δa_i`` of its input's *total*
+difference, ``Δz⁺ = Σ_i [w_i Δa_i]₊``, ``Δz⁻ = Σ_i [w_i Δa_i]₋``; other affine steps carry the two parts along (a
+BatchNorm scale of negative sign swaps them, as in the authors' ``BatchNormalization`` layer); then, with
+``f = ReLU`` and ``z̄`` the reference input of the ReLU,
+``Δy⁺ = ½(f(z̄+Δz⁺) − f(z̄)) + ½(f(z̄+Δz⁻+Δz⁺) − f(z̄+Δz⁻))``,
+``Δy⁻ = ½(f(z̄+Δz⁻) − f(z̄)) + ½(f(z̄+Δz⁺+Δz⁻) − f(z̄+Δz⁺))``, and the multipliers ``m⁺ = Δy⁺/Δz⁺``,
+``m⁻ = Δy⁻/Δz⁻`` flow back to the terms of each sign. Rows ``[x̄; x̄+Δ⁺; x̄+Δ⁻]`` carry the reference and the two
+parts as offsets from it, so biases and every positive-coefficient linear step (sums, means, average pooling,
+reshapes, padding) need no rule; ``Σ map = f(x) − f(x̄)`` as for Rescale.
+
 DeepSHAP averages DeepLIFT maps over a background distribution of references (Lundberg & Lee 2017 §4.2; Captum's
 ``DeepLiftShap``, shap's ``DeepExplainer``): ``φ(x) = 1/N Σ_k DeepLIFT(x, x̄_k)``.
 """
@@ -20,6 +31,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
@@ -29,8 +41,34 @@ from lit_xai.attribution.batching import check_max_batch, row_chunks, rows_per_c
 from lit_xai.attribution.references import ReferenceSpec, check_reference_spec, reference_images
 from lit_xai.attribution.registry import register
 
-#: |Δz| below which the Rescale multiplier falls back to the gradient — Captum ``DeepLift(eps=1e-10)``.
+#: |Δz| below which the Rescale multiplier falls back to the gradient — Captum ``DeepLift(eps=1e-10)``; for
+#: RevealCancel, |Δz⁺| (|Δz⁻|) below which the multiplier is its limit (see :func:`reveal_cancel_relu`).
 DEFAULT_EPS = 1e-10
+#: the rules: ``rescale`` (§3.5.2; Captum ``DeepLift``, shap ``DeepExplainer``) and ``reveal_cancel`` (§3.5.3).
+RULES = ("rescale", "reveal_cancel")
+#: conv/linear layers, where the linear rule (§3.5.1) splits ``w·Δa`` by the sign of each term
+WEIGHTED_FUNCTIONS = frozenset({F.conv1d, F.conv2d, F.conv3d, F.linear})
+#: max pooling: the gradient rule (authors' ``MaxPoolDeepLiftMode.gradient``), its output split afresh by sign
+MAX_POOL_FUNCTIONS = frozenset({
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
+})
+#: sign-flipping elementwise steps: a negative factor swaps the parts of the operand it multiplies
+NEGATIONS = frozenset({torch.neg, Tensor.neg})
+SUBTRACTIONS = frozenset({torch.sub, Tensor.sub})  # a − alpha·b
+REVERSED_SUBTRACTIONS = frozenset({torch.rsub, Tensor.__rsub__})  # b − alpha·a
+SCALINGS = frozenset({torch.mul, Tensor.mul, torch.div, Tensor.div})
+#: calls RevealCancel has no rule for: gates and per-sample normalisers (the Rescale pass lets gates through as
+#: gradients) and products that could hide a mixed-sign linear map from the sign split
+REVEAL_CANCEL_UNSUPPORTED: dict[Any, str] = {
+    F.layer_norm: "nn.LayerNorm", F.group_norm: "nn.GroupNorm", F.instance_norm: "nn.InstanceNorm",
+    F.local_response_norm: "nn.LocalResponseNorm", F.normalize: "F.normalize",
+    torch.sigmoid: "torch.sigmoid", Tensor.sigmoid: "Tensor.sigmoid", F.sigmoid: "F.sigmoid",
+    torch.tanh: "torch.tanh", Tensor.tanh: "Tensor.tanh", F.tanh: "F.tanh", F.hardsigmoid: "nn.Hardsigmoid",
+    F.softmax: "softmax", torch.softmax: "softmax", Tensor.softmax: "softmax", F.log_softmax: "log_softmax",
+    torch.matmul: "torch.matmul", Tensor.matmul: "Tensor.matmul", Tensor.__matmul__: "the @ operator",
+    torch.mm: "torch.mm", torch.bmm: "torch.bmm", torch.einsum: "torch.einsum", F.conv_transpose2d: "conv_transpose2d",
+    F.scaled_dot_product_attention: "scaled_dot_product_attention",
+}
 
 
 def rescale_relu(z: Tensor, eps: float) -> Tensor:
@@ -71,29 +109,246 @@ class RescaleMode(TorchFunctionMode):
         return rescale_relu(z, self.eps)
 
 
+def sign_split(delta: Tensor) -> tuple[Tensor, Tensor]:
+    """``(Δ⁺, Δ⁻)`` with ``Δ⁺ + Δ⁻ = Δ``; where ``Δ = 0`` both parts get half the gradient, as the authors' ``Dense``
+    layer gives zero-difference inputs ``½(m⁺ + m⁻)``."""
+    with torch.no_grad():
+        share = (delta > 0).to(delta.dtype) + 0.5 * (delta == 0).to(delta.dtype)
+    return delta * share, delta * (1 - share)
+
+
+def with_gradient_of(value: Tensor, path: Tensor) -> Tensor:
+    """``value`` exactly, differentiated as ``path`` (a term ``path − path`` that is exactly 0)."""
+    return value.detach() + (path - path.detach())
+
+
+def reveal_cancel_relu(
+    z: Tensor, ref: Tensor, pos: Tensor, neg: Tensor, eps: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """ReLU outputs ``(y, ȳ, Δy⁺, Δy⁻)`` from the input ``z``, its reference ``z̄`` and the parts ``Δz⁺ ≥ 0 ≥ Δz⁻``;
+    ``Δy±`` carry the gradients ``m± = Δy±/Δz±`` (constants of the backward) w.r.t. ``Δz±``.
+
+    Where ``Δz⁺ ≤ eps`` the multiplier is its limit ``½(f'(z̄) + f'(z̄+Δz⁻))`` (right derivatives), where
+    ``Δz⁻ ≥ −eps`` ``½(f'(z̄) + f'(z̄+Δz⁺))`` (left derivatives): the authors' code approximates these limits
+    with the pseudocount ``Δz ± 1e-7``. ``z`` stands for ``z̄ + Δz⁺ + Δz⁻``, so ``Δy⁺ + Δy⁻ = f(z) − f(z̄)``.
+    """
+    with torch.no_grad():
+        f_x, f_ref, f_up, f_down = z.clamp_min(0), ref.clamp_min(0), (ref + pos).clamp_min(0), (ref + neg).clamp_min(0)
+        dy_pos = 0.5 * (f_up - f_ref) + 0.5 * (f_x - f_down)
+        dy_neg = 0.5 * (f_down - f_ref) + 0.5 * (f_x - f_up)
+        limit_pos = 0.5 * ((ref >= 0).to(ref.dtype) + (ref + neg >= 0).to(ref.dtype))
+        limit_neg = 0.5 * ((ref > 0).to(ref.dtype) + (ref + pos > 0).to(ref.dtype))
+        m_pos = torch.where(pos > eps, dy_pos / pos.clamp_min(eps), limit_pos)
+        m_neg = torch.where(neg < -eps, dy_neg / neg.clamp_max(-eps), limit_neg)
+    return f_x, f_ref, dy_pos + m_pos * (pos - pos.detach()), dy_neg + m_neg * (neg - neg.detach())
+
+
+class RevealCancelMode(TorchFunctionMode):
+    """Context manager for a forward of the rows ``[x; x̄; x̄+Δx⁺; x̄+Δx⁻]`` (``pairs`` rows each): every tensor of
+    that batch holds its value at ``x``, at the reference and, as offsets from the reference, the positive and
+    negative contributions ``Δ⁺, Δ⁻`` (whose sum is ``Δ`` up to round-off).
+
+    Conv/linear calls apply the linear rule to the exact ``Δa = a(x) − a(x̄)``, BatchNorm swaps the parts where its
+    scale is negative, max pooling takes the gradient rule at ``x`` and splits its output difference afresh by sign,
+    ReLU calls apply :func:`reveal_cancel_relu` (counted in ``calls``); everything else runs on the whole batch,
+    which is exact for linear steps with non-negative coefficients. Before a ReLU the parts are re-split by sign (a
+    sign-flipping elementwise step such as ``−x`` just before it is split per term). The backward reaches the input
+    only through the parts, each with its multiplier.
+    """
+
+    def __init__(self, pairs: int, eps: float, method: str) -> None:
+        super().__init__()
+        self.pairs = pairs
+        self.eps = eps
+        self.method = method
+        self.calls = 0
+
+    def tracked(self, t: Any) -> bool:
+        return isinstance(t, Tensor) and t.dim() > 0 and t.shape[0] == 4 * self.pairs
+
+    @staticmethod
+    def parts(t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        x, ref, up, down = t.chunk(4)
+        return x, ref, up - ref, down - ref
+
+    @staticmethod
+    def rows(x: Tensor, ref: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
+        return torch.cat([x.detach(), ref, ref + pos, ref + neg])
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        check_activation(func, args, kwargs, self.method)
+        if func in REVEAL_CANCEL_UNSUPPORTED:
+            raise AttributionError(
+                f"{self.method}: rule='reveal_cancel' has rules for conv/linear layers, BatchNorm, ReLU, max pooling "
+                f"and positive-coefficient linear steps only, but the model calls {REVEAL_CANCEL_UNSUPPORTED[func]}; "
+                "use rule='rescale'")
+        first = args[0] if args else kwargs.get("input")
+        if func in RELU_FUNCTIONS:
+            if not self.tracked(first):
+                rows = first.shape[0] if isinstance(first, Tensor) and first.dim() else "no"
+                raise AttributionError(f"{self.method}: a ReLU saw {rows} rows, not the 4·{self.pairs} of "
+                                       "[x; x̄; x̄+Δ⁺; x̄+Δ⁻]; the model must keep the batch intact")
+            self.calls += 1
+            return self.relu(first)
+        if func in NEGATIONS | SUBTRACTIONS | REVERSED_SUBTRACTIONS | SCALINGS:
+            return self.signed(func, args, kwargs)
+        if not self.tracked(first):
+            return func(*args, **kwargs)
+        if func in WEIGHTED_FUNCTIONS:
+            return self.linear_rule(func, args, kwargs)
+        if func is F.batch_norm:
+            return self.batch_norm(args, kwargs)
+        if func in MAX_POOL_FUNCTIONS:
+            return self.max_pool(func, args, kwargs)
+        return func(*args, **kwargs)
+
+    @staticmethod
+    def swapped(t: Tensor) -> Tensor:
+        """``t`` with its parts exchanged: the rows of ``−t``'s parts, up to the sign of every row."""
+        x, ref, up, down = t.chunk(4)
+        return torch.cat([x, ref, down, up])
+
+    def signed(self, func: Any, args: tuple, kwargs: dict) -> Any:
+        """Negation, subtraction, multiplication and division by a constant: where the factor of a tracked operand is
+        negative its parts are swapped first, so that ``Δ⁺`` keeps the positive terms (the linear rule, §3.5.1)."""
+        args = list(args)
+        if len(args) < 2 and "other" in kwargs:
+            args.append(kwargs.pop("other"))
+        tracked = [self.tracked(a) for a in args[:2]]
+        if not any(tracked):
+            return func(*args, **kwargs)
+        if func in NEGATIONS:
+            args[0] = self.swapped(args[0])
+        elif func in SUBTRACTIONS | REVERSED_SUBTRACTIONS:
+            index = 1 if func in SUBTRACTIONS else 0
+            alpha = kwargs.get("alpha", 1)
+            if tracked[index] and not (isinstance(alpha, (int, float)) and alpha < 0):
+                args[index] = self.swapped(args[index])
+        elif all(tracked) or (tracked[1] and func in (torch.div, Tensor.div)):
+            raise AttributionError(f"{self.method}: rule='reveal_cancel' has no rule for a product or quotient of "
+                                   "two activations (gating); use rule='rescale'")
+        else:
+            index = 0 if tracked[0] else 1
+            factor = args[1 - index]
+            if isinstance(factor, Tensor):
+                with torch.no_grad():
+                    negative = factor < 0
+                args[index] = torch.where(negative, self.swapped(args[index]), args[index])
+            elif factor < 0:
+                args[index] = self.swapped(args[index])
+        return func(*args, **kwargs)
+
+    def relu(self, z: Tensor) -> Tensor:
+        x, ref, pos, neg = self.parts(z)
+        with torch.no_grad():
+            keep_pos, keep_neg = pos >= -self.eps, neg <= self.eps
+        pos, neg = (torch.where(keep_pos, pos, 0) + torch.where(keep_neg, 0, neg),
+                    torch.where(keep_neg, neg, 0) + torch.where(keep_pos, 0, pos))
+        y, base, dy_pos, dy_neg = reveal_cancel_relu(x, ref, pos, neg, self.eps)
+        return self.rows(y, base, dy_pos, dy_neg)
+
+    def linear_rule(self, func: Any, args: tuple, kwargs: dict) -> Tensor:
+        """``Δz⁺ = ½(W·Δa + |W|·|Δa|)``, ``Δz⁻ = ½(W·Δa − |W|·|Δa|)``: the sums of the positive (negative) terms
+        ``w_i Δa_i`` (§3.5.1), from the total ``Δa`` of the input as in the authors' ``Dense``/``Conv`` layers."""
+        names = ("input", "weight", "bias")
+        weight, bias = (args[i] if i < len(args) else kwargs.get(name) for i, name in ((1, "weight"), (2, "bias")))
+        rest = args[3:]
+        extra = {k: v for k, v in kwargs.items() if k not in names}
+        x, ref, pos, neg = self.parts(args[0] if args else kwargs["input"])
+        delta = with_gradient_of(x - ref, pos + neg)
+        with torch.no_grad():
+            sign = delta.sign()
+        outputs = func(torch.cat([x, ref]), weight, bias, *rest, **extra)
+        lin = func(delta, weight, None, *rest, **extra)
+        mag = func(delta * sign, weight.abs(), None, *rest, **extra)
+        out_x, out_ref = outputs.chunk(2)
+        return self.rows(out_x, out_ref, 0.5 * (lin + mag), 0.5 * (lin - mag))
+
+    def batch_norm(self, args: tuple, kwargs: dict) -> Tensor:
+        """Eval-mode BatchNorm scales each channel by ``s = γ/√(σ² + ε)``; the parts swap where ``s < 0`` (the
+        authors' ``BatchNormalization`` layer)."""
+        names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+        defaults = (None, None, None, None, None, False, 0.1, 1e-5)
+        bound = dict(zip(names, defaults)) | dict(zip(names, args)) | kwargs
+        if bound["training"] or bound["running_var"] is None:
+            raise AttributionError(f"{self.method}: rule='reveal_cancel' needs BatchNorm with running statistics "
+                                   "in eval mode (batch statistics would mix the rows of x, x̄ and the parts)")
+        inp = bound["input"]
+        x, ref, pos, neg = self.parts(inp)
+        outputs = F.batch_norm(torch.cat([x, ref]), **{k: v for k, v in bound.items() if k != "input"})
+        scale = torch.rsqrt(bound["running_var"] + bound["eps"])
+        if bound["weight"] is not None:
+            scale = scale * bound["weight"]
+        scale = scale.view(1, -1, *([1] * (inp.dim() - 2)))
+        flip = scale < 0
+        out_x, out_ref = outputs.chunk(2)
+        return self.rows(out_x, out_ref, torch.where(flip, scale * neg, scale * pos),
+                         torch.where(flip, scale * pos, scale * neg))
+
+    def max_pool(self, func: Any, args: tuple, kwargs: dict) -> Tensor:
+        """The gradient rule (the authors' default ``MaxPoolDeepLiftMode.gradient``): ``Δout = max(x) − max(x̄)``,
+        differentiated as the pooled ``Δ⁺ + Δ⁻`` at the arg-max of ``x``; its parts re-split by sign (the authors
+        re-derive them at the next linear layer)."""
+        x, ref, pos, neg = self.parts(args[0] if args else kwargs["input"])
+        rest = args[1:]
+        extra = {k: v for k, v in kwargs.items() if k != "input"}
+        out_x = func(with_gradient_of(x, pos + neg), *rest, **extra)
+        if not isinstance(out_x, Tensor):
+            raise AttributionError(f"{self.method}: rule='reveal_cancel' does not support max pooling with "
+                                   "return_indices=True")
+        out_ref = func(ref, *rest, **extra)
+        new_pos, new_neg = sign_split(out_x - out_ref)
+        return self.rows(out_x, out_ref, new_pos, new_neg)
+
+
+#: activation rows one (image, reference) pair costs, for the memory-budget chunk size: Rescale runs ``[x; x̄]``;
+#: RevealCancel runs ``[x; x̄; x̄+Δ⁺; x̄+Δ⁻]`` and each conv/linear layer adds the outputs ``W·Δa``, ``|W|·|Δa|``
+#: and the concatenations' copies, about one more row.
+ROWS_PER_PAIR = {"rescale": 2, "reveal_cancel": 5}
+
+
+def pair_logits(
+    model: nn.Module, x: Tensor, ref: Tensor, rule: str, eps: float, method: str
+) -> Tensor:
+    """Logits at ``x`` whose gradient w.r.t. ``x`` is the DeepLIFT multiplier of ``rule`` (pairs ``(x_i, x̄_i)``)."""
+    if rule == "rescale":
+        with RescaleMode(eps, method) as mode:
+            logits = model(torch.cat([x, ref]))
+        require_relus(mode.calls, method)
+        return logits[: x.shape[0]]
+    pos, neg = sign_split(x - ref)
+    with RevealCancelMode(x.shape[0], eps, method) as mode:
+        logits = model(RevealCancelMode.rows(x, ref, pos, neg))
+    require_relus(mode.calls, method)
+    if logits.shape[0] != 4 * x.shape[0]:
+        raise AttributionError(f"{method}: the model returned {logits.shape[0]} rows for the 4·{x.shape[0]} rows "
+                               "[x; x̄; x̄+Δ⁺; x̄+Δ⁻]; it must keep the batch intact")
+    at_x, _, up_pos, down_neg = RevealCancelMode.parts(logits)
+    return with_gradient_of(at_x, up_pos + down_neg)
+
+
 def mean_deeplift(
     model: nn.Module, inputs: Tensor, target: Tensor | None, refs: Tensor, paired: bool, eps: float,
-    max_batch: int | None, method: str,
+    max_batch: int | None, method: str, rule: str = "rescale",
 ) -> Tensor:
     """``1/K Σ_k (x − x̄_k) ⊙ m(x, x̄_k)`` per image.
 
     ``paired``: ``refs[i]`` is image ``i``'s only reference (K = 1); otherwise every image meets every reference
-    (K = N). Rows ``(image r // K, reference r % K)`` run ``max_batch`` pairs (2·max_batch rows) per pass; ``None``:
-    half the rows of the memory budget (:mod:`lit_xai.attribution.batching`).
+    (K = N). Rows ``(image r // K, reference r % K)`` run ``max_batch`` pairs per pass; ``None``: the memory
+    budget's rows (:mod:`lit_xai.attribution.batching`) over :data:`ROWS_PER_PAIR`.
     """
     batch = inputs.shape[0]
     per_image = 1 if paired else refs.shape[0]
     total = torch.zeros_like(inputs)
-    pairs = max_batch if max_batch is not None else max(1, rows_per_chunk(model, inputs) // 2)
+    pairs = max_batch if max_batch is not None else max(1, rows_per_chunk(model, inputs) // ROWS_PER_PAIR[rule])
     for start, end in row_chunks(batch * per_image, pairs):
         rows = torch.arange(start, end, device=inputs.device)
         images = rows // per_image
         x = inputs[images].requires_grad_(True)
         ref = refs[images] if paired else refs[rows % per_image]
-        with RescaleMode(eps, method) as mode:
-            logits = model(torch.cat([x, ref]))
-        require_relus(mode.calls, method)
-        scores, _ = target_scores(logits[: len(rows)], None if target is None else target[images])
+        logits = pair_logits(model, x, ref, rule, eps, method)
+        scores, _ = target_scores(logits, None if target is None else target[images])
         (multiplier,) = torch.autograd.grad(scores.sum(), x)
         total.index_add_(0, images, (x.detach() - ref) * multiplier)
     return total / per_image
@@ -105,19 +360,29 @@ def check_eps(eps: float, method: str) -> float:
     return float(eps)
 
 
+def check_rule(rule: str, method: str) -> str:
+    if rule not in RULES:
+        raise AttributionError(f"{method}: rule must be one of {', '.join(map(repr, RULES))}, got {rule!r}")
+    return rule
+
+
 @register("deeplift")
 class DeepLift(AttributionMethod):
-    """DeepLIFT-Rescale against ``baseline``: ``"zero"`` (Captum's default; the DeepLIFT paper's MNIST
+    """DeepLIFT against ``baseline``: ``"zero"`` (Captum's default; the DeepLIFT paper's MNIST
     reference), a float, a tensor ``[C, H, W]``/``[1, C, H, W]`` or one reference per image ``[B, C, H, W]``,
-    or a path to a saved tensor. ``Σ map = f(x) − f(x̄)`` on ReLU nets without max pooling."""
+    or a path to a saved tensor. ``rule``: ``"rescale"`` (default: Captum ``DeepLift`` and shap ``DeepExplainer``
+    implement only it) or ``"reveal_cancel"`` (§3.5.3; the authors' README: used at all layers for the paper's
+    MNIST example). ``Σ map = f(x) − f(x̄)`` on ReLU nets without max pooling, with either rule."""
 
     def __init__(
-        self, baseline: ReferenceSpec = "zero", eps: float = DEFAULT_EPS, max_batch: int | None = None
+        self, baseline: ReferenceSpec = "zero", eps: float = DEFAULT_EPS, max_batch: int | None = None,
+        rule: str = "rescale",
     ) -> None:
         check_reference_spec(baseline, "deeplift")
         self.baseline = baseline
         self.eps = check_eps(eps, "deeplift")
         self.max_batch = check_max_batch(max_batch)
+        self.rule = check_rule(rule, "deeplift")
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Tensor:
         refs = reference_images(self.baseline, inputs, self.name)
@@ -125,7 +390,7 @@ class DeepLift(AttributionMethod):
             raise AttributionError(f"deeplift: {refs.shape[0]} baselines for {inputs.shape[0]} inputs; give one "
                                    "baseline or one per input (use deepshap to average over a background)")
         refs = refs.expand_as(inputs)
-        return mean_deeplift(model, inputs, target, refs, True, self.eps, self.max_batch, self.name)
+        return mean_deeplift(model, inputs, target, refs, True, self.eps, self.max_batch, self.name, self.rule)
 
 
 @register("deepshap")
