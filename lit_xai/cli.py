@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from jsonargparse import Namespace
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
@@ -136,6 +137,18 @@ class LitXaiCLI(LightningCLI):
             help="after fit, run test on the best checkpoint (if the data has a test split)",
         )
 
+    def before_instantiate_classes(self) -> None:
+        """The project logger learns its command, so the run folder is ``<save_dir>/<subcommand>/<name>``
+        (:func:`lit_xai.loggers.run_folder`: one layout for every command)."""
+        from lit_xai.loggers import LitXaiWandbLogger
+
+        if not self.subcommand:
+            return
+        logger = self.config[self.subcommand].trainer.get("logger")
+        for spec in logger if isinstance(logger, list) else [logger]:
+            if isinstance(spec, Namespace) and _is_subclass(spec.get("class_path"), LitXaiWandbLogger):
+                spec.init_args.command = self.subcommand
+
     def _parse_ckpt_path(self) -> None:
         """Check ``--ckpt_path`` before LightningCLI reads hyperparameters from it (its first ``torch.load``)."""
         if self.config.get("subcommand"):
@@ -166,6 +179,7 @@ class LitXaiCLI(LightningCLI):
         if isinstance(logger, WandbLogger):
             run_dir = Path(logger.experiment.dir).parent
             mode = "offline (upload later with `wandb sync " + str(run_dir) + "`)" if logger._offline else "online"
+            lines.append(f"run folder: {logger.save_dir}")
             lines.append(f"W&B run ({mode}): {run_dir}")
             lines.append(f"  logs and media: {logger.experiment.dir}")
         elif logger is not None and trainer.log_dir:
@@ -178,6 +192,18 @@ class LitXaiCLI(LightningCLI):
             lines.append("metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
         if lines:
             print("\n[lit_xai] " + "\n[lit_xai] ".join(lines), flush=True)
+
+
+def _is_subclass(class_path: str | None, base: type) -> bool:
+    """Whether the dotted ``class_path`` names ``base`` or a subclass of it (importable; else ``False``)."""
+    if not class_path:
+        return False
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, base)
 
 
 def _print_commands() -> None:

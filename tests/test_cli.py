@@ -129,7 +129,7 @@ def test_cli_standalone_run_is_not_in_inference_mode(in_tmp, subcommand):
 
 
 def _wandb_run_dir(root: Path) -> Path:
-    runs = sorted(root.glob("runs/wandb/offline-run-*"))
+    runs = sorted(root.glob("runs/fit/digits_default/wandb/offline-run-*"))
     assert len(runs) == 1, runs
     return runs[0]
 
@@ -175,7 +175,7 @@ def test_fit_logs_metrics_heatmap_and_config_to_offline_wandb(in_tmp):
     assert images, "no heatmap grid image was logged"
     assert (run_dir / "files" / "lit_xai_config.yaml").is_file()
     assert "lit_xai_config" in wandb_reader.config(run_dir)
-    checkpoints = list(in_tmp.glob("runs/lit_xai/*/checkpoints/*.ckpt"))
+    checkpoints = list(in_tmp.glob("runs/fit/digits_default/*/checkpoints/*.ckpt"))
     assert len(checkpoints) == 1
 
 

@@ -98,7 +98,7 @@ def test_default_run_with_a_stacked_preset_ends_with_the_summary_and_no_wandb_ba
         assert re.search(rf"deletion\s+↓\s+{method}\s+128\s+[0-9.]+ ± [0-9.]+\s+[-+][0-9.]+ ± [0-9.]+", out), out[:3000]
     assert not [line for line in result.stderr.splitlines() + out.splitlines() if line.startswith("wandb:")]
     assert len([line for line in out.splitlines() if line.startswith("[lit_xai] W&B run")]) == 1
-    assert list(tmp_path.glob("runs/lit_xai/*/checkpoints/best.ckpt")), "the README names checkpoints/best.ckpt"
+    assert list(tmp_path.glob("runs/fit/digits_default/*/checkpoints/best.ckpt")), "the README names this path"
 
 
 @pytest.mark.parametrize("layout", ["empty", "no_images"])

@@ -8,7 +8,11 @@ missing chunks, resuming an interrupted run), then explains them with every meth
 - ``<output_dir>/generation.csv``: per scenario attempted / verified scenes, seconds per verified scene and the
   achieved output-change ratios (mean |ΔΦ| / min(|Φ_with|, |Φ_without|) over the independence terms);
 - ``<output_dir>/examples_<scenario>.png``: example scenes with every method's maps;
-- the same table, images and generation statistics in a W&B run under ``<output_dir>`` (offline by default).
+- the same table, images and generation statistics in a W&B run under ``<output_dir>`` (offline by default), and
+  the scene stores and IBA statistics as W&B artifacts of type ``cache`` (``--wandb.log_caches false`` opts out).
+
+``output_dir`` defaults to the run folder ``runs/axioms/<name>`` (README "Where outputs go"); the scene store and the
+statistics cache live inside it, so a rerun with the same name resumes from them.
 
 Methods that need feature statistics (the IBA family) get them from the host model's training data
 (``data.class_path`` / ``data.init_args``, a DataModule as in the model's fit config), estimated once per layer and
@@ -20,7 +24,6 @@ from __future__ import annotations
 
 import csv
 import importlib
-import os
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +37,7 @@ from lit_xai.axioms.evaluation import EXPLAINED_SLOTS, Reduction, make_metric, s
 from lit_xai.axioms.generation import GenerationConfig, SceneBatch
 from lit_xai.axioms.scenarios import SCENARIOS
 from lit_xai.axioms.store import SceneStore
+from lit_xai.loggers import DEFAULT_RUN_NAME, run_folder, wandb_mode
 
 DEFAULT_METHODS = [
     "gradcam",
@@ -73,23 +77,20 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--correlation", type=Literal["pearson", "spearman"], default="spearman")
     parser.add_argument("--eval_batch_size", type=int, default=16)
     parser.add_argument("--num_examples", type=int, default=2)
-    parser.add_argument("--output_dir", type=str, default="outputs/axioms")
+    parser.add_argument("--name", type=str, default=DEFAULT_RUN_NAME,
+                        help="run name: the run folder is runs/axioms/<name> (rerun the same name to resume)")
+    parser.add_argument("--output_dir", type=str | None, default=None,
+                        help="tables, figures, scene store, statistics (default: the run folder runs/axioms/<name>)")
     parser.add_argument("--scene_dir", type=str | None, default=None, help="scene store (default <output_dir>/scenes)")
     parser.add_argument("--device", type=str, default="cpu")
     parser.add_argument("--threads", type=int | None, default=None, help="torch CPU threads (None: leave as is)")
     parser.add_argument("--wandb.enabled", type=bool, default=True)
     parser.add_argument("--wandb.project", type=str, default="lit_xai")
+    parser.add_argument("--wandb.log_caches", type=bool, default=True,
+                        help="log the scene stores and IBA statistics as W&B artifacts (type cache) at the end")
     parser.add_argument("--progress", type=bool, default=True)
     parser.add_argument("--generate_only", type=bool, default=False, help="fill the scene store and stop")
     return parser
-
-
-def _wandb_mode() -> str:
-    try:
-        from lit_xai.loggers import wandb_mode
-    except ImportError:
-        return os.environ.get("WANDB_MODE", "offline")
-    return wandb_mode()
 
 
 def load_model(cfg: Namespace) -> torch.nn.Module:
@@ -230,6 +231,7 @@ def _examples_png(path: Path, scenes: SceneBatch, maps: dict[str, torch.Tensor],
 def run(cfg: Namespace) -> dict[str, Any]:
     """Everything :func:`main` does, returning the tables (for tests and notebooks). The global CPU generator
     (seeded with ``cfg.seed`` inside) and the thread count (``cfg.threads``) are restored on return."""
+    cfg.output_dir = cfg.output_dir or str(run_folder("axioms", cfg.name))
     threads = torch.get_num_threads()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -289,8 +291,8 @@ def _log_wandb(cfg: Namespace, out: Path, table: list[dict[str, Any]], layer_row
                gen_stats: list[dict[str, Any]]) -> None:
     import wandb
 
-    run = wandb.init(project=cfg.wandb.project, dir=str(out), mode=_wandb_mode(), job_type="axioms",
-                     config=cfg.as_dict(), reinit=True)
+    run = wandb.init(project=cfg.wandb.project, name=cfg.name, dir=str(out.absolute()), mode=wandb_mode(),
+                     job_type="axioms", config=cfg.as_dict(), reinit=True, settings=wandb.Settings(silent=True))
     try:
         logged: dict[str, Any] = {
             "axioms/table": wandb.Table(columns=list(table[0]), data=[list(r.values()) for r in table]),
@@ -308,8 +310,20 @@ def _log_wandb(cfg: Namespace, out: Path, table: list[dict[str, Any]], layer_row
             logged["axioms/layers"] = wandb.Table(columns=list(layer_rows[0]),
                                                   data=[list(r.values()) for r in layer_rows])
         run.log(logged)
+        if cfg.wandb.log_caches:
+            _log_caches(run, cfg, gen_stats)
     finally:
         run.finish()
+
+
+def _log_caches(run: Any, cfg: Namespace, gen_stats: list[dict[str, Any]]) -> None:
+    """Each scenario's scene store (``axioms-scenes-<scenario>-<store key>``) and the IBA statistics folder
+    (``iba-stats-<key of its file names>``) as W&B artifacts of type ``cache``."""
+    from lit_xai.loggers import log_cache_artifact
+
+    for stat in gen_stats:
+        log_cache_artifact(run, stat["store"], "axioms-scenes", Path(stat["store"]).name)
+    log_cache_artifact(run, cfg.stats_cache_dir or Path(cfg.output_dir) / "iba_stats", "iba-stats")
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:

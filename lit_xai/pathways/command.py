@@ -4,9 +4,9 @@ Selects pathways of sparsity κ for validation images with NeuronMCT, NeuronIntG
 pruning (Alg. 1) and Distillation Guided Routing (init 1 and random), then writes to ``output_dir``:
 ``summary.json`` (dead-neuron shares, Jaccard overlaps network-wide and per layer), ``dead_share.png`` (Fig. 1)
 and ``overlap.png`` (Fig. 2); with ``--wandb true`` both figures and the numbers are also logged to an (offline
-by default) W&B run. Without ``--model.weights`` the network can be trained first for ``--model.train_epochs``
-epochs on the digits training split (a pathway analysis of a random network is meaningless, so one of the two is
-required).
+by default) W&B run under ``output_dir`` (default: the run folder ``runs/pathways/<name>``). Without
+``--model.weights`` the network can be trained first for ``--model.train_epochs`` epochs on the digits training
+split (a pathway analysis of a random network is meaningless, so one of the two is required).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from torch import nn
 from tqdm import tqdm
 
+from lit_xai.loggers import DEFAULT_RUN_NAME, run_folder
 from lit_xai.models.backbones import build_backbone
 from lit_xai.pathways.analysis import SELECTION_METHODS, PathwayStatistics, select_pathways
 from lit_xai.pathways.plots import dead_share_figure, overlap_figure
@@ -49,7 +50,10 @@ def build_parser() -> ArgumentParser:
         "--routing_max_rounds", type=int, default=ROUTING_MAX_ROUNDS, help="DGR γ/10 retry rounds (authors: 100)"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output_dir", type=str, default="runs/pathways")
+    parser.add_argument("--name", type=str, default=DEFAULT_RUN_NAME,
+                        help="run name: the run folder is runs/pathways/<name>")
+    parser.add_argument("--output_dir", type=str | None, default=None,
+                        help="summary, figures and the W&B run (default: the run folder runs/pathways/<name>)")
     parser.add_argument("--wandb", type=bool, default=False, help="also log figures and numbers to W&B")
     parser.add_argument("--wandb_project", type=str, default="lit_xai")
     return parser
@@ -120,7 +124,7 @@ def main(args: list[str] | None = None) -> None:
     }
     summary = run_analysis(model, datamodule.val_dataloader(), cfg.data.num_samples, selection_kwargs, device)
     summary["sparsity"] = cfg.sparsity
-    out = Path(cfg.output_dir)
+    out = Path(cfg.output_dir or run_folder("pathways", cfg.name))
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     figures = {"dead_share": dead_share_figure(summary), "overlap": overlap_figure(summary)}
@@ -129,7 +133,7 @@ def main(args: list[str] | None = None) -> None:
     if cfg.wandb:
         from lit_xai.loggers import LitXaiWandbLogger
 
-        logger = LitXaiWandbLogger(project=cfg.wandb_project, name="pathways", save_dir=str(out))
+        logger = LitXaiWandbLogger(project=cfg.wandb_project, name=cfg.name, save_dir=str(out))
         logger.log_metrics({f"pathways/dead_share/{k}": v for k, v in summary["dead_share"].items()})
         for name in figures:
             logger.log_image(key=f"pathways/{name}", images=[str(out / f"{name}.png")])

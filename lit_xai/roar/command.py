@@ -12,9 +12,11 @@ from typing import Literal
 
 from jsonargparse import ActionConfigFile, ArgumentParser, lazy_instance
 from lightning import Trainer
+from lightning.pytorch.utilities import rank_zero_only
 
 from lit_xai.data.base import ClassificationDataModule
 from lit_xai.data.digits import DigitsDataModule
+from lit_xai.loggers import DEFAULT_RUN_NAME, run_folder
 from lit_xai.models.classifier import ClassifierModule
 from lit_xai.roar.grid import parse_shard
 from lit_xai.roar.map_cache import MethodSpec
@@ -31,7 +33,10 @@ def build_parser() -> ArgumentParser:
                         help="which stage to run; 'all' runs source, maps, train and merge in order")
     parser.add_argument("--shard", type=str, default="0/1",
                         help="grid shard 'i/n' (cell c runs in shard c %% n) or 'slurm' (from the array task id)")
-    parser.add_argument("--output_dir", type=str, default="runs/roar", help="source model, maps, cells, manifests")
+    parser.add_argument("--name", type=str, default=DEFAULT_RUN_NAME,
+                        help="run name: the run folder is runs/roar/<name> (rerun the same name to resume)")
+    parser.add_argument("--output_dir", type=str | None, default=None,
+                        help="source model, maps, cells, manifests (default: the run folder runs/roar/<name>)")
     parser.add_subclass_arguments(ClassificationDataModule, "data", default=lazy_instance(DigitsDataModule))
     parser.add_class_arguments(ClassifierModule, "model", instantiate=False)
     parser.add_class_arguments(Trainer, "trainer", skip=TRAINER_SKIP, instantiate=False)
@@ -52,6 +57,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--wandb", type=bool, default=True, help="log every run to W&B (offline unless opted in)")
     parser.add_argument("--project", type=str, default="lit_xai")
     parser.add_argument("--group", type=str | None, default=None, help="W&B group (default: roar-<output dir name>)")
+    parser.add_argument("--log_caches", type=bool, default=True,
+                        help="log the map cache as a W&B artifact (type cache) at the end, like the best checkpoint")
     return parser
 
 
@@ -60,6 +67,7 @@ def main(args: list[str] | None = None) -> None:
     parser = build_parser()
     config = parser.parse_args(args)
     init = parser.instantiate_classes(config)
+    output_dir = config.output_dir or str(run_folder("roar", config.name))
     pipeline = RoarPipeline(
         datamodule=init.data,
         model_kwargs=config.model.as_dict(),
@@ -67,7 +75,7 @@ def main(args: list[str] | None = None) -> None:
         methods=list(init.methods),
         percentiles=list(config.percentiles),
         seeds=list(config.seeds),
-        output_dir=config.output_dir,
+        output_dir=output_dir,
         removal=init.removal,
         shard=parse_shard(config.shard),
         source_checkpoint=config.source_checkpoint,
@@ -80,6 +88,24 @@ def main(args: list[str] | None = None) -> None:
         group=config.group,
     )
     pipeline.run(config.stage)
+    first = parse_shard(config.shard)[0] == 0 and rank_zero_only.rank == 0  # one process logs the shared cache
+    if config.wandb and config.log_caches and config.stage in ("maps", "all") and first:
+        log_map_cache(pipeline)
+
+
+def log_map_cache(pipeline: RoarPipeline) -> None:
+    """The map cache as a W&B artifact ``roar-maps-<model fingerprint>-<data key>`` (type ``cache``), logged by a
+    run ``caches`` in the grid's group (offline unless opted in; uploads with ``wandb sync``)."""
+    from lit_xai.loggers import LitXaiWandbLogger, log_cache_artifact
+
+    cache = pipeline.map_cache()
+    key = "-".join(cache.directory.relative_to(pipeline.output_dir / "maps").parts)
+    logger = LitXaiWandbLogger(project=pipeline.project, name="caches", group=pipeline.group,
+                               save_dir=str(pipeline.output_dir), job_type="roar-cache")
+    try:
+        log_cache_artifact(logger.experiment, cache.directory, "roar-maps", key)
+    finally:
+        logger.experiment.finish()
 
 
 if __name__ == "__main__":
