@@ -19,6 +19,7 @@ from torch import nn
 
 from lit_xai.axioms.evaluation import make_metric
 from lit_xai.axioms.generation import SceneBatch
+from lit_xai.loggers import run_folder
 from lit_xai.models.classifier import ConfigurationError
 from lit_xai.report.axioms import (
     StoredScenes,
@@ -107,6 +108,7 @@ def run(cfg: Namespace) -> dict[str, Any]:
     """The whole report for a parsed config; returns what was written (paths) and the metric reports."""
     if not isinstance(cfg.data, Namespace):
         raise TypeError("report.run expects the parsed (not instantiated) config")
+    cfg.output_dir = cfg.output_dir or str(run_folder("report", cfg.name))
     init = build_parser().instantiate_classes(cfg)
     methods, metrics = validate(init)
     datamodule = init.data
@@ -204,9 +206,10 @@ def log_wandb(cfg: Namespace, reports: list[MetricReport], scores: dict[str, dic
     """A W&B run (offline unless opted in): per-sample table, summary metrics with min/max by direction, images."""
     import wandb
 
-    from lit_xai.loggers import wandb_mode
+    from lit_xai.loggers import log_cache_artifact, wandb_mode
 
-    run = wandb.init(project=cfg.wandb.project, name=cfg.wandb.name, dir=str(Path(cfg.output_dir).absolute()),
+    run = wandb.init(project=cfg.wandb.project, name=cfg.wandb.name or cfg.name,
+                     dir=str(Path(cfg.output_dir).absolute()),
                      mode=wandb_mode(), config=json.loads(json.dumps(cfg.as_dict(), default=str)),
                      job_type="report", settings=wandb.Settings(silent=True), reinit="finish_previous")
     try:
@@ -222,6 +225,8 @@ def log_wandb(cfg: Namespace, reports: list[MetricReport], scores: dict[str, dic
                 run.summary[f"{key}/rank"] = r.ranks.get(row.method)
         figures = sorted(Path(written["html"]).parent.glob("*.png"))  # rank plot, per-family plots, examples
         run.log({f"report/figures/{png.stem}": wandb.Image(str(png)) for png in figures})
+        if cfg.wandb.log_caches:  # cells are named by their key: the artifact is keyed by the set of cells
+            log_cache_artifact(run, Path(cfg.output_dir) / "cells", "report-cells")
     finally:
         run.finish()
 

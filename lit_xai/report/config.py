@@ -18,6 +18,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, lazy_insta
 
 from lit_xai.data.base import ClassificationDataModule
 from lit_xai.data.digits import DigitsDataModule
+from lit_xai.loggers import DEFAULT_RUN_NAME
 from lit_xai.models.classifier import ConfigurationError
 
 #: family → its metrics (registered names), in display order; unregistered names are left out
@@ -107,12 +108,18 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--shard", type=str | None, default=None,
                         help="'i/n': compute only this shard's cells (cell c when c %% n == i) and stop; a run "
                         "without --shard merges the cached cells")
-    parser.add_argument("--output_dir", type=str, default="runs/report")
+    parser.add_argument("--name", type=str, default=DEFAULT_RUN_NAME,
+                        help="run name: the run folder is runs/report/<name> (rerun the same name to reuse its cells)")
+    parser.add_argument("--output_dir", type=str | None, default=None,
+                        help="page, tables, figures, cells and the W&B run (default: the run folder "
+                        "runs/report/<name>)")
     parser.add_argument("--device", type=str, default="cpu")
     parser.add_argument("--progress", type=bool, default=True)
     parser.add_argument("--wandb.enabled", type=bool, default=True, help="a W&B run (offline unless opted in)")
     parser.add_argument("--wandb.project", type=str, default="lit_xai")
-    parser.add_argument("--wandb.name", type=str | None, default=None)
+    parser.add_argument("--wandb.name", type=str | None, default=None, help="W&B run name (default: name)")
+    parser.add_argument("--wandb.log_caches", type=bool, default=True,
+                        help="log the computed cells as a W&B artifact (type cache) at the end")
     return parser
 
 
@@ -172,7 +179,7 @@ def validate(cfg: Namespace) -> tuple[list[MethodSpec], list[MetricSpec]]:
     if not cfg.model.weights:
         raise ConfigurationError(
             "report: model.weights is required (a state_dict or Lightning checkpoint); train one first, e.g. "
-            "`python -m lit_xai fit` and pass runs/lit_xai/<id>/checkpoints/best.ckpt"
+            "`python -m lit_xai fit` and pass runs/fit/<name>/<id>/checkpoints/best.ckpt"
         )
     if not Path(cfg.model.weights).is_file():
         raise ConfigurationError(f"report: model.weights {cfg.model.weights}: no such file")
