@@ -18,9 +18,12 @@ BatchNorm scale of negative sign swaps them, as in the authors' ``BatchNormaliza
 ``f = ReLU`` and ``z̄`` the reference input of the ReLU,
 ``Δy⁺ = ½(f(z̄+Δz⁺) − f(z̄)) + ½(f(z̄+Δz⁻+Δz⁺) − f(z̄+Δz⁻))``,
 ``Δy⁻ = ½(f(z̄+Δz⁻) − f(z̄)) + ½(f(z̄+Δz⁺+Δz⁻) − f(z̄+Δz⁺))``, and the multipliers ``m⁺ = Δy⁺/Δz⁺``,
-``m⁻ = Δy⁻/Δz⁻`` flow back to the terms of each sign. Rows ``[x̄; x̄+Δ⁺; x̄+Δ⁻]`` carry the reference and the two
-parts as offsets from it, so biases and every positive-coefficient linear step (sums, means, average pooling,
-reshapes, padding) need no rule; ``Σ map = f(x) − f(x̄)`` as for Rescale.
+``m⁻ = Δy⁻/Δz⁻`` flow back to the terms of each sign. Rows ``[x; x̄; x̄+Δ⁺; x̄+Δ⁻]`` carry the values at ``x`` and
+at the reference and the two parts as offsets from the reference, so biases and every positive-coefficient linear
+step (sums, means, average pooling, reshapes, padding) need no rule; subtraction, negation and negative factors swap
+the parts of what they negate. ``Σ map = f(x) − f(x̄)`` as for Rescale. Not split per term: linear maps with
+mixed-sign coefficients written otherwise (in-place ``sub_``/``mul_``; matmul, einsum and transposed convolutions
+are refused with gates and per-sample normalisers): their parts are re-split by sign at the next ReLU.
 
 DeepSHAP averages DeepLIFT maps over a background distribution of references (Lundberg & Lee 2017 §4.2; Captum's
 ``DeepLiftShap``, shap's ``DeepExplainer``): ``φ(x) = 1/N Σ_k DeepLIFT(x, x̄_k)``.

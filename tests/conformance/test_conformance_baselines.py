@@ -68,6 +68,39 @@ def test_deeplift_differs_from_input_x_gradient(reused_relu_net, images):
     assert correlation(ours, ixg) < 0.99
 
 
+def positive_copy(net: nn.Module) -> nn.Module:
+    """``net`` with |weights| in every conv/linear layer (BatchNorm scales are already positive): with ``x ≥ x̄`` no
+    unit receives contributions of both signs."""
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                module.weight.abs_()
+    return net
+
+
+def test_deeplift_reveal_cancel_matches_captum_where_no_unit_mixes_signs(foreign_net, images):
+    """No peer implements RevealCancel (Captum and shap's DeepExplainer have Rescale only; the authors' ``deeplift``
+    package is TensorFlow/Keras). Where every contribution has one sign RevealCancel reduces to Rescale
+    (Δy⁺ = ½(f(z̄+Δz⁺) − f(z̄)) · 2), so Captum's ``DeepLift`` is its peer there. Tolerance as for DeepLIFT."""
+    net = positive_copy(foreign_net)
+    baseline = 0.3 * torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    x = baseline + images.abs()
+    ours = build_method("deeplift", baseline=baseline, rule="reveal_cancel")(net, x, TARGET)
+    theirs = CaptumDeepLift(SeparateReLUs(net).eval()).attribute(x, baseline.expand_as(x), TARGET)
+    assert correlation(ours, theirs) >= 0.9999
+    assert (ours - theirs).abs().max() <= 1e-5 * theirs.abs().max()
+
+
+def test_deeplift_reveal_cancel_differs_from_captum_rescale_with_mixed_signs(reused_relu_net, images):
+    """Guard for the test above: on the net as it is, the rules part (and the sum still equals f(x) − f(x̄))."""
+    baseline = 0.3 * torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    ours = build_method("deeplift", baseline=baseline, rule="reveal_cancel")(reused_relu_net, images, TARGET)
+    theirs = CaptumDeepLift(SeparateReLUs(reused_relu_net).eval()).attribute(
+        images, baseline.expand_as(images), TARGET)
+    assert correlation(ours, theirs) < 0.99
+    torch.testing.assert_close(ours.sum((1, 2, 3)), theirs.sum((1, 2, 3)), rtol=1e-4, atol=1e-5)
+
+
 def test_deepshap_matches_captum(foreign_net, images):
     """Tolerance as for DeepLIFT; 4 background images, every one paired with every input."""
     background = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(2))
