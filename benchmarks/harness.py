@@ -1,7 +1,8 @@
 """One measurement protocol for every benchmark script: side by side, interleaved, paired, with stated targets.
 
 - **Warm-up on every side**: each case runs ``warmup`` times before any timing (first-call allocations, oneDNN
-  primitive caches and lazy imports otherwise land on whichever side runs first).
+  primitive caches and lazy imports otherwise land on whichever side runs first). A case that loops over many equal
+  chunks may name a cheaper warm-up call that runs the same operators at the same shapes (e.g. the case on one image).
 - **Rotated interleaving**: round ``r`` runs the cases starting at position ``r mod n``, so no case always follows
   the same neighbour (cache and frequency effects of the previous case are spread evenly).
 - **Paired ratios**: a ratio ``a / b`` is computed per round from the two times of the same round, then summarised
@@ -11,14 +12,19 @@
   with every parameter frozen (no weight gradients), times the passes the method needs.
 - **Memory** is the growth of the peak resident set size in a fresh Python process (a child process inherits the
   parent's peak reading, so measuring in-process after other work reports 0).
-- **Targets**: a row may carry a target ratio; :func:`markdown_table` prints ``MISS`` when the median exceeds it.
+- **Targets**: every row of our code states its target ratio (a peer's row or a hand-tuned reference setting says
+  that it has none); :func:`markdown_table` prints ``MISS`` when the median exceeds the target.
+- **Machine state**: :func:`machine_state` (load average, date) goes next to every table: on a shared machine the
+  load is part of the result.
 
 Equal threads on every side: the caller sets ``torch.set_num_threads`` once for the whole comparison.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -37,14 +43,24 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def interleaved_times(cases: dict[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Per-round times of every case: all cases warmed up, then ``rounds`` rounds in rotated order."""
+def interleaved_times(
+    cases: dict[str, Callable[[], object]], rounds: int, warmup: int = 1,
+    warmups: dict[str, Callable[[], object]] | None = None,
+) -> dict[str, list[float]]:
+    """Per-round times of every case: all cases warmed up, then ``rounds`` rounds in rotated order.
+
+    ``warmups[name]`` (optional) replaces case ``name``'s own call in the warm-up: a cheaper call of the same operators
+    at the same shapes. Every case is warmed up ``warmup`` times either way.
+    """
     if rounds < 1:
         raise ValueError(f"rounds must be ≥ 1, got {rounds}")
+    unknown = set(warmups or {}) - set(cases)
+    if unknown:
+        raise ValueError(f"warm-ups for unknown cases: {sorted(unknown)}")
     names = list(cases)
     for name in names:
         for _ in range(warmup):
-            cases[name]()
+            (warmups or {}).get(name, cases[name])()
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         for i in range(len(names)):
@@ -72,6 +88,13 @@ def paired_ratio(numerator: Sequence[float], denominator: Sequence[float], scale
         return Ratio(ratios[0], ratios[0], ratios[0])
     quartiles = statistics.quantiles(ratios, n=4, method="inclusive")
     return Ratio(statistics.median(ratios), quartiles[0], quartiles[2])
+
+
+def machine_state() -> str:
+    """``"2026-11-30 14:40 UTC, load average 1.52 1.10 0.98 (2 CPUs)"``: what to print next to a table."""
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"{now}, load average {load} ({os.cpu_count()} CPUs)"
 
 
 def input_gradient_floor(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> Callable[[], None]:
@@ -132,6 +155,8 @@ class Row:
     target: float | None = None
     note: str = ""
     extra: dict[str, float] = field(default_factory=dict)
+    #: why a row has no target: "peer" (another library's row), "reference setting" (a hand-tuned alternative)
+    untargeted: str = ""
 
     @property
     def verdict(self) -> str:
@@ -139,12 +164,32 @@ class Row:
             return ""
         return "ok" if self.ratio.median <= self.target else "MISS"
 
+    @property
+    def target_text(self) -> str:
+        if self.target is not None:
+            return f"≤ {self.target:g}"
+        return f"none ({self.untargeted})" if self.untargeted else "none"
+
     def as_dict(self) -> dict[str, object]:
         return {
             "setting": self.setting, "work": self.work, "reference": self.reference,
             "median": self.ratio.median, "low": self.ratio.low, "high": self.ratio.high,
-            "target": self.target, "verdict": self.verdict, "note": self.note, **self.extra,
+            "target": self.target, "untargeted": self.untargeted, "verdict": self.verdict, "note": self.note,
+            **self.extra,
         }
+
+    @classmethod
+    def from_dict(cls, record: dict[str, object]) -> Row:
+        """The inverse of :meth:`as_dict` (rows kept from an earlier run's JSON)."""
+        known = {"setting", "work", "reference", "median", "low", "high", "target", "untargeted", "verdict", "note"}
+        return cls(
+            str(record["setting"]), str(record["work"]), str(record["reference"]),
+            Ratio(float(record["median"]), float(record["low"]), float(record["high"])),  # type: ignore[arg-type]
+            None if record["target"] is None else float(record["target"]),  # type: ignore[arg-type]
+            str(record.get("note", "")),
+            {k: float(v) for k, v in record.items() if k not in known},  # type: ignore[arg-type]
+            str(record.get("untargeted", "")),
+        )
 
 
 def markdown_table(rows: Sequence[Row]) -> str:
@@ -154,7 +199,6 @@ def markdown_table(rows: Sequence[Row]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for row in rows:
-        target = f"≤ {row.target:g}" if row.target is not None else ""
         note = f"{row.verdict} {row.note}".strip()
-        lines.append(f"| {row.setting} | {row.work} | {row.reference} | {row.ratio} | {target} | {note} |")
+        lines.append(f"| {row.setting} | {row.work} | {row.reference} | {row.ratio} | {row.target_text} | {note} |")
     return "\n".join(lines)
