@@ -22,8 +22,9 @@ on every rank (DDP sync), then:
 - per metric, the curves of all methods (AUC in the legend), a heatmap grid (:mod:`.figures`) and a per-sample
   table (image, label, prediction, confidence, maps, per-image scores); with W&B as media, else as PNG/JSON files.
 
-Per-image scores (for SE and the paired differences) come from metrics that expose ``image_scores`` (the
-perturbation curves: Deletion, Insertion, MoRF, LeRF); they are gathered over DDP ranks like the metric states.
+Per-image scores (for SE and the paired differences) come from every metric's ``image_scores`` (an update's
+``last_image_scores`` where the metric keeps them, so no second pass); they are gathered over DDP ranks like the
+metric states. Images a protocol skips (EHR's large boxes) score NaN and are left out of the statistics.
 A ``random`` map is always evaluated as the control (label ``random``) unless the specs already name it.
 """
 
@@ -51,6 +52,8 @@ from lit_xai.callbacks import figures
 from lit_xai.callbacks.explainers import Explainer, build_explainer
 from lit_xai.callbacks.summary import SummaryRow, format_table, summarise
 from lit_xai.metrics.base import AttributionMetric
+from lit_xai.metrics.localisation import EffectiveHeatRatio
+from lit_xai.metrics.perturbation import PerturbationCurve
 from lit_xai.metrics.registry import build_metric
 
 STAGES = ("val", "test")
@@ -490,7 +493,7 @@ class AttributionEvaluation(Callback):
                 fig = figures.curves_figure(
                     f"{stage} {metric_label}: {curve_name}", x, lines, example.curve_label,
                     CURVE_LABELS.get(curve_name, curve_name), example.curve_ticks(), auc,
-                    "AUC" if _has_image_scores(example) else "score",
+                    "AUC" if isinstance(example, PerturbationCurve | EffectiveHeatRatio) else "score",
                 )
                 data = {
                     "x": x.tolist(), "xname": example.curve_label, "curves": {m: v.tolist() for m, v in lines.items()}
