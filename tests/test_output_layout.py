@@ -171,15 +171,20 @@ def test_pathways_writes_into_its_run_folder(in_tmp: Path) -> None:
     assert sorted(p.name for p in in_tmp.iterdir()) == ["net.pt", "runs"]
 
 
-def test_report_writes_into_its_run_folder_and_logs_its_cells(in_tmp: Path) -> None:
+def test_report_writes_into_its_run_folder_and_logs_its_cells(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    """Also the resume rule: a rerun with the same name finds its cells (nothing computed)."""
     weights = in_tmp / "net.pt"
     torch.save(build_backbone("digits_cnn", num_classes=10, in_chans=1).state_dict(), weights)
-    cli_main([
+    args = [
         "report", "--model.weights", str(weights), "--name", "tiny", "--num_images", "4", "--chunk_size", "4",
         "--methods", "[{name: gradient}]", "--families", "[perturbation]", "--family_metrics",
         "{perturbation: [deletion]}", "--metric_kwargs", "{deletion: {num_steps: 4}}", "--num_examples", "1",
         "--progress", "false",
-    ])
+    ]
+    cli_main(args)
+    assert "cached 0, to compute 2" in capsys.readouterr().out
+    cli_main([*args, "--wandb.enabled", "false"])
+    assert "cached 2, to compute 0" in capsys.readouterr().out
     run = in_tmp / "runs" / "report" / "tiny"
     assert (run / "report.csv").is_file()
     (wandb_run,) = wandb_runs(run)
