@@ -5,6 +5,8 @@
 - Project defaults: ``trainer.inference_mode=false`` (attribution needs gradients at validate/test), a W&B logger
   that is offline unless the user opts in (:mod:`lit_xai.loggers`), the resolved config pushed to the W&B run
   config and saved as ``lit_xai_config.yaml`` in the run's folder (no ``config.yaml`` collision).
+- One output layout: the logger's run folder is ``<save_dir>/<subcommand>/<name>`` (``runs/fit/digits_default``
+  for the default; :func:`lit_xai.loggers.run_folder`), as for the project commands (``runs/roar/<name>``, …).
 - ``roar``, ``axioms``, ``pathways`` dispatch to workflows that are more than one ``Trainer`` call.
 - Every command: configuration errors (unknown names, missing or unreadable files) are one line
   ``lit_xai: error: …`` (exit 2); SIGTERM/SIGINT stop the run at the next Python instruction with one line and exit
