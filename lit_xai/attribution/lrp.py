@@ -16,11 +16,19 @@ the preceding conv/linear call is folded into it (zennit's ``MergeBatchNorm`` ca
 merged layer. Composites assign rules per layer type as zennit's do (the first affine call is "the first layer").
 Everything runs through a ``TorchFunctionMode`` (every call of a module reused in a block, functional calls), so
 nothing is registered on the model. The map is the relevance at the input, ``[B, C, H, W]``.
+
+Cost (the pass floor, docs/protocols.md): each call's input and output are kept from the one forward, so the ε and
+Norm rules cost only the call's own transposed pass (the merged layer's output is the BatchNorm of the kept conv
+output, not a second conv); z⁺ adds one forward with the modified weights and replaces the transposed pass by that
+of the modified layer; αβ and γ need two such pairs. The ``x⁻`` branches are skipped where ``x ≥ 0`` is known (a
+ReLU output, or a pooling of one), where they are exactly zero. Modified weights (merged BatchNorm, ``W⁺``, γ
+weights) are kept between calls while their source tensors are unchanged (:class:`WeightCache`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,11 +51,16 @@ COMPOSITES = {
 }
 AVG_POOLS = frozenset({F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
                        F.adaptive_avg_pool3d})
+#: max pooling keeps x ≥ 0 (its output is a selection of its input)
+MAX_POOLS = frozenset({F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
+                       F.adaptive_max_pool3d})
+
+Branches = list[tuple[Tensor, Tensor, Tensor | None]]
 
 
 def stabilize(z: Tensor, eps: float) -> Tensor:
     """zennit's stabiliser: ``z + ε·sign(z)`` with sign(0) = +1."""
-    return z + eps * (2 * (z >= 0).to(z.dtype) - 1)
+    return torch.where(z >= 0, z + eps, z - eps)
 
 
 @dataclass
@@ -71,7 +84,7 @@ def neg(t: Tensor | None) -> Tensor | None:
 
 
 class Relevance(torch.autograd.Function):
-    """Value ``value``; backward ``R ↦ backward_fn(R)`` (the rule's input relevance)."""
+    """Value ``value`` (a copy: the model may change it in place); backward ``R ↦ backward_fn(R)``."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, value: Tensor, backward_fn: Callable[[Tensor], Tensor]) -> Tensor:
@@ -83,9 +96,22 @@ class Relevance(torch.autograd.Function):
         return ctx.backward_fn(relevance), None, None
 
 
-def branch_relevance(layer: Affine, branches: list[tuple[Tensor, Tensor, Tensor | None]],
-                     grads: Callable[[list[Tensor]], list[Tensor]], times_input: bool) -> Tensor:
-    """``Σ_k in_k ⊙ Jᵀ_k g_k`` (or ``Σ_k Jᵀ_k g_k``) for branches ``(in_k, W_k, b_k)`` and ``g = grads(outputs)``."""
+class Pass(torch.autograd.Function):
+    """Value ``fn(z)``; relevance passes through unchanged (zennit ``Pass``)."""
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+        return fn(z)
+
+    @staticmethod
+    def backward(ctx: Any, relevance: Tensor) -> tuple[Tensor, None]:
+        return relevance, None
+
+
+def branch_relevance(layer: Affine, branches: Branches, grads: Callable[[list[Tensor]], list[Tensor]],
+                     times_input: bool) -> Tensor:
+    """``Σ_k in_k ⊙ Jᵀ_k g_k`` (or ``Σ_k Jᵀ_k g_k``) for branches ``(in_k, W_k, b_k)`` and ``g = grads(outputs)``:
+    one modified forward and one transposed pass per branch."""
     with torch.enable_grad():
         inputs = [b[0].detach().requires_grad_(True) for b in branches]
         outputs = [layer(i, w, b) for i, (_, w, b) in zip(inputs, branches)]
@@ -96,6 +122,101 @@ def branch_relevance(layer: Affine, branches: list[tuple[Tensor, Tensor, Tensor 
         if v is not None:
             total = total + (i.detach() * v if times_input else v)
     return total
+
+
+def shared(r: Tensor, st: float) -> Callable[[list[Tensor]], list[Tensor]]:
+    """Every branch gets ``R / s(Σ_k o_k)`` (the z⁺-type share)."""
+    return lambda o: [r / stabilize(o[0] if len(o) == 1 else o[0] + o[1], st)] * len(o)
+
+
+class WeightCache:
+    """Modified weights of earlier calls, reused while every tensor they were computed from is the same object with
+    the same version, storage and device. ``Tensor._version`` counts in-place changes (an optimiser step,
+    ``load_state_dict``, ``copy_`` under ``no_grad``), and reassigning ``.data`` or moving the model changes the
+    storage: both recompute. In-place changes through ``.data`` bypass version counting (as they bypass autograd's own
+    checks) and are not seen. Sources are held weakly; entries of tensors that no longer exist are dropped."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple, tuple[tuple, tuple, Any]] = {}
+
+    @staticmethod
+    def state(tensors: Sequence[Tensor]) -> tuple:
+        return tuple((t._version, t.data_ptr(), t.device, t.dtype) for t in tensors)
+
+    def get(self, kind: Any, sources: Sequence[Any], compute: Callable[[], Any]) -> Any:
+        """``compute()``, or its value from an earlier call with the same ``kind`` and unchanged ``sources``."""
+        tensors = [s for s in sources if isinstance(s, Tensor)]
+        if any(t.is_inference() for t in tensors):  # inference tensors have no version counter
+            return compute()
+        key = (kind, *(id(s) if isinstance(s, Tensor) else s for s in sources))
+        state = self.state(tensors)
+        entry = self.entries.get(key)
+        if entry is not None and entry[1] == state and all(ref() is t for ref, t in zip(entry[0], tensors)):
+            return entry[2]
+        value = compute()
+        self.entries[key] = (tuple(weakref.ref(t) for t in tensors), state, value)
+        return value
+
+    def prune(self) -> None:
+        """Drop the entries whose source tensors no longer exist."""
+        for key in [k for k, (refs, _, _) in self.entries.items() if any(ref() is None for ref in refs)]:
+            del self.entries[key]
+
+
+@dataclass
+class LayerCall:
+    """One call of the forward: its input ``x``, the detached leaf ``leaf`` and its output ``z`` computed from the
+    leaf with its graph (the ε and Norm rules need only ``z``'s own backward), the layer, the BatchNorm ``scale`` and
+    ``shift`` merged into it, whether ``x ≥ 0`` is known, and the tensors its parameters come from (``sources``, the
+    key of ``cache``)."""
+
+    x: Tensor
+    leaf: Tensor
+    z: Tensor
+    layer: Affine | None = None
+    nonnegative: bool = False
+    batch_norm: tuple[Tensor, Tensor, Tensor | None, Tensor | None, float] | None = None
+    sources: tuple = ()
+    cache: WeightCache | None = None
+
+    def vjp(self, g: Tensor) -> Tensor:
+        """``x ⊙ Jᵀ g`` through the call's own graph (kept: a merged call shares it with the unmerged one)."""
+        (v,) = torch.autograd.grad(self.z, self.leaf, g, retain_graph=True)
+        return self.x * v
+
+    def derived(self, kind: Any, compute: Callable[[], Any]) -> Any:
+        """``compute()`` of this layer's parameters, from the cache when they are unchanged."""
+        return compute() if self.cache is None else self.cache.get(kind, self.sources, compute)
+
+    def merged(self) -> tuple[Tensor, Tensor | None]:
+        """Weight and bias with the following BatchNorm ``(mean, var, weight, bias, eps)`` merged in (zennit
+        ``MergeBatchNorm``: ``W·s``, ``(b − mean)·s + β`` with ``s = γ/√(var + eps)``); a fresh weight when merged."""
+        w, b = self.layer.weight, self.layer.bias
+        if self.batch_norm is None:
+            return w, b
+        mean, var, bn_weight, bn_bias, eps = self.batch_norm
+        scale = torch.rsqrt(var + eps)
+        scale = scale if bn_weight is None else bn_weight.detach() * scale
+        shift = -mean * scale if bn_bias is None else bn_bias.detach() - mean * scale
+        weight = w * scale.view((-1,) + (1,) * (w.dim() - 1))
+        return weight, shift if b is None else b * scale + shift
+
+    def clamped(self, positive: bool) -> tuple[Tensor, Tensor | None]:
+        """``(W⁺, b⁺)`` or ``(W⁻, b⁻)`` of the merged layer (a merged weight is clamped in place)."""
+        def compute() -> tuple[Tensor, Tensor | None]:
+            w, b = self.merged()
+            bound = {"min": 0} if positive else {"max": 0}
+            w = w.clamp_(**bound) if self.batch_norm is not None else w.clamp(**bound)
+            return w, None if b is None else b.clamp(**bound)
+        return self.derived("positive" if positive else "negative", compute)
+
+    def signed(self, flip: bool) -> Branches:
+        """z⁺-type branches ``(x⁺, W⁺, b⁺), (x⁻, W⁻, 0)`` (``flip``: ``(x⁺, W⁻, b⁻), (x⁻, W⁺, 0)``); only the first
+        when ``x ≥ 0`` (the second is then exactly zero)."""
+        w, b = self.clamped(not flip)
+        if self.nonnegative:
+            return [(self.x, w, b)]
+        return [(self.x.clamp(min=0), w, b), (self.x.clamp(max=0), self.clamped(flip)[0], None)]
 
 
 @dataclass
@@ -111,73 +232,95 @@ class RuleSet:
     low: float
     high: float
 
-    def backward(self, rule: str, layer: Affine, x: Tensor) -> Callable[[Tensor], Tensor]:
-        """The input-relevance function of ``rule`` at ``layer`` applied to ``x``."""
-        w, b, st = layer.weight.detach(), None if layer.bias is None else layer.bias.detach(), self.stabilizer
-        xp, xn = x.clamp(min=0), x.clamp(max=0)
+    def backward(self, rule: str, call: LayerCall) -> Callable[[Tensor], Tensor]:
+        """The input-relevance function of ``rule`` at ``call`` (modified weights are formed when it runs)."""
+        layer, st = call.layer, self.stabilizer
         if rule == "epsilon":
-            return lambda r: branch_relevance(layer, [(x, w, b)], lambda o: [r / stabilize(o[0], self.epsilon)], True)
+            return lambda r: call.vjp(r / stabilize(call.z.detach(), self.epsilon))
         if rule == "zplus":
-            return lambda r: branch_relevance(layer, [(xp, pos(w), pos(b)), (xn, neg(w), None)],
-                                              lambda o: [r / stabilize(o[0] + o[1], st)] * 2, True)
+            return lambda r: branch_relevance(layer, call.signed(False), shared(r, st), True)
         if rule == "alpha_beta":
             def alpha_beta(r: Tensor) -> Tensor:
-                plus = branch_relevance(layer, [(xp, pos(w), pos(b)), (xn, neg(w), None)],
-                                        lambda o: [r / stabilize(o[0] + o[1], st)] * 2, True)
-                minus = branch_relevance(layer, [(xp, neg(w), neg(b)), (xn, pos(w), None)],
-                                         lambda o: [r / stabilize(o[0] + o[1], st)] * 2, True)
+                plus = branch_relevance(layer, call.signed(False), shared(r, st), True)
+                minus = branch_relevance(layer, call.signed(True), shared(r, st), True)
                 return self.alpha * plus - self.beta * minus
             return alpha_beta
         if rule == "gamma":
-            g = self.gamma
-            wgp, wgn = w + g * w.clamp(min=0), w + g * w.clamp(max=0)
-            bgp = None if b is None else b + g * b.clamp(min=0)
-            bgn = None if b is None else b + g * b.clamp(max=0)
-            z = layer(x, w, b).detach()
+            def gamma_weights() -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+                w, b = call.merged()
+                g = self.gamma
+                return (torch.add(w, w.clamp(min=0), alpha=g), torch.add(w, w.clamp(max=0), alpha=g),
+                        None if b is None else torch.add(b, b.clamp(min=0), alpha=g),
+                        None if b is None else torch.add(b, b.clamp(max=0), alpha=g))
 
-            def gamma_grads(r: Tensor) -> Callable[[list[Tensor]], list[Tensor]]:
-                def grads(o: list[Tensor]) -> list[Tensor]:
-                    up = (z > 0).to(r.dtype) * r / stabilize(o[0] + o[1], st)
-                    down = (z < 0).to(r.dtype) * r / stabilize(o[2] + o[3], st)
-                    return [up, up, down, down]
-                return grads
-
-            return lambda r: branch_relevance(
-                layer, [(xp, wgp, bgp), (xn, wgn, None), (xp, wgn, bgn), (xn, wgp, None)], gamma_grads(r), True
-            )
+            def gamma(r: Tensor) -> Tensor:
+                wgp, wgn, bgp, bgn = call.derived(("gamma", self.gamma), gamma_weights)
+                z = call.z.detach()
+                up, down = (z > 0).to(r.dtype) * r, (z < 0).to(r.dtype) * r
+                # positive outputs: the z⁺-type share with W + γW⁺; negative ones: with W + γW⁻, x⁺ and x⁻ swapped
+                if call.nonnegative:
+                    branches = [(call.x, wgp, bgp), (call.x, wgn, bgn)]
+                else:
+                    xp, xn = call.x.clamp(min=0), call.x.clamp(max=0)
+                    branches = [(xp, wgp, bgp), (xn, wgn, None), (xp, wgn, bgn), (xn, wgp, None)]
+                half = len(branches) // 2
+                return branch_relevance(layer, branches,
+                                        lambda o: shared(up, st)(o[:half]) + shared(down, st)(o[half:]), True)
+            return gamma
         if rule == "flat":
-            ones = torch.ones_like(x)
-            return lambda r: branch_relevance(layer, [(ones, torch.ones_like(w), None)],
-                                              lambda o: [r / stabilize(o[0], st)], False)
+            return lambda r: branch_relevance(
+                layer, [(torch.ones_like(call.x), call.derived("ones", lambda: torch.ones_like(layer.weight)), None)],
+                lambda o: [r / stabilize(o[0], st)], False)
         if rule == "zbox":
-            low, high = torch.full_like(x, self.low), torch.full_like(x, self.high)
-
             def zbox(r: Tensor) -> Tensor:
+                (wp, bp), (wn, bn) = call.clamped(True), call.clamped(False)
                 with torch.enable_grad():
-                    ins = [t.detach().requires_grad_(True) for t in (x, low, high)]
-                    outs = [layer(ins[0], w, b), layer(ins[1], pos(w), pos(b)), layer(ins[2], neg(w), neg(b))]
-                    g = r / stabilize((outs[0] - outs[1] - outs[2]).detach(), st)
-                    vjps = torch.autograd.grad(outs, ins, [g, g, g])
-                return ins[0].detach() * vjps[0] - ins[1].detach() * vjps[1] - ins[2].detach() * vjps[2]
+                    ins = [torch.full_like(call.x, v).requires_grad_(True) for v in (self.low, self.high)]
+                    outs = [layer(ins[0], wp, bp), layer(ins[1], wn, bn)]
+                    g = r / stabilize(call.z.detach() - outs[0].detach() - outs[1].detach(), st)
+                    vjps = torch.autograd.grad([call.z, *outs], [call.leaf, *ins], [g, g, g], retain_graph=True)
+                return call.x * vjps[0] - ins[0].detach() * vjps[1] - ins[1].detach() * vjps[2]
             return zbox
         raise AttributionError(f"lrp: unknown rule {rule!r}")
+
+
+def own_graph(fn: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(leaf, fn(leaf))``: the call on a detached leaf of its input, the graph kept for the call's backward."""
+    leaf = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        return leaf, fn(leaf)
 
 
 class LRPMode(TorchFunctionMode):
     """Context manager: conv/linear calls get their composite rule, BatchNorm after them is folded, average
     pooling gets the normalised z rule, ReLU and other BatchNorms pass relevance through."""
 
-    def __init__(self, rules: tuple[str, str, str], params: RuleSet, method: str) -> None:
+    def __init__(self, rules: tuple[str, str, str], params: RuleSet, method: str,
+                 cache: WeightCache | None = None) -> None:
         super().__init__()
-        self.rules, self.params, self.method = rules, params, method
+        self.rules, self.params, self.method, self.cache = rules, params, method, cache
         self.affine_calls = 0
         self.relu_calls = 0
-        self.last: tuple[Tensor, Tensor, Affine, str] | None = None
+        self.last: tuple[Tensor, Tensor, LayerCall, str] | None = None
+        self.known_nonnegative: dict[int, tuple[Tensor, int]] = {}  # id → (tensor, its version when known ≥ 0)
 
-    def affine(self, x: Tensor, layer: Affine, rule: str) -> Tensor:
-        value = layer(x, layer.weight, layer.bias).detach()
-        out = Relevance.apply(x, value, self.params.backward(rule, layer, x.detach()))
-        self.last = (out, x, layer, rule)
+    def __exit__(self, *exc: Any) -> Any:
+        self.known_nonnegative.clear()
+        self.last = None
+        return super().__exit__(*exc)
+
+    def nonnegative(self, t: Any) -> bool:
+        entry = self.known_nonnegative.get(id(t))
+        return entry is not None and entry[0] is t and entry[1] == t._version
+
+    def mark_nonnegative(self, t: Tensor) -> Tensor:
+        self.known_nonnegative[id(t)] = (t, t._version)
+        return t
+
+    def relevance(self, source: Tensor, call: LayerCall, rule: str) -> Tensor:
+        """The call's value, with ``rule``'s relevance flowing back to ``source`` (the call's input in the graph)."""
+        out = Relevance.apply(source, call.z.detach(), self.params.backward(rule, call))
+        self.last = (out, source, call, rule)
         return out
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
@@ -187,42 +330,48 @@ class LRPMode(TorchFunctionMode):
             x, weight = args[0], args[1] if len(args) > 1 else kwargs["weight"]
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             rest, rest_kw = args[3:], {k: v for k, v in kwargs.items() if k not in ("weight", "bias")}
-            layer = Affine(lambda i, w, b: func(i, w, b, *rest, **rest_kw), weight, bias)
+            layer = Affine(lambda i, w, b: func(i, w, b, *rest, **rest_kw), weight.detach(),
+                           None if bias is None else bias.detach())
             first, conv, dense = self.rules
             rule = first if self.affine_calls == 0 else conv if func is F.conv2d else dense
             self.affine_calls += 1
-            return self.affine(x, layer, rule)
-        if func is F.batch_norm and self.last is not None and args[0] is self.last[0]:
+            leaf, z = own_graph(lambda i: layer(i, layer.weight, layer.bias), x)
+            call = LayerCall(x.detach(), leaf, z, layer, self.nonnegative(x), sources=(weight, bias), cache=self.cache)
+            return self.relevance(x, call, rule)
+        if func is F.batch_norm and self.last is not None and args and args[0] is self.last[0]:
             return self.fold(args, kwargs)
-        if func is F.batch_norm or func in RELU_FUNCTIONS:
-            if func in RELU_FUNCTIONS:
-                self.relu_calls += 1
-            z = args[0] if args else kwargs["input"]
-            kwargs = {k: v for k, v in kwargs.items() if k != "inplace"}
-            value = (F.relu(z) if func in RELU_FUNCTIONS else func(*args, **kwargs)).detach()
-            return z + (value - z.detach())  # value forward, relevance passes through (zennit Pass)
+        if func in RELU_FUNCTIONS:
+            self.relu_calls += 1
+            return self.mark_nonnegative(Pass.apply(args[0] if args else kwargs["input"], F.relu))
+        if func is F.batch_norm:
+            rest_kw = {k: v for k, v in kwargs.items() if k != "input"}
+            return Pass.apply(args[0] if args else kwargs["input"], lambda t: func(t, *args[1:], **rest_kw))
         if func in AVG_POOLS:
             x = args[0]
-            value = func(*args, **kwargs).detach()
-            layer = Affine(lambda i, w, b: func(i, *args[1:], **kwargs), x, None)
-            st = self.params.stabilizer
-            return Relevance.apply(x, value, lambda r: branch_relevance(
-                layer, [(x.detach(), x, None)], lambda o: [r / stabilize(o[0], st)], True))
-        return func(*args, **kwargs)
+            leaf, z = own_graph(lambda i: func(i, *args[1:], **kwargs), x)
+            call, st = LayerCall(x.detach(), leaf, z), self.params.stabilizer
+            out = Relevance.apply(x, z.detach(), lambda r: call.vjp(r / stabilize(z.detach(), st)))
+            return self.mark_nonnegative(out) if self.nonnegative(x) else out
+        out = func(*args, **kwargs)
+        if func in MAX_POOLS and isinstance(out, Tensor) and args and self.nonnegative(args[0]):
+            self.mark_nonnegative(out)
+        return out
 
     def fold(self, args: tuple, kwargs: dict) -> Tensor:
-        """BatchNorm (eval statistics) right after a conv/linear: redo that call's rule on the merged layer."""
+        """BatchNorm (eval statistics) right after a conv/linear: that call's rule acts on the merged layer, whose
+        output is the BatchNorm of the call's kept output (no second conv)."""
         names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
         bound = dict(zip(names, args)) | kwargs
         if bound.get("training", False):
             raise AttributionError("lrp: BatchNorm must use running statistics (the method runs in eval mode)")
-        _, x, layer, rule = self.last
-        scale = bound["weight"] / torch.sqrt(bound["running_var"] + bound.get("eps", 1e-5))
-        shift = bound["bias"] - bound["running_mean"] * scale
-        shape = (-1,) + (1,) * (layer.weight.dim() - 1)
-        weight = layer.weight * scale.view(shape)
-        bias = shift if layer.bias is None else layer.bias * scale + shift
-        return self.affine(x, Affine(layer.op, weight, bias), rule)
+        _, source, call, rule = self.last
+        batch_norm = (bound["running_mean"], bound["running_var"], bound.get("weight"), bound.get("bias"),
+                      bound.get("eps", 1e-5))
+        with torch.enable_grad():
+            z = F.batch_norm(call.z, *batch_norm[:4], False, 0.0, batch_norm[4])
+        merged = LayerCall(call.x, call.leaf, z, call.layer, call.nonnegative, batch_norm,
+                           (*call.sources, *batch_norm), call.cache)
+        return self.relevance(source, merged, rule)
 
 
 @register("lrp")
@@ -232,7 +381,8 @@ class LRP(AttributionMethod):
     γ conv, ε dense), ``epsilon_plus``, ``epsilon_alpha2_beta1_flat``, ``epsilon`` (ε everywhere; with ε → 0 on a
     bias-free ReLU net the map sums to ``y_t``). ``epsilon`` = ``stabilizer`` = 1e-6, ``gamma`` = 0.25 ← zennit's
     defaults; ``alpha``/``beta`` = 2/1 (zennit ``AlphaBeta``); ``low``/``high`` = 0/1 (zennit's ``ZBox`` advice for
-    raw images: pass the bounds of your normalised inputs). Relevance starts at the target logit."""
+    raw images: pass the bounds of your normalised inputs). Relevance starts at the target logit. The modified
+    weights are kept between calls (one copy of the conv weights) while the model's parameters are unchanged."""
 
     def __init__(self, composite: str = "epsilon_plus_flat", epsilon: float = 1e-6, stabilizer: float = 1e-6,
                  gamma: float = 0.25, alpha: float = 2.0, beta: float = 1.0, low: float = 0.0,
@@ -243,10 +393,18 @@ class LRP(AttributionMethod):
             raise AttributionError(f"lrp: alpha − beta must be 1 with beta ≥ 0, got alpha={alpha}, beta={beta}")
         self.composite = composite
         self.params = RuleSet(epsilon, stabilizer, gamma, alpha, beta, low, high)
+        self._cache = WeightCache()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if k != "_cache"}  # weak references do not pickle
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        vars(self).update(state, _cache=WeightCache())
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Tensor:
         x = inputs.detach().requires_grad_(True)
-        with LRPMode(COMPOSITES[self.composite], self.params, self.name) as mode:
+        self._cache.prune()
+        with LRPMode(COMPOSITES[self.composite], self.params, self.name, self._cache) as mode:
             logits = model(x)
         require_relus(mode.relu_calls, self.name)
         scores, _ = target_scores(logits, target)
