@@ -193,3 +193,14 @@ def test_report_writes_into_its_run_folder_and_logs_its_cells(in_tmp: Path, caps
     assert name.startswith("report-cells-") and manifests[name] == relative_files(run / "cells")
     assert len(manifests[name]) == 2  # (gradient, random) × deletion × one chunk
     assert sorted(p.name for p in in_tmp.iterdir()) == ["net.pt", "runs"]
+
+
+@pytest.mark.parametrize("command", [["fit", "--trainer.logger.init_args.name"],
+                                     ["roar", "--stage", "merge", "--name"]])
+def test_a_name_that_is_not_one_folder_is_one_line(in_tmp: Path, capsys: pytest.CaptureFixture,
+                                                   command: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli_main([*command, "../elsewhere"])
+    assert exit_.value.code == 2
+    assert "lit_xai: error: run name '../elsewhere' must be one folder name" in capsys.readouterr().err
+    assert not (in_tmp / "elsewhere").exists()
