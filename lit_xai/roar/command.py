@@ -58,7 +58,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--project", type=str, default="lit_xai")
     parser.add_argument("--group", type=str | None, default=None, help="W&B group (default: roar-<output dir name>)")
     parser.add_argument("--log_caches", type=bool, default=True,
-                        help="log the map cache as a W&B artifact (type cache) at the end, like the best checkpoint")
+                        help="at the end of a maps/all run (shard 0): log the map cache as a W&B artifact (type cache)")
     return parser
 
 
