@@ -42,6 +42,7 @@ from lit_xai.attribution.noise import sample_generators, sample_seeds
 from lit_xai.metrics.base import Explainer, pixel_scores
 from lit_xai.metrics.baselines import Fill, baseline_images, check_fill
 from lit_xai.metrics.image_scores import ImageScoreMean, feature_maps, prepared_maps
+from lit_xai.metrics.imputation import BANDED_MAX_SIDE, banded_imputation
 from lit_xai.metrics.perturbation import pixel_ranks
 from lit_xai.metrics.similarity import centred_unit, spearman
 
@@ -330,9 +331,12 @@ class Infidelity(FilledPerturbation):
 ROAD_STENCIL = ((1 / 12, 1 / 6, 1 / 12), (1 / 6, 0.0, 1 / 6), (1 / 12, 1 / 6, 1 / 12))
 
 
-def linear_imputation(images: Tensor, removed: Tensor, tol: float = 1e-10, max_iter: int | None = None) -> Tensor:
+def linear_imputation(images: Tensor, removed: Tensor, tol: float = 1e-10, max_iter: int | None = None,
+                      solver: str = "auto") -> Tensor:
     """Removed pixels replaced by the solution of ROAD's linear system, batched: ``[N, C, H, W]``, ``removed``
-    ``[N, 1, H, W]`` (bool).
+    ``[N, 1, H, W]`` (bool). ``solver``: ``cg`` (below), ``banded`` (exact, one banded Cholesky on the CPU,
+    :mod:`lit_xai.metrics.imputation`), ``auto`` (ours): ``banded`` on the CPU for images whose shorter side is at
+    most :data:`~lit_xai.metrics.imputation.BANDED_MAX_SIDE`, else ``cg``.
 
     Each removed pixel equals the stencil-weighted mean of its in-image neighbours (known ones fixed), i.e.
     ``(D − W) v = W_known x`` with D the sum of the in-image neighbour weights — the system Quantus solves with
@@ -341,6 +345,11 @@ def linear_imputation(images: Tensor, removed: Tensor, tol: float = 1e-10, max_i
     (relative residual); at most ``max_iter`` iterations (``None``: the pixel count, CG's exact-arithmetic bound).
     Computed in float64 (float32 on MPS, which has none).
     """
+    if solver not in ("auto", "cg", "banded"):
+        raise ValueError(f"solver={solver!r}: expected 'auto', 'cg' or 'banded'")
+    if solver == "banded" or (solver == "auto" and images.device.type == "cpu"
+                              and min(images.shape[-2:]) <= BANDED_MAX_SIDE):
+        return banded_imputation(images, removed, ROAD_STENCIL)
     dtype = torch.float32 if images.device.type == "mps" else torch.float64
     channels = images.shape[1]
     kernel = torch.tensor(ROAD_STENCIL, dtype=dtype, device=images.device).expand(channels, 1, 3, 3)
