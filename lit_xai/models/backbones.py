@@ -93,9 +93,13 @@ class CNN6(nn.Module):
 
 
 class DigitsCNN(nn.Module):
-    """A small CNN for the embedded 32×32 digits default: three conv-BN-ReLU stages, pool, linear."""
+    """A small CNN for the embedded 32×32 digits default: three conv-BN-ReLU stages, pool, linear.
 
-    def __init__(self, num_classes: int = 10, in_chans: int = 1, width: int = 16) -> None:
+    ``pooled_size`` > 1 average-pools to a ``pooled_size²`` grid before the linear layer, so the output can depend on
+    *where* a feature is (the six-region chest task needs it; a global pool keeps only what is present).
+    """
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 1, width: int = 16, pooled_size: int = 1) -> None:
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(in_chans, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
@@ -104,8 +108,10 @@ class DigitsCNN(nn.Module):
             nn.MaxPool2d(2),
             nn.Conv2d(2 * width, 4 * width, 3, padding=1), nn.BatchNorm2d(4 * width), nn.ReLU(inplace=True),
         )
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(4 * width, num_classes)
+        if pooled_size < 1:
+            raise ValueError(f"pooled_size must be ≥ 1, got {pooled_size}")
+        self.pool = nn.AdaptiveAvgPool2d(pooled_size)
+        self.fc = nn.Linear(4 * width * pooled_size**2, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
