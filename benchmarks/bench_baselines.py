@@ -3,7 +3,8 @@
 Figure of merit: method time / its pass floor, the number of passes it needs × one reference pass of the batch:
   - ``fb_input``: one forward + ``torch.autograd.grad`` w.r.t. the input only (gradient methods);
   - ``f``: one forward under ``torch.no_grad`` (perturbation methods: RISE, LIME, KernelSHAP).
-DeepLIFT needs one forward+backward of the ``[x; x̄]`` batch (2 × fb_input), DeepSHAP 2·N with N references,
+DeepLIFT needs one forward+backward of the ``[x; x̄]`` batch (2 × fb_input; RevealCancel of ``[x; x̄; x̄+Δ⁺; x̄+Δ⁻]``,
+4 × fb_input, its "ours/peer" column is against Rescale), DeepSHAP 2·N with N references,
 GradientSHAP ``n_samples`` (+ one forward for the target), RISE/LIME/KernelSHAP one forward per mask/coalition,
 PrunePGD_50* ``steps`` + 1, Guided IG ``steps``, LRP 1 (its rules recompute each layer's modified forward in the
 backward, so > 1 is expected). Peers: zennit ``EpsilonPlusFlat`` for LRP, Captum
@@ -66,6 +67,8 @@ def candidates(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace
     return {
         "deeplift ours": ("fb_input", 2, lambda x, t: build_method("deeplift", max_batch=mb)(model, x, t)),
         "deeplift captum": ("fb_input", 2, lambda x, t: DeepLift(model).attribute(x, 0.0 * x, target=t)),
+        "deeplift reveal_cancel ours": ("fb_input", 4, lambda x, t: build_method(  # rows [x; x̄; x̄+Δ⁺; x̄+Δ⁻]
+            "deeplift", rule="reveal_cancel", max_batch=mb)(model, x, t)),
         "deepshap ours": ("fb_input", 2 * args.background,
                           lambda x, t: build_method("deepshap", background=background, max_batch=mb)(model, x, t)),
         "deepshap captum": ("fb_input", 2 * args.background,

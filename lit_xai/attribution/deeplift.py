@@ -165,13 +165,16 @@ class RevealCancelMode(TorchFunctionMode):
         self.eps = eps
         self.method = method
         self.calls = 0
+        self.abs_weights: dict[int, tuple[Tensor, Tensor]] = {}
 
     def tracked(self, t: Any) -> bool:
         return isinstance(t, Tensor) and t.dim() > 0 and t.shape[0] == 4 * self.pairs
 
     @staticmethod
     def parts(t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(t(x), t(x̄), Δ⁺, Δ⁻)``; only the parts carry gradients."""
         x, ref, up, down = t.chunk(4)
+        x, ref = x.detach(), ref.detach()
         return x, ref, up - ref, down - ref
 
     @staticmethod
@@ -262,11 +265,13 @@ class RevealCancelMode(TorchFunctionMode):
         delta = with_gradient_of(x - ref, pos + neg)
         with torch.no_grad():
             sign = delta.sign()
-        outputs = func(torch.cat([x, ref]), weight, bias, *rest, **extra)
+        out_ref = func(ref, weight, bias, *rest, **extra)
         lin = func(delta, weight, None, *rest, **extra)
-        mag = func(delta * sign, weight.abs(), None, *rest, **extra)
-        out_x, out_ref = outputs.chunk(2)
-        return self.rows(out_x, out_ref, 0.5 * (lin + mag), 0.5 * (lin - mag))
+        if id(weight) not in self.abs_weights:  # frozen during the call; a layer called twice pays once
+            self.abs_weights[id(weight)] = (weight, weight.abs())  # holding ``weight`` keeps its id unique
+        mag = func(delta * sign, self.abs_weights[id(weight)][1], None, *rest, **extra)
+        # the value at x as W·x̄ + b + W·Δa: one convolution fewer than W·x + b, equal up to round-off
+        return self.rows(out_ref + lin, out_ref, 0.5 * (lin + mag), 0.5 * (lin - mag))
 
     def batch_norm(self, args: tuple, kwargs: dict) -> Tensor:
         """Eval-mode BatchNorm scales each channel by ``s = γ/√(σ² + ε)``; the parts swap where ``s < 0`` (the
@@ -277,17 +282,14 @@ class RevealCancelMode(TorchFunctionMode):
         if bound["training"] or bound["running_var"] is None:
             raise AttributionError(f"{self.method}: rule='reveal_cancel' needs BatchNorm with running statistics "
                                    "in eval mode (batch statistics would mix the rows of x, x̄ and the parts)")
-        inp = bound["input"]
-        x, ref, pos, neg = self.parts(inp)
-        outputs = F.batch_norm(torch.cat([x, ref]), **{k: v for k, v in bound.items() if k != "input"})
-        scale = torch.rsqrt(bound["running_var"] + bound["eps"])
-        if bound["weight"] is not None:
-            scale = scale * bound["weight"]
-        scale = scale.view(1, -1, *([1] * (inp.dim() - 2)))
-        flip = scale < 0
-        out_x, out_ref = outputs.chunk(2)
-        return self.rows(out_x, out_ref, torch.where(flip, scale * neg, scale * pos),
-                         torch.where(flip, scale * pos, scale * neg))
+        # on all four row groups: the values at x and x̄, and the parts scaled by s (the offsets cancel the shift)
+        out = F.batch_norm(*args, **kwargs)
+        with torch.no_grad():
+            scale = torch.rsqrt(bound["running_var"] + bound["eps"])
+            if bound["weight"] is not None:
+                scale = scale * bound["weight"]
+            flip = (scale < 0).view(1, -1, *([1] * (out.dim() - 2)))
+        return torch.where(flip, self.swapped(out), out) if bool(flip.any()) else out
 
     def max_pool(self, func: Any, args: tuple, kwargs: dict) -> Tensor:
         """The gradient rule (the authors' default ``MaxPoolDeepLiftMode.gradient``): ``Δout = max(x) − max(x̄)``,
