@@ -1,8 +1,10 @@
 """Batched vs one-at-a-time axiom scene generation, side by side in one process.
 
 Both arms run the same scenario, model, decoder and iteration count; the stopping thresholds are set out of
-reach so every scene runs all iterations and the two arms do identical work per scene. Arms alternate,
-repeat, and the medians are compared. Prints seconds per scene-iteration and the speed-up per scene.
+reach so every scene runs all iterations and the two arms do identical work per scene. Protocol
+(benchmarks/harness.py): both arms warmed up (one-at-a-time on one scene: the same shapes), rotated interleaving,
+per-round paired ratio batched / one-at-a-time (median and IQR). Target (issue 7): batched ≥ 4× faster per scene,
+i.e. the ratio ≤ 0.25; MISS above it. Also prints seconds per scene-iteration.
 
     .venv/bin/python benchmarks/bench_axioms.py [--scenes 16] [--iterations 20] [--repeats 3] [--threads 1]
 """
@@ -10,13 +12,26 @@ repeat, and the medians are compared. Prints seconds per scene-iteration and the
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 
-from lit_xai.axioms.generation import DecoderConfig, GenerationConfig, SceneGenerator
-from lit_xai.models.backbones import build_backbone
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness import Row, interleaved_times, machine_state, markdown_table, paired_ratio  # noqa: E402
+
+from lit_xai.axioms.generation import DecoderConfig, GenerationConfig, SceneGenerator  # noqa: E402
+from lit_xai.models.backbones import build_backbone  # noqa: E402
+
+TARGET = 0.25  # issue 7: batched generation of 16 scenes ≥ 4× faster per scene than one at a time
+
+
+def one_at_a_time(gen: SceneGenerator, scenario: str, ids: list[int]) -> None:
+    """The per-scene loop batching replaces (the measured baseline)."""
+    for i in ids:
+        gen.generate(scenario, [i])
 
 
 def main() -> None:
@@ -37,23 +52,17 @@ def main() -> None:
     )
     gen = SceneGenerator(model, 10, cfg, seed=0)
     ids = list(range(args.scenes))
-    gen.generate(args.scenario, ids[:2])  # warm-up
-    batched, sequential = [], []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        gen.generate(args.scenario, ids)
-        batched.append((time.perf_counter() - start) / args.scenes)
-        start = time.perf_counter()
-        for i in ids:
-            gen.generate(args.scenario, [i])
-        sequential.append((time.perf_counter() - start) / args.scenes)
-    b, s = statistics.median(batched), statistics.median(sequential)
-    per_it = args.iterations
-    print(f"scenario={args.scenario} scenes={args.scenes} iterations={per_it} threads={args.threads}")
-    print(f"batched    : {b:.3f} s/scene ({b / per_it * 1e3:.1f} ms/scene-iteration)", [round(x, 3) for x in batched])
-    runs = [round(x, 3) for x in sequential]
-    print(f"one-by-one : {s:.3f} s/scene ({s / per_it * 1e3:.1f} ms/scene-iteration)", runs)
-    print(f"speed-up per scene (one-by-one / batched): {s / b:.2f}x")
+    times = interleaved_times(
+        {"batched": lambda: gen.generate(args.scenario, ids),
+         "one at a time": lambda: one_at_a_time(gen, args.scenario, ids)},
+        args.repeats, warmups={"one at a time": lambda: gen.generate(args.scenario, ids[:1])},
+    )
+    ms = {k: sorted(v)[len(v) // 2] / args.scenes / args.iterations * 1e3 for k, v in times.items()}
+    row = Row(f"{args.scenario}, {args.scenes} scenes × {args.iterations} iterations, {args.threads} thread(s)",
+              "batched", "one at a time", paired_ratio(times["batched"], times["one at a time"]), TARGET,
+              note=f"{ms['batched']:.1f} vs {ms['one at a time']:.1f} ms/scene-iteration")
+    print(machine_state())
+    print(markdown_table([row]))
 
 
 if __name__ == "__main__":

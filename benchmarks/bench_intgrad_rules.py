@@ -9,24 +9,35 @@ biased. This script trains a small model on the bundled digits (seeded; or loads
 contributions of ``--images`` validation digits with a ``--reference_steps``-point midpoint integral, and for each
 (rule, S) reports: the relative L1 error of all contributions (Σ|c − c_ref| / Σ|c_ref| per image, mean), the largest
 per-layer relative error, the network-wide pathway Jaccard overlap with the reference pathway at κ = 0.9, and the
-cost in passes (S α rows per layer) and seconds (1 thread, median of ``--repeats``). The table in docs/pathways.md
-("NeuronIntGrad's α rule") is its output; it chose the default ``rule="midpoint", steps=5``.
+cost in passes (S α rows per layer) and time: every (rule, S) timed on the shared harness (benchmarks/harness.py:
+warm-up on every side, rotated interleaving over ``--repeats`` rounds, 1 thread), as the median seconds and the
+paired per-round ratio to the default (midpoint, 5) with its inter-quartile range. The table in docs/pathways.md
+("NeuronIntGrad's α rule") is its output; it chose the default ``rule="midpoint", steps=5`` (an accuracy/cost
+choice: the rows carry no speed target).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from lit_xai.data import DigitsDataModule
-from lit_xai.models.backbones import build_backbone
-from lit_xai.pathways import intgrad_contributions, jaccard, select_pathway
-from lit_xai.pathways.neurons import flatten_neurons
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from harness import interleaved_times, machine_state, paired_ratio  # noqa: E402
+
+from lit_xai.data import DigitsDataModule  # noqa: E402
+from lit_xai.models.backbones import build_backbone  # noqa: E402
+from lit_xai.pathways import intgrad_contributions, jaccard, select_pathway  # noqa: E402
+from lit_xai.pathways.contributions import INTGRAD_RULE, INTGRAD_STEPS  # noqa: E402
+from lit_xai.pathways.neurons import flatten_neurons  # noqa: E402
+
+DEFAULT = (INTGRAD_RULE, INTGRAD_STEPS)  # the library's default: the ratio column's reference
 CANDIDATES = [
     ("closed", 11),  # lit_xai's former default
     ("reference", 11),  # the authors' published code (α up to 5.5)
@@ -86,19 +97,24 @@ def main() -> None:
     ref = intgrad_contributions(model, images, target, "bench", steps=args.reference_steps, internal_batch_size=256)
     ref_path = select_pathway(ref.contributions, args.sparsity)
     print(f"{args.backbone}, {images.shape[0]} validation digits, reference: {args.reference_steps}-point midpoint; "
-          f"κ = {args.sparsity}; {torch.get_num_threads()} thread(s), median of {args.repeats}", flush=True)
-    print("| rule | S | rel. L1 error | worst layer | pathway Jaccard | passes | seconds |")
-    print("|---|---|---|---|---|---|---|")
+          f"κ = {args.sparsity}; {torch.get_num_threads()} thread(s), {args.repeats} interleaved rounds; "
+          f"{machine_state()}", flush=True)
+    cases = {
+        f"{rule} {steps}": (lambda r=rule, s=steps: intgrad_contributions(model, images, target, "bench", steps=s,
+                                                                          rule=r))
+        for rule, steps in CANDIDATES
+    }
+    times = interleaved_times(cases, args.repeats)
+    default = f"{DEFAULT[0]} {DEFAULT[1]}"
+    print(f"| rule | S | rel. L1 error | worst layer | pathway Jaccard | passes | seconds | / {default} [IQR] |")
+    print("|---|---|---|---|---|---|---|---|")
     for rule, steps in CANDIDATES:
-        times = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            got = intgrad_contributions(model, images, target, "bench", steps=steps, rule=rule)
-            times.append(time.perf_counter() - start)
+        key = f"{rule} {steps}"
+        got = cases[key]()
         error, worst = relative_errors(got.contributions, ref.contributions)
         overlap = float(jaccard(select_pathway(got.contributions, args.sparsity), ref_path).mean())
         print(f"| {rule} | {steps} | {error:.3f} | {worst:.3f} | {overlap:.3f} | {steps} | "
-              f"{statistics.median(times):.2f} |", flush=True)
+              f"{statistics.median(times[key]):.2f} | {paired_ratio(times[key], times[default])} |", flush=True)
 
 
 if __name__ == "__main__":
