@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
+import pickle
+from collections import Counter
 
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lit_xai.attribution import AttributionError, build_method, get_class
+from lit_xai.attribution.lrp import LRPMode
 from lit_xai.attribution.rise import mirror_bilinear_matrix
 
 NEW_METHODS = {
@@ -246,6 +251,90 @@ def test_lrp_epsilon_is_conservative_on_a_bias_free_relu_net():
         build_method("lrp", alpha=1.0, beta=1.0)
     with pytest.raises(AttributionError, match="unknown composite 'zplus'"):
         build_method("lrp", composite="zplus")
+
+
+class CountOps(TorchDispatchMode):
+    """Count the aten operators a block runs (forward and backward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[func.__name__.split(".")[0]] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize(("composite", "forwards", "transposed"), [
+    # MixedReLUNet: conv1 (+ BatchNorm, the first layer) on the image, conv2 on a ReLU output (x ≥ 0), then dense.
+    # every conv runs once in the forward; each rule adds modified forwards and transposed passes (docs/protocols.md)
+    ("epsilon", 2, 2),                    # ε: the call's own backward, nothing recomputed
+    ("epsilon_plus_flat", 2 + 2, 2),      # flat: the all-ones layer; z⁺ on x ≥ 0: W⁺ only (the x⁻ branch is 0)
+    ("epsilon_plus", 2 + 3, 3),           # z⁺ on the image (x⁻ ≠ 0): W⁺x⁺ and W⁻x⁻; on conv2 W⁺ only
+    ("epsilon_alpha2_beta1_flat", 2 + 3, 3),  # αβ on x ≥ 0: W⁺ and W⁻ on x
+    ("epsilon_gamma_box", 2 + 4, 5),      # zB: the layer at l and h besides x; γ on x ≥ 0: W + γW⁺ and W + γW⁻
+])
+def test_lrp_runs_at_its_pass_floor(composite, forwards, transposed):
+    """The pass floor, pinned by counting convolutions: no layer recomputes its own forward (the BatchNorm merged
+    into conv1 reuses conv1's output) and the ``x⁻`` branches are skipped where ``x ≥ 0`` is known."""
+    net, x = MixedReLUNet().eval(), images()
+    with CountOps() as ops:
+        build_method("lrp", composite=composite)(net, x, 1)
+    assert (ops.counts["convolution"], ops.counts["convolution_backward"]) == (forwards, transposed)
+
+
+class ShiftedNet(nn.Module):
+    """conv → ReLU → shift by −0.3 (``inplace``: the ReLU output itself, else a new tensor) → conv → ReLU → dense."""
+
+    def __init__(self, inplace: bool) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.conv1, self.conv2, self.fc = nn.Conv2d(2, 4, 3, padding=1), nn.Conv2d(4, 4, 3), nn.Linear(144, 3)
+        self.inplace = inplace
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.conv1(x))
+        h = h.sub_(0.3) if self.inplace else h - 0.3
+        return self.fc(F.relu(self.conv2(h)).flatten(1))
+
+
+@pytest.mark.parametrize("composite", ["epsilon_plus_flat", "epsilon_alpha2_beta1_flat", "epsilon_gamma_box"])
+def test_lrp_skips_the_negative_branch_only_where_inputs_are_nonnegative(composite, monkeypatch):
+    """A ReLU output changed in place before the next conv is no longer known to be ≥ 0 (its version changed): the
+    x⁻ branch runs and the map equals the one of the same net written out of place. Guard: ``x⁻`` matters here."""
+    x = images()
+    inplace = build_method("lrp", composite=composite)(ShiftedNet(inplace=True).eval(), x, 1)
+    out_of_place = build_method("lrp", composite=composite)(ShiftedNet(inplace=False).eval(), x, 1)
+    torch.testing.assert_close(inplace, out_of_place, rtol=1e-6, atol=1e-7)
+    monkeypatch.setattr(LRPMode, "nonnegative", lambda self, t: True)  # the bug guarded against: x⁻ skipped
+    assert not torch.allclose(build_method("lrp", composite=composite)(ShiftedNet(inplace=True).eval(), x, 1),
+                              out_of_place, rtol=1e-3, atol=1e-5)
+
+def test_lrp_reuses_modified_weights_until_the_parameters_change():
+    """The modified weights are formed once per parameter state: a second call runs no weight clamp, and in-place
+    changes of a weight, a BatchNorm statistic or a loaded state dict give the map of a fresh method."""
+    net, x = MixedReLUNet().eval(), images()
+    method = build_method("lrp")
+    first = method(net, x, 1)
+    with CountOps() as ops:
+        again = method(net, x, 1)
+    assert ops.counts["clamp"] + ops.counts["clamp_"] == 0
+    assert torch.equal(first, again)
+    other = MixedReLUNet().eval()
+    with torch.no_grad():
+        other.conv2.weight.mul_(-0.5)
+        other.bn.running_var.mul_(3.0)
+    changes = [lambda: net.conv2.weight.mul_(-1.5), lambda: net.bn.running_var.mul_(2.0),
+               lambda: net.bn.weight.neg_(), lambda: net.load_state_dict(other.state_dict())]
+    for change in changes:
+        before = method(net, x, 1)
+        with torch.no_grad():
+            change()
+        after = method(net, x, 1)
+        torch.testing.assert_close(after, build_method("lrp")(net, x, 1), rtol=0, atol=0)
+        assert not torch.allclose(after, before)
+    copied = pickle.loads(pickle.dumps(method))
+    assert torch.equal(copied(net, x, 1), method(net, x, 1)) and torch.equal(copy.deepcopy(method)(net, x, 1), after)
 
 
 # ---------------------------------------------------------------- Excitation Backprop

@@ -292,10 +292,11 @@ def zennit_relevance(net: nn.Module, x: torch.Tensor, composite) -> torch.Tensor
 
 
 def zennit_composites(canonizers: list) -> dict:
-    from zennit.composites import EpsilonAlpha2Beta1Flat, EpsilonGammaBox, EpsilonPlusFlat
+    from zennit.composites import EpsilonAlpha2Beta1Flat, EpsilonGammaBox, EpsilonPlus, EpsilonPlusFlat
 
     return {
         "epsilon_plus_flat": ({}, EpsilonPlusFlat(canonizers=canonizers)),
+        "epsilon_plus": ({}, EpsilonPlus(canonizers=canonizers)),  # z⁺ on the image: the x⁻ branch runs
         "epsilon_gamma_box": ({"low": -3.0, "high": 3.0}, EpsilonGammaBox(low=-3.0, high=3.0, canonizers=canonizers)),
         "epsilon_alpha2_beta1_flat": ({}, EpsilonAlpha2Beta1Flat(canonizers=canonizers)),
     }
