@@ -1,17 +1,27 @@
-"""Which rows-per-forward is fastest for batched attribution passes, and where the memory-budget rule lands.
+"""Which rows-per-forward is fastest for batched attribution passes and metrics, and where the budget rule lands.
 
-For each model, ``--rows`` rows (e.g. IG steps × images) are pushed through forward + input-gradient backward with
-frozen parameters, in chunks of each candidate size; times are interleaved (benchmarks/harness.py) and reported
-as paired ratios to the fastest chunk. The last line gives the chunk that :func:`lit_xai.attribution.batching.
-rows_per_chunk` chooses by default, so the default can be checked against the optimum on the machine at hand.
+Methods: for each model, a fixed number of rows (e.g. IG steps × images) are pushed through forward +
+input-gradient backward with frozen parameters, in chunks of each candidate size; times are interleaved
+(benchmarks/harness.py) and reported as paired ratios to the fastest chunk. The last line gives the chunk that
+:func:`lit_xai.attribution.batching.rows_per_chunk` chooses by default, so the default can be checked against the
+optimum on the machine at hand.
 
-    .venv/bin/python benchmarks/bench_chunks.py                        # digits CNN, ResNet-8 32², ResNet-18 224²
+Metrics (``--metrics``): a whole ``update`` of Deletion or Sensitivity-N (gradient-free forwards of the perturbed
+rows) with each candidate ``max_batch``, with ``max_batch=None`` (the same budget rule) and with the batch size (the
+metrics' former default), as paired ratios to the fastest candidate. ``--memory`` adds the peak-RSS growth of one
+Deletion update on torchvision ResNet-18 224², batch 4, default vs the former chunk (the batch), each in a fresh
+process.
+
+    .venv/bin/python benchmarks/bench_chunks.py                        # methods: digits CNN, ResNet-8, ResNet-18
     .venv/bin/python benchmarks/bench_chunks.py --models resnet8 --rounds 5
+    .venv/bin/python benchmarks/bench_chunks.py --models --metrics deletion_digits_cnn sensitivity_n_resnet8
+    .venv/bin/python benchmarks/bench_chunks.py --models --metrics --memory   # every metric row, then memory
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -20,10 +30,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import interleaved_times, paired_ratio  # noqa: E402
+from harness import interleaved_times, paired_ratio, peak_memory_growth  # noqa: E402
 
 from lit_xai.attribution.batching import activation_bytes_per_row, rows_per_chunk  # noqa: E402
+from lit_xai.metrics import Deletion, SensitivityN  # noqa: E402
 from lit_xai.models.backbones import build_backbone  # noqa: E402
+
+ROOT = str(Path(__file__).resolve().parents[1])
 
 SETUPS = {  # name: (backbone, in_chans, size, rows, candidate chunks)
     "digits_cnn": ("digits_cnn", 1, 32, 512, (16, 32, 64, 128, 192, 256, 512)),
@@ -61,15 +74,89 @@ def bench(name: str, rounds: int) -> None:
     print(f"default (budget rule): {rows_per_chunk(model, x)} rows")
 
 
+#: metric rows: (metric, setup of SETUPS, batch, metric arguments giving rows = steps × batch, candidate chunks)
+METRIC_SETUPS = {
+    "deletion_digits_cnn": ("deletion", "digits_cnn", 8, {"num_steps": 63}, (8, 32, 64, 128, 256, 512)),
+    "deletion_resnet8": ("deletion", "resnet8", 8, {"num_steps": 31}, (4, 8, 16, 32, 64, 128, 256)),
+    "deletion_resnet18": ("deletion", "resnet18", 4, {"num_steps": 7}, (1, 2, 4, 8)),
+    "sensitivity_n_digits_cnn": ("sensitivity_n", "digits_cnn", 8, {"num_n": 4, "num_masks": 16},
+                                 (8, 32, 64, 128, 256, 512)),
+    "sensitivity_n_resnet8": ("sensitivity_n", "resnet8", 8, {"num_n": 4, "num_masks": 8},
+                              (4, 8, 16, 32, 64, 128, 256)),
+}
+
+
+def metric(kind: str, max_batch: int | None, kwargs: dict) -> Deletion | SensitivityN:
+    """Deletion to the dataset mean (``zero``: no data normalisation needed) or Sensitivity-N, with ``max_batch``."""
+    if kind == "deletion":
+        return Deletion(baseline="zero", max_batch=max_batch, **kwargs)
+    return SensitivityN(max_fraction=0.5, max_batch=max_batch, **kwargs)
+
+
+def bench_metric(name: str, rounds: int) -> None:
+    kind, setup, batch, kwargs, chunks = METRIC_SETUPS[name]
+    backbone, in_chans, size, _, _ = SETUPS[setup]
+    torch.manual_seed(0)
+    model = build_backbone(backbone, num_classes=10, in_chans=in_chans).eval()
+    x, maps = torch.randn(batch, in_chans, size, size), torch.randn(batch, 1, size, size)
+    target = torch.zeros(batch, dtype=torch.long)
+    default = rows_per_chunk(model, x)
+    candidates = sorted({*chunks, default, batch})  # the rule's and the former default's chunks measured once
+
+    def run(max_batch: int):
+        return lambda: metric(kind, max_batch, kwargs).update(model, x, target, maps)
+
+    probe = metric(kind, None, kwargs)
+    probe.update(model, x, target, maps)
+    rows = probe.curve_axis().numel() * batch * (probe.num_masks if kind == "sensitivity_n" else 1)
+    times = interleaved_times({c: run(c) for c in candidates}, rounds=rounds)
+    # fastest: the lowest median over rounds of the time relative to the round's median case (load drifts between
+    # rounds, rarely within one), then paired ratios to it
+    per_round = [statistics.median(times[c][r] for c in candidates) for r in range(rounds)]
+    best = min(candidates, key=lambda c: statistics.median(t / m for t, m in zip(times[c], per_round)))
+    print(f"\n== {kind} {backbone} {size}², batch {batch}, {rows} rows, {torch.get_num_threads()} thread(s), "
+          f"{rounds} rounds; load {open('/proc/loadavg').read().split()[0]}", flush=True)
+    for c in candidates:
+        role = " ".join(r for r, v in (("← budget rule (default)", default), ("← former default (batch)", batch))
+                        if v == c)
+        print(f"chunk {c:4d}: {statistics.median(times[c]) / rows * 1e3:8.3f} ms/row   / fastest ({best}) "
+              f"{paired_ratio(times[c], times[best])} {role}", flush=True)
+
+
+def bench_memory(batch: int = 4) -> None:
+    """Peak-RSS growth of one Deletion update on torchvision ResNet-18 224² (fresh process each)."""
+    setup = (
+        "from lit_xai.metrics import Deletion\n"
+        "from lit_xai.models.backbones import build_backbone\n"
+        "torch.manual_seed(0)\n"
+        "model = build_backbone('torchvision/resnet18', num_classes=10, in_chans=3).eval()\n"
+        f"x, maps = torch.randn({batch}, 3, 224, 224), torch.randn({batch}, 1, 224, 224)\n"
+        f"target = torch.zeros({batch}, dtype=torch.long)\n"
+        "with torch.no_grad():\n    model(x[:1])\n"
+    )
+    print(f"\n== peak-RSS growth of Deletion(num_steps=8), torchvision ResNet-18 224², batch {batch}, fresh processes")
+    for label, max_batch in (("default max_batch=None", None), (f"former default (the batch, {batch})", batch)):
+        run = f"Deletion(baseline='zero', num_steps=8, max_batch={max_batch}).update(model, x, target, maps)"
+        print(f"{label:>34}: {peak_memory_growth(setup, run, ROOT):7.1f} MiB", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=list(SETUPS), choices=list(SETUPS))
+    parser.add_argument("--models", nargs="*", default=list(SETUPS), choices=list(SETUPS))
+    parser.add_argument("--metrics", nargs="*", default=[], choices=list(METRIC_SETUPS),
+                        help="metric rows (no names: all of them)")
+    parser.add_argument("--memory", action="store_true", help="Deletion peak memory at ResNet-18 224², batch 4")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for name in args.models:
         bench(name, args.rounds)
+    metric_rows = args.metrics or (list(METRIC_SETUPS) if "--metrics" in sys.argv else [])
+    for name in metric_rows:
+        bench_metric(name, args.rounds)
+    if args.memory:
+        bench_memory()
 
 
 if __name__ == "__main__":
