@@ -15,7 +15,10 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from lit_xai.attribution import AttributionError, build_method, get_class
+from lit_xai.attribution.activations import forward_with_activations
+from lit_xai.attribution.base import target_scores
 from lit_xai.attribution.lrp import LRPMode
+from lit_xai.attribution.pruning import PrunePGD
 from lit_xai.attribution.rise import mirror_bilinear_matrix
 
 NEW_METHODS = {
@@ -433,6 +436,29 @@ def test_prune_pgd_dead_is_pgd_on_the_originally_active_neurons():
     torch.testing.assert_close(ours, delta, rtol=1e-5, atol=1e-6)
     unpruned = build_method("prune_pgd", sparsity=0.0)(net, x, 2)
     assert not torch.allclose(ours, unpruned, atol=1e-4)
+
+
+class SeparateMaskPGD(PrunePGD):
+    """The former PrunePGD_50*: the keep mask from a gradient-free forward of its own, then every step on the pruned
+    network (steps + 1 forwards)."""
+
+    def prune(self, model, inputs, target):
+        with torch.no_grad():
+            logits, activations = forward_with_activations(model, inputs, "prune_pgd_dead")
+        return [a > 0 for a in activations], target_scores(logits, target)[1]
+
+
+@pytest.mark.parametrize("target", [None, torch.tensor([2, 0, 1])])
+def test_prune_pgd_dead_first_step_doubles_as_the_mask_forward(target):
+    """At δ = 0 the pruned net equals the plain one in value and gradient, so the first step's forward gives the mask:
+    ``steps`` forward+backward passes (2 convs each here) instead of ``steps`` + 1 forwards, and the same map, bit for
+    bit, as the separate mask forward."""
+    net, x = MixedReLUNet().eval(), images()
+    for steps in (1, 4):
+        with CountOps() as ops:
+            ours = build_method("prune_pgd_dead", steps=steps)(net, x, target)
+        assert (ops.counts["convolution"], ops.counts["convolution_backward"]) == (2 * steps, 2 * steps)
+        assert torch.equal(ours, SeparateMaskPGD(sparsity=0.0, steps=steps)(net, x, target))
 
 
 # ---------------------------------------------------------------- contract and configuration

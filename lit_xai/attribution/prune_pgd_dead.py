@@ -4,6 +4,10 @@ Every neuron (element of a ReLU call's output) whose activation is zero at the e
 while the L2 PGD perturbation is optimised; all neurons active at the image stay. This is the adversarial defence of
 Wagner et al. (2019): "gradients are only propagated if a neuron was active in the original image". The seed
 reports ≈50% of ResNet-8's neurons dead on CIFAR-10, hence the name; here the pruned share is whatever is dead.
+
+Passes: ``steps`` forward+backward passes, no more. At ``δ = 0`` the pruned network equals the unpruned one in value
+and in gradient (a ReLU's gradient is already zero where its output is), so the first PGD step runs on the plain
+network and its forward also yields the keep mask; the steps after it run on the pruned network.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from lit_xai.attribution.activations import forward_with_activations
 from lit_xai.attribution.base import target_scores
 from lit_xai.attribution.pruning import PrunePGD
 from lit_xai.attribution.registry import register
-from lit_xai.pathways.neurons import NeuronTensors
+from lit_xai.pathways.neurons import NeuronGate, expand_per_sample, gated
 
 
 @register("prune_pgd_dead")
@@ -26,9 +30,22 @@ class PrunePGDDead(PrunePGD):
     def __init__(self, steps: int = 20, step_size: float = 0.01, bound: float = 0.1) -> None:
         super().__init__(sparsity=0.0, steps=steps, step_size=step_size, bound=bound)
 
-    def prune(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> tuple[NeuronTensors, Tensor]:
-        """(keep = neurons active at the inputs, per ReLU call; explained target)."""
-        with torch.no_grad():
-            logits, activations = forward_with_activations(model, inputs, self.name)
-        _, target = target_scores(logits, target)
-        return [a > 0 for a in activations], target
+    def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Tensor:
+        """L2 PGD ``argmax_δ f_p(x+δ)``, ``‖δ‖₂ ≤ bound`` (seed 000 Eq. 4): ``δ ← Π(δ + step_size·g/‖g‖₂)``."""
+        delta = torch.zeros_like(inputs).requires_grad_(True)
+        logits, activations = forward_with_activations(model, inputs + delta, self.name)
+        scores, target = target_scores(logits, target)
+        gate = NeuronGate([a.detach() > 0 for a in activations], "zero")
+        del activations  # only the mask is kept for the later steps
+        for step in range(self.steps):
+            if step > 0:
+                delta.requires_grad_(True)
+                with gated(gate, self.name):
+                    scores, _ = target_scores(model(inputs + delta), target)
+            (grad,) = torch.autograd.grad(scores.sum(), delta)
+            with torch.no_grad():
+                norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
+                delta = delta + self.step_size * grad / expand_per_sample(norm, grad)
+                scale = (self.bound / delta.flatten(1).norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)
+                delta = delta * expand_per_sample(scale, delta)
+        return delta.detach()
