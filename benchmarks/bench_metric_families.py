@@ -7,20 +7,26 @@ ours / the floor the protocol needs (benchmarks/harness.py: warm-up, rotated int
 - perturbation metrics: the metric's own forwards (recorded once through a wrapper: the same perturbed images and
   batch sizes, incl. its clean forwards) replayed gradient-free — on a tiny CPU net the cost of a forward depends on
   the data (max-pooling), so a floor on other images would be off by more than the 10 % target;
-- robustness and Random Logit: the metric's own method calls (the Gradient method) replayed on the recorded inputs
-  and classes (the harness' ``input_gradient_floor``, a bare forward + input gradient, is printed once for scale);
+- robustness: the metric's own method calls (the Gradient method) replayed on the recorded inputs and perturbations
+  (the harness' ``input_gradient_floor``, a bare forward + input gradient, is printed once for scale);
+- Random Logit: its method call (recorded) + one SSIM of each recorded pair of maps (``similarity.ssim``, the batched
+  float64 SSIM: the comparison is part of the protocol). Ours is given ``num_classes`` as Quantus is; without it, one
+  extra one-image forward reads the class count;
+- ROAD: its forwards (recorded) + one exact solve of every recorded imputation system by the banded Cholesky
+  (``lit_xai.metrics.imputation``, the cheapest exact solve we have; it is what ROAD uses on the CPU). Separate rows
+  time that solve against the conjugate-gradient solve (``solver="cg"``, to 1e-10) and against SciPy's sparse direct
+  solve (``spsolve``, Quantus' solver; one call per image and level, matrices assembled outside the timing);
 - Sparseness/Complexity need no model call: ours / Quantus only, on 256 maps (a batch of 8 small maps times only
   call overheads).
 
 Monotonicity: Quantus is run with a perturb_func that inserts the input's values (Arya's protocol, which ours
 follows); Quantus' shipped one never inserts them, so its forwards see constant images.
 
-Targets: ours ≤ Quantus (ratio ≤ 1) and ours ≤ 1.1 × floor. ROAD's and IROF's floors count their forwards only; the
-imputation's linear solve (conjugate gradients, one 3×3 convolution per iteration) and SLIC (scikit-image, CPU) come
-on top and are part of the protocol, so their floor rows are reported without a target.
+Targets: ours ≤ Quantus (ratio ≤ 1) and ours ≤ 1.1 × floor. IROF's floor counts its forwards only; SLIC
+(scikit-image, CPU) comes on top and is part of the protocol, so its floor row is reported without a target.
 
     .venv/bin/python benchmarks/bench_metric_families.py
-    .venv/bin/python benchmarks/bench_metric_families.py --rounds 5 --batch 16
+    .venv/bin/python benchmarks/bench_metric_families.py --rounds 5 --batch 16 --cases ROAD "Random Logit"
 """
 
 from __future__ import annotations
@@ -38,9 +44,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import quantus  # noqa: E402
-from harness import Row, input_gradient_floor, interleaved_times, markdown_table, paired_ratio  # noqa: E402
+from harness import (  # noqa: E402
+    Row,
+    input_gradient_floor,
+    interleaved_times,
+    machine_state,
+    markdown_table,
+    paired_ratio,
+)
 
 from lit_xai.attribution import build_method  # noqa: E402
+from lit_xai.metrics import faithfulness  # noqa: E402
 from lit_xai.metrics.complexity import Complexity, Sparseness  # noqa: E402
 from lit_xai.metrics.faithfulness import (  # noqa: E402
     IROF,
@@ -50,8 +64,10 @@ from lit_xai.metrics.faithfulness import (  # noqa: E402
     Monotonicity,
     MonotonicityCorrelation,
 )
+from lit_xai.metrics.imputation import banded_imputation  # noqa: E402
 from lit_xai.metrics.random_logit import RandomLogit  # noqa: E402
 from lit_xai.metrics.robustness import AvgSensitivity, LocalLipschitzEstimate, MaxSensitivity  # noqa: E402
+from lit_xai.metrics.similarity import ssim  # noqa: E402
 from lit_xai.models.backbones import build_backbone  # noqa: E402
 
 np.trapz = getattr(np, "trapz", np.trapezoid)  # Quantus 0.6 calls numpy.trapz (gone in NumPy 2): benchmark-only shim
@@ -110,6 +126,82 @@ def method_floor(method: Callable, model: torch.nn.Module,
     return run
 
 
+def random_logit_floor(method: Callable, model: torch.nn.Module, maps: torch.Tensor,
+                       run_metric: Callable[[Callable], None]) -> Callable[[], None]:
+    """Random Logit's method call on the other classes (recorded once) + the SSIM of each (given, other) pair of maps,
+    laid out as the metric's Quantus-default ``flat`` layout (maps normalised by their max |value|)."""
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def recording(model: torch.nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        calls.append((inputs.detach().clone(), target.clone()))
+        return method(model, inputs, target)
+
+    run_metric(recording)
+    layout = RandomLogit()._layout
+
+    def run() -> None:
+        for inputs, target in calls:
+            other = method(model, inputs, target).detach()
+            ssim(layout(maps), layout(other), 7, "pair")
+
+    return run
+
+
+def road_systems(run_metric: Callable[[], None]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The imputation systems (images, removed masks) ROAD solves, recorded once through the module's solver."""
+    systems: list[tuple[torch.Tensor, torch.Tensor]] = []
+    solve = faithfulness.linear_imputation
+
+    def recording(images: torch.Tensor, removed: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        systems.append((images.detach().clone(), removed.clone()))
+        return solve(images, removed, *args, **kwargs)
+
+    faithfulness.linear_imputation = recording
+    try:
+        run_metric()
+    finally:
+        faithfulness.linear_imputation = solve
+    return systems
+
+
+def sparse_systems(systems: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[object, np.ndarray]]:
+    """Every (image, level) system as Quantus assembles it for ``scipy.sparse.linalg.spsolve``: a CSC matrix over the
+    removed pixels and the right-hand side (one channel: the digits are 1-channel)."""
+    import scipy.sparse
+
+    stencil = faithfulness.ROAD_STENCIL
+    out = []
+    for images, removed in systems:
+        height, width = images.shape[-2:]
+        for image, mask in zip(images[:, 0].double().numpy(), removed[:, 0].numpy()):
+            unknown = np.flatnonzero(mask.ravel())
+            position = np.full(height * width, -1)
+            position[unknown] = np.arange(len(unknown))
+            rows, cols, values, rhs = [], [], [], np.zeros(len(unknown))
+            i, j = np.divmod(unknown, width)
+            degree = np.zeros(len(unknown))
+            for di in (-1, 0, 1):
+                for dj in (-1, 0, 1):
+                    weight = stencil[di + 1][dj + 1]
+                    inside = (i + di >= 0) & (i + di < height) & (j + dj >= 0) & (j + dj < width)
+                    if not weight:
+                        continue
+                    degree += weight * inside
+                    q = np.where(inside, (i + di) * width + j + dj, 0)
+                    linked = inside & (position[q] >= 0)
+                    rows.append(np.flatnonzero(linked))
+                    cols.append(position[q][linked])
+                    values.append(np.full(int(linked.sum()), -weight))
+                    rhs += np.where(inside & ~linked, weight * image.ravel()[q], 0.0)
+            rows.append(np.arange(len(unknown)))
+            cols.append(np.arange(len(unknown)))
+            values.append(degree)
+            matrix = scipy.sparse.csc_matrix((np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))),
+                                             shape=(len(unknown), len(unknown)))
+            out.append((matrix, rhs))
+    return out
+
+
 def arya_insertion(x_flat: np.ndarray) -> Callable[..., np.ndarray]:
     """A Quantus perturb_func that puts the input's values back (AIX360's ``x_copy[ind] = x[ind]``): Quantus' own
     re-fills its baseline image with the baseline, so its forwards see constant images (cheaper max-pooling on CPU)."""
@@ -126,6 +218,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cases", nargs="*", default=None, help="only the cases whose label contains one of these")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     batch = args.batch
@@ -162,6 +255,17 @@ def main() -> None:
     def calls_of(metric: Callable[[], object]) -> Callable[[], None]:
         return method_floor(gradient, model, lambda g: metric().update(model, inputs, target, maps, method=g))  # type: ignore[attr-defined]
 
+    def road_floor() -> Callable[[], None]:
+        forwards = forwards_of(lambda: ROAD(percentages=PERCENTAGES))
+        systems = road_systems(lambda: ROAD(percentages=PERCENTAGES).update(model, inputs, target, maps))
+
+        def run() -> None:
+            forwards()
+            for images, removed in systems:
+                banded_imputation(images, removed, faithfulness.ROAD_STENCIL)
+
+        return run
+
     def peer(metric: object, explain: bool = False) -> Callable[[], None]:
         extra = {"explain_func": quantus_explain} if explain else {}
         return lambda: metric(**common, **extra)  # type: ignore[operator]
@@ -191,7 +295,7 @@ def main() -> None:
         "ROAD (10 levels)": (
             ours(lambda: ROAD(percentages=PERCENTAGES)),
             peer(quantus.ROAD(percentages=list(PERCENTAGES), **quiet)),
-            forwards_of(lambda: ROAD(percentages=PERCENTAGES)), False),
+            road_floor(), True),
         "IROF (SLIC)": (
             ours(lambda: IROF(baseline=0.0)), peer(quantus.IROF(perturb_baseline=0.0, **quiet)),
             forwards_of(lambda: IROF(baseline=0.0)), False),
@@ -208,14 +312,31 @@ def main() -> None:
             peer(quantus.LocalLipschitzEstimate(nr_samples=SAMPLES, **quiet), explain=True),
             calls_of(lambda: LocalLipschitzEstimate(num_samples=SAMPLES)), True),
         "Random Logit": (
-            ours(RandomLogit, method=True), peer(quantus.RandomLogit(num_classes=CLASSES, **quiet), explain=True),
-            calls_of(RandomLogit), True),
+            ours(lambda: RandomLogit(num_classes=CLASSES), method=True),
+            peer(quantus.RandomLogit(num_classes=CLASSES, **quiet), explain=True),
+            random_logit_floor(gradient, model, maps, lambda g: RandomLogit(num_classes=CLASSES).update(
+                model, inputs, target, maps, method=g)), True),
     }
+    if args.cases is not None:
+        cases = {k: v for k, v in cases.items() if any(c in k for c in args.cases)}
     gradient_times = interleaved_times({"method": lambda: gradient(model, inputs, target),
                                         "bare": input_gradient_floor(model, inputs, target)}, rounds=args.rounds)
     method_ratio = paired_ratio(gradient_times["method"], gradient_times["bare"])
     print(f"Gradient method / bare forward + input gradient: {method_ratio}")
     rows = []
+    if any("ROAD" in label for label in cases):  # the imputation solve alone: banded vs CG vs SciPy's direct solve
+        systems = road_systems(lambda: ROAD(percentages=PERCENTAGES).update(model, inputs, target, maps))
+        assembled = sparse_systems(systems)
+        from scipy.sparse.linalg import spsolve
+
+        solves = interleaved_times({
+            "banded": lambda: [banded_imputation(i, r, faithfulness.ROAD_STENCIL) for i, r in systems],
+            "cg": lambda: [faithfulness.linear_imputation(i, r, solver="cg") for i, r in systems],
+            "spsolve": lambda: [spsolve(a, b) for a, b in assembled],
+        }, rounds=args.rounds)
+        for reference in ("cg", "spsolve"):
+            rows.append(Row("ROAD imputation solve (the recorded systems)", "banded", reference,
+                            paired_ratio(solves["banded"], solves[reference]), untargeted="reference setting"))
     for label, (run_ours, run_peer, floor, floor_target) in cases.items():
         timed = {"ours": run_ours, "quantus": run_peer}
         if floor is not None:
@@ -226,9 +347,9 @@ def main() -> None:
         if floor is not None:
             rows.append(Row(label, "ours", "floor", paired_ratio(times["ours"], times["floor"]),
                             target=1.1 if floor_target else None,
-                            note="" if floor_target else "floor = forwards only (imputation solve / SLIC on top)"))
+                            note="" if floor_target else "floor = forwards only (SLIC on top)"))
     print(f"\n== digits CNN 1×{SIZE}×{SIZE}, batch {batch}, {torch.get_num_threads()} thread(s), "
-          f"{args.rounds} rounds ==")
+          f"{args.rounds} rounds; {machine_state()} ==")
     print(markdown_table(rows))
     if any(not math.isfinite(r.ratio.median) for r in rows):
         raise SystemExit("non-finite ratio")
