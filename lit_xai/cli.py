@@ -45,6 +45,7 @@ COMMANDS = {
     "axioms": ("lit_xai.axioms.command", "axiom framework: generate scenes, evaluate methods, tables"),
     "pathways": ("lit_xai.pathways.command", "critical-pathway analysis of a trained model, with plots"),
     "report": ("lit_xai.report.command", "report card: every method × evaluation family, statistics, HTML"),
+    "dissect": ("lit_xai.concepts.command", "Network Dissection and semantic attribution of checkpoints, figures"),
 }
 CONFIG_FILENAME = "lit_xai_config.yaml"
 #: ``--ckpt_path`` values Lightning resolves itself (not files)
