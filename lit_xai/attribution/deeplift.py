@@ -307,10 +307,11 @@ class RevealCancelMode(TorchFunctionMode):
         return self.rows(out_x, out_ref, new_pos, new_neg)
 
 
-#: activation rows one (image, reference) pair costs, for the memory-budget chunk size: Rescale runs ``[x; x̄]``;
-#: RevealCancel runs ``[x; x̄; x̄+Δ⁺; x̄+Δ⁻]`` and each conv/linear layer adds the outputs ``W·Δa``, ``|W|·|Δa|``
-#: and the concatenations' copies, about one more row.
-ROWS_PER_PAIR = {"rescale": 2, "reveal_cancel": 5}
+#: pairs per pass = the memory budget's rows (:mod:`lit_xai.attribution.batching`) // this. Rescale runs ``[x; x̄]``.
+#: RevealCancel runs ``[x; x̄; x̄+Δ⁺; x̄+Δ⁻]``, but most of its operators act on one row group at a time, and larger
+#: chunks paid off (benchmarks/bench_reveal_cancel.py, timm ResNet-18 at 64², 32 images, 1 thread: rows // 5 pairs
+#: 2.5×, // 2 2.0×, // 1 1.9× the Rescale time): // 2, a peak of about twice the budget.
+ROWS_PER_PAIR = {"rescale": 2, "reveal_cancel": 2}
 
 
 def pair_logits(
