@@ -10,8 +10,9 @@
   one round, so paired per-round ratios are far steadier than a ratio of two medians.
 - **The floor** of an input-space method is one forward plus ``torch.autograd.grad`` with respect to the *input*
   with every parameter frozen (no weight gradients), times the passes the method needs.
-- **Memory** is the growth of the peak resident set size in a fresh Python process (a child process inherits the
-  parent's peak reading, so measuring in-process after other work reports 0).
+- **Memory** is the growth of the peak resident set size over the RSS after setup, in a fresh Python process whose
+  peak is reset after setup (Linux ``/proc/self/clear_refs``): in-process readings after other work report 0, and
+  ``getrusage``'s ``ru_maxrss`` carries the parent's peak across fork + exec, so a large parent hides the growth.
 - **Targets**: every row of our code states its target ratio (a peer's row or a hand-tuned reference setting says
   that it has none); :func:`markdown_table` prints ``MISS`` when the median exceeds the target.
 - **Machine state**: :func:`machine_state` (load average, date) goes next to every table: on a shared machine the
@@ -125,15 +126,22 @@ def forward_floor(model: nn.Module, inputs: torch.Tensor) -> Callable[[], None]:
 
 
 MEMORY_CHILD = """
-import json, resource, sys
+import json, re, sys
 sys.path.insert(0, {root!r})
 import torch
 torch.set_num_threads({threads})
+
+
+def status_kib(key):
+    return int(re.search(key + r":\\s+(\\d+) kB", open("/proc/self/status").read())[1])
+
+
 {setup}
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with open("/proc/self/clear_refs", "w") as refs:
+    refs.write("5")  # reset this process's peak RSS (VmHWM) to its current RSS
+before = status_kib("VmRSS")
 {run}
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({{"peak_growth_mib": (after - before) / 1024}}))
+print(json.dumps({{"peak_growth_mib": (status_kib("VmHWM") - before) / 1024}}))
 """
 
 
