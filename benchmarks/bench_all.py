@@ -147,22 +147,19 @@ class Bench:
         sync = {name: synchronized(case.run, self.device) for name, case in cases.items()}
         warm = {name: synchronized(case.warm, self.device) for name, case in cases.items() if case.warm}
         times = interleaved_times({ref_name: synchronized(ref_run, self.device), **sync}, self.rounds, warmups=warm)
+        cuda = self.device.type == "cuda"  # throughput next to the ratio, the reference's own as the roofline
+        roofline = self.s.batch / float(np.median(times[ref_name]))
         for name, case in cases.items():
-            extra = {}
-            if self.device.type == "cuda":
-                extra["images_per_s"] = self.s.batch / float(np.median(times[name]))
+            rate = self.s.batch / float(np.median(times[name]))
             self.rows.append(Row(self.s.label, name, f"{case.passes:g}·{unit}",
                                  paired_ratio(times[name], times[ref_name], case.passes), case.target,
-                                 extra=extra, untargeted=case.untargeted))
+                                 note=f"{rate:.1f} images/s ({ref_name}: {roofline:.1f}/s per pass)" if cuda else "",
+                                 extra={"images_per_s": rate} if cuda else {}, untargeted=case.untargeted))
         for name, case in cases.items():
             if case.peer is not None:
                 scale = case.passes / cases[case.peer].passes  # per pass where the two need different passes
                 self.rows.append(Row(self.s.label, name, f"/ {case.peer}" + (" per pass" if scale != 1 else ""),
                                      paired_ratio(times[name], times[case.peer], scale), TARGETS["ours / peer"]))
-        if self.device.type == "cuda":  # the roofline: the reference's own throughput
-            self.rows.append(Row(self.s.label, f"{ref_name} images/s", "(roofline)", Ratio(0, 0, 0),
-                                 untargeted="reference", extra={
-                                     "images_per_s": self.s.batch / float(np.median(times[ref_name]))}))
         return times
 
 
