@@ -5,14 +5,16 @@ unit mixes signs, the contract."""
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from captum.attr import DeepLift as CaptumDeepLift
 from torch import nn
 
-from lit_xai.attribution import AttributionError, build_method
+from lit_xai.attribution import AttributionError, build_method, get_class
 
 _spec = importlib.util.spec_from_file_location(
     "conformance_nets", Path(__file__).resolve().parent / "conformance" / "conftest.py"
@@ -118,6 +120,16 @@ def reference_reveal_cancel(net: BiasedMLP, x: torch.Tensor, ref: torch.Tensor, 
     m_pos, m_neg = m_z1_pos * sp + m_z1_neg * sn, m_z1_pos * sn + m_z1_neg * sp   # ... and before BN
     m_x = dense_back(saved1, m_pos, m_neg)
     return ((x - ref) * m_x).view(1, -1, 1, 1)
+
+
+def test_defaults_are_captums():
+    """``rule="rescale"`` (Captum ``DeepLift`` implements only Rescale), ``eps=1e-10`` (Captum ``DeepLift(eps=1e-10)``),
+    ``baseline="zero"`` (Captum ``baselines=None``), ``max_batch=None`` (the memory budget)."""
+    params = inspect.signature(get_class("deeplift").__init__).parameters
+    assert {k: p.default for k, p in params.items() if k != "self"} == {
+        "baseline": "zero", "eps": 1e-10, "max_batch": None, "rule": "rescale"}
+    captum = inspect.signature(CaptumDeepLift.__init__).parameters
+    assert captum["eps"].default == 1e-10
 
 
 # ---------------------------------------------------------------- (a) the paper's min network
