@@ -108,6 +108,33 @@ class Pass(torch.autograd.Function):
         return relevance, None
 
 
+class InputTimes(torch.autograd.Function):
+    """Value ``x`` (a view); backward ``g ↦ x ⊙ g``: the ``x ⊙`` of the ε and Norm rules on the native graph."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> Tensor:
+        return ctx.saved_tensors[0] * g
+
+
+class Normalized(torch.autograd.Function):
+    """Value ``z`` (a copy: the model may change it in place); backward ``R ↦ R / s(z)``."""
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, eps: float) -> Tensor:
+        ctx.save_for_backward(z)
+        ctx.eps = eps
+        return z.clone()
+
+    @staticmethod
+    def backward(ctx: Any, relevance: Tensor) -> tuple[Tensor, None]:
+        return relevance / stabilize(ctx.saved_tensors[0], ctx.eps), None
+
+
 def branch_relevance(layer: Affine, branches: Branches, grads: Callable[[list[Tensor]], list[Tensor]],
                      times_input: bool) -> Tensor:
     """``Σ_k in_k ⊙ Jᵀ_k g_k`` (or ``Σ_k Jᵀ_k g_k``) for branches ``(in_k, W_k, b_k)`` and ``g = grads(outputs)``:
@@ -165,24 +192,19 @@ class WeightCache:
 
 @dataclass
 class LayerCall:
-    """One call of the forward: its input ``x``, the detached leaf ``leaf`` and its output ``z`` computed from the
-    leaf with its graph (the ε and Norm rules need only ``z``'s own backward), the layer, the BatchNorm ``scale`` and
-    ``shift`` merged into it, whether ``x ≥ 0`` is known, and the tensors its parameters come from (``sources``, the
-    key of ``cache``)."""
+    """One conv/linear call of the forward: its input ``x``, its output ``z`` with its graph (from ``leaf``, a
+    detached leaf of ``x``, for the rules run by :class:`Relevance`; from ``x`` itself for the ε rule), the layer, the
+    BatchNorm ``(mean, var, weight, bias, eps)`` merged into it, whether ``x ≥ 0`` is known, and the tensors its
+    parameters come from (``sources``, the key of ``cache``)."""
 
     x: Tensor
-    leaf: Tensor
+    leaf: Tensor | None
     z: Tensor
     layer: Affine | None = None
     nonnegative: bool = False
     batch_norm: tuple[Tensor, Tensor, Tensor | None, Tensor | None, float] | None = None
     sources: tuple = ()
     cache: WeightCache | None = None
-
-    def vjp(self, g: Tensor) -> Tensor:
-        """``x ⊙ Jᵀ g`` through the call's own graph (kept: a merged call shares it with the unmerged one)."""
-        (v,) = torch.autograd.grad(self.z, self.leaf, g, retain_graph=True)
-        return self.x * v
 
     def derived(self, kind: Any, compute: Callable[[], Any]) -> Any:
         """``compute()`` of this layer's parameters, from the cache when they are unchanged."""
@@ -233,10 +255,9 @@ class RuleSet:
     high: float
 
     def backward(self, rule: str, call: LayerCall) -> Callable[[Tensor], Tensor]:
-        """The input-relevance function of ``rule`` at ``call`` (modified weights are formed when it runs)."""
+        """The input-relevance function of ``rule`` at ``call`` (modified weights are formed when it runs; the ε
+        rule runs on the native graph instead, :meth:`LRPMode.epsilon`)."""
         layer, st = call.layer, self.stabilizer
-        if rule == "epsilon":
-            return lambda r: call.vjp(r / stabilize(call.z.detach(), self.epsilon))
         if rule == "zplus":
             return lambda r: branch_relevance(layer, call.signed(False), shared(r, st), True)
         if rule == "alpha_beta":
@@ -284,13 +305,6 @@ class RuleSet:
         raise AttributionError(f"lrp: unknown rule {rule!r}")
 
 
-def own_graph(fn: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
-    """``(leaf, fn(leaf))``: the call on a detached leaf of its input, the graph kept for the call's backward."""
-    leaf = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        return leaf, fn(leaf)
-
-
 class LRPMode(TorchFunctionMode):
     """Context manager: conv/linear calls get their composite rule, BatchNorm after them is folded, average
     pooling gets the normalised z rule, ReLU and other BatchNorms pass relevance through."""
@@ -318,8 +332,13 @@ class LRPMode(TorchFunctionMode):
         return t
 
     def relevance(self, source: Tensor, call: LayerCall, rule: str) -> Tensor:
-        """The call's value, with ``rule``'s relevance flowing back to ``source`` (the call's input in the graph)."""
-        out = Relevance.apply(source, call.z.detach(), self.params.backward(rule, call))
+        """The call's value, with ``rule``'s relevance flowing back to ``source`` (the call's input in the graph).
+        ε: ``x ⊙ Jᵀ(R / s(z))`` on the native graph ``x → x ⊙ · → layer → R / s(·)``, so the layer's own backward is
+        the transposed pass (no nested backward)."""
+        if rule == "epsilon":
+            out = Normalized.apply(call.z, self.params.epsilon)
+        else:
+            out = Relevance.apply(source, call.z.detach(), self.params.backward(rule, call))
         self.last = (out, source, call, rule)
         return out
 
@@ -335,7 +354,9 @@ class LRPMode(TorchFunctionMode):
             first, conv, dense = self.rules
             rule = first if self.affine_calls == 0 else conv if func is F.conv2d else dense
             self.affine_calls += 1
-            leaf, z = own_graph(lambda i: layer(i, layer.weight, layer.bias), x)
+            leaf = None if rule == "epsilon" else x.detach().requires_grad_(True)
+            with torch.enable_grad():
+                z = layer(InputTimes.apply(x) if leaf is None else leaf, layer.weight, layer.bias)
             call = LayerCall(x.detach(), leaf, z, layer, self.nonnegative(x), sources=(weight, bias), cache=self.cache)
             return self.relevance(x, call, rule)
         if func is F.batch_norm and self.last is not None and args and args[0] is self.last[0]:
@@ -348,9 +369,8 @@ class LRPMode(TorchFunctionMode):
             return Pass.apply(args[0] if args else kwargs["input"], lambda t: func(t, *args[1:], **rest_kw))
         if func in AVG_POOLS:
             x = args[0]
-            leaf, z = own_graph(lambda i: func(i, *args[1:], **kwargs), x)
-            call, st = LayerCall(x.detach(), leaf, z), self.params.stabilizer
-            out = Relevance.apply(x, z.detach(), lambda r: call.vjp(r / stabilize(z.detach(), st)))
+            with torch.enable_grad():
+                out = Normalized.apply(func(InputTimes.apply(x), *args[1:], **kwargs), self.params.stabilizer)
             return self.mark_nonnegative(out) if self.nonnegative(x) else out
         out = func(*args, **kwargs)
         if func in MAX_POOLS and isinstance(out, Tensor) and args and self.nonnegative(args[0]):
