@@ -136,11 +136,12 @@ def reveal_cancel_relu(
     with the pseudocount ``Δz ± 1e-7``. ``z`` stands for ``z̄ + Δz⁺ + Δz⁻``, so ``Δy⁺ + Δy⁻ = f(z) − f(z̄)``.
     """
     with torch.no_grad():
-        f_x, f_ref, f_up, f_down = z.clamp_min(0), ref.clamp_min(0), (ref + pos).clamp_min(0), (ref + neg).clamp_min(0)
-        dy_pos = 0.5 * (f_up - f_ref) + 0.5 * (f_x - f_down)
-        dy_neg = 0.5 * (f_down - f_ref) + 0.5 * (f_x - f_up)
-        limit_pos = 0.5 * ((ref >= 0).to(ref.dtype) + (ref + neg >= 0).to(ref.dtype))
-        limit_neg = 0.5 * ((ref > 0).to(ref.dtype) + (ref + pos > 0).to(ref.dtype))
+        up, down = ref + pos, ref + neg
+        f_x, f_ref, f_up, f_down = z.clamp_min(0), ref.clamp_min(0), up.clamp_min(0), down.clamp_min(0)
+        dy_pos = 0.5 * ((f_up - f_ref) + (f_x - f_down))
+        dy_neg = (f_x - f_ref) - dy_pos  # = ½(f(z̄+Δz⁻) − f(z̄)) + ½(f(z) − f(z̄+Δz⁺)); exactly −Δy⁺ where f(z) = f(z̄)
+        limit_pos = 0.5 * ((ref >= 0).to(ref.dtype) + (down >= 0).to(ref.dtype))
+        limit_neg = 0.5 * ((ref > 0).to(ref.dtype) + (up > 0).to(ref.dtype))
         m_pos = torch.where(pos > eps, dy_pos / pos.clamp_min(eps), limit_pos)
         m_neg = torch.where(neg < -eps, dy_neg / neg.clamp_max(-eps), limit_neg)
     return f_x, f_ref, dy_pos + m_pos * (pos - pos.detach()), dy_neg + m_neg * (neg - neg.detach())
@@ -249,8 +250,10 @@ class RevealCancelMode(TorchFunctionMode):
         x, ref, pos, neg = self.parts(z)
         with torch.no_grad():
             keep_pos, keep_neg = pos >= -self.eps, neg <= self.eps
-        pos, neg = (torch.where(keep_pos, pos, 0) + torch.where(keep_neg, 0, neg),
-                    torch.where(keep_neg, neg, 0) + torch.where(keep_pos, 0, pos))
+            flipped = bool((~(keep_pos & keep_neg)).any())
+        if flipped:
+            pos, neg = (torch.where(keep_pos, pos, 0) + torch.where(keep_neg, 0, neg),
+                        torch.where(keep_neg, neg, 0) + torch.where(keep_pos, 0, pos))
         y, base, dy_pos, dy_neg = reveal_cancel_relu(x, ref, pos, neg, self.eps)
         return self.rows(y, base, dy_pos, dy_neg)
 
