@@ -116,6 +116,7 @@ def test_axiom_columns_are_the_framework_metrics_per_scene(setting: dict[str, Pa
         assert int(row["n"]) == SCENES and math.isclose(float(row["mean"]), float(values.mean()), rel_tol=1e-9)
     page = (tmp_path / "report.html").read_text()
     assert "<h2>axioms</h2>" in page and str(setting["scenes"]) in page  # the stores the family was scored on
+    assert "jackknife pseudo-value" in page
     assert result["computed"] == 3 * 2 + 3 * 4 * 2  # 3 methods × (2 complexity metrics + 4 scenarios × 2 chunks)
 
 

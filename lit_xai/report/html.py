@@ -180,7 +180,11 @@ def page(reports: list[MetricReport], figures: dict[str, bytes], external: dict[
         "<h2>Method × metric</h2><p>mean ± SE over the same images; ↑/↓ higher/lower is better; ▲/▼ significantly "
         f"better/worse than the {CONTROL} control (paired |Δ| &gt; 2 SE); colour and rank: 1 + the number of methods "
         "significantly better (ties = differences within noise). On randomisation the control's map ignores the "
-        "weights, so it keeps similarity 1 (the worst score): the floor every method must beat.</p>",
+        "weights, so it keeps similarity 1 (the worst score): the floor every method must beat."
+        + (" Axiom columns are over the stored scenes instead of images; on class_sensitivity_single and saturation "
+           "(correlations across scenes) each scene's score is its jackknife pseudo-value, so the mean is the "
+           "bias-corrected correlation (docs/report.md)." if any(r.family == "axioms" for r in reports) else "")
+        + "</p>",
         f"<table><tr><th>method</th>{head}</tr>{body}</table>",
         "<h2>Significant differences between methods</h2><p>paired over the same images, |Δ| &gt; 2 SE; every pair "
         "with Δ ± SE is in pairwise.csv</p><ul>" + "".join(_pairs(r) for r in reports) + "</ul>",
