@@ -327,13 +327,17 @@ def test_model_left_as_found_on_success_and_on_failure():
 
 
 def test_batched_chunked_and_float64_agree():
-    """Chunks of 1, 2 and all pairs give one map; float64 inputs (and weights) agree with float32 to 1e-4."""
+    """Chunks of 1, 2 and all pairs give one map, also inside inference mode; float64 inputs (and weights) agree with
+    float32 to 1e-4."""
     net = BiasedMLP(4)
     gen = torch.Generator().manual_seed(6)
     x, refs = torch.randn(5, 8, 1, 1, generator=gen), torch.randn(5, 8, 1, 1, generator=gen)
     maps = [build_method("deeplift", baseline=refs, rule="reveal_cancel", max_batch=b)(net, x, 2) for b in (1, 2, None)]
     torch.testing.assert_close(maps[0], maps[1], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(maps[0], maps[2], rtol=1e-5, atol=1e-6)
+    with torch.inference_mode():  # as Trainer.validate/test call it
+        inside = build_method("deeplift", baseline=refs, rule="reveal_cancel")(net, x.clone(), 2)
+    torch.testing.assert_close(inside, maps[2])
     wide = build_method("deeplift", baseline=refs.double(), rule="reveal_cancel")(net.double(), x.double(), 2)
     assert wide.dtype == torch.float64
     torch.testing.assert_close(wide.float(), maps[2], rtol=1e-4, atol=1e-5)
