@@ -118,7 +118,7 @@ def run(cfg: Namespace) -> dict[str, Any]:
     root = Path(cfg.output_dir)
     shared = context(cfg, model)
     cells = plan(shared, methods, metrics, chunks(cfg.num_images, cfg.chunk_size))
-    stores, scenes, axiom_cells = axiom_plan(cfg, model, methods, shared)  # checks the scenes' model first
+    stores, scenes, axiom_cells = axiom_plan(cfg, methods, shared)  # checks the scenes' model first
     mine = select_shard(cells + axiom_cells, cfg.shard)
     todo = [cell for cell in mine if load_cell(cell, root) is None]
     print(f"[lit_xai report] {len(cells) + len(axiom_cells)} cells ({len(methods)} methods × {len(metrics)} metrics × "
@@ -159,16 +159,14 @@ def run(cfg: Namespace) -> dict[str, Any]:
     return {"cells": len(mine), "computed": len(todo), "reports": reports, "scores": scores, **written}
 
 
-def axiom_plan(cfg: Namespace, model: nn.Module, methods: list[MethodSpec], shared: dict[str, Any]
+def axiom_plan(cfg: Namespace, methods: list[MethodSpec], shared: dict[str, Any]
                ) -> tuple[list[StoredScenes], dict[str, SceneBatch], list[Cell]]:
-    """The scene stores (checked to be the report model's), their scenes and the axiom cells; none without
-    ``axioms_scenes``."""
+    """The scene stores (checked to be the report model's: ``shared["weights"]`` is its fingerprint), their scenes
+    and the axiom cells; none without ``axioms_scenes``."""
     if cfg.axioms_scenes is None:
         return [], {}, []
-    from lit_xai.storage import weights_fingerprint
-
     stores = find_stores(cfg.axioms_scenes)
-    check_stores(stores, weights_fingerprint(model), cfg.model.num_classes, cfg.model.in_chans)
+    check_stores(stores, shared["weights"], cfg.model.num_classes, cfg.model.in_chans)
     scenes = {s.scenario: load_scenes(s, cfg.axioms_num_scenes) for s in stores}
     return stores, scenes, plan_axioms(shared, methods, stores, scenes, cfg.chunk_size, cfg.axioms_reduction,
                                        cfg.axioms_correlation)
