@@ -152,12 +152,13 @@ class RevealCancelMode(TorchFunctionMode):
     that batch holds its value at ``x``, at the reference and, as offsets from the reference, the positive and
     negative contributions ``Δ⁺, Δ⁻`` (whose sum is ``Δ`` up to round-off).
 
-    Conv/linear calls apply the linear rule to the exact ``Δa = a(x) − a(x̄)``, BatchNorm swaps the parts where its
-    scale is negative, max pooling takes the gradient rule at ``x`` and splits its output difference afresh by sign,
+    Conv/linear calls apply the linear rule to ``Δa = a(x) − a(x̄)`` (the rows' values, not the sum of the parts),
+    BatchNorm swaps the parts where its scale is negative, subtraction, negation and negative factors swap the parts of
+    what they negate, max pooling takes the gradient rule at ``x`` and splits its output difference afresh by sign,
     ReLU calls apply :func:`reveal_cancel_relu` (counted in ``calls``); everything else runs on the whole batch,
-    which is exact for linear steps with non-negative coefficients. Before a ReLU the parts are re-split by sign (a
-    sign-flipping elementwise step such as ``−x`` just before it is split per term). The backward reaches the input
-    only through the parts, each with its multiplier.
+    which is exact for linear steps with non-negative coefficients. Where a part reaches a ReLU with the wrong sign
+    (an unhandled sign flip, e.g. in-place ``mul_(-1)``) the parts are re-split by sign there. The backward reaches
+    the input only through the parts, each with its multiplier.
     """
 
     def __init__(self, pairs: int, eps: float, method: str) -> None:
