@@ -59,8 +59,10 @@ Branches = list[tuple[Tensor, Tensor, Tensor | None]]
 
 
 def stabilize(z: Tensor, eps: float) -> Tensor:
-    """zennit's stabiliser: ``z + ε·sign(z)`` with sign(0) = +1."""
-    return torch.where(z >= 0, z + eps, z - eps)
+    """zennit's stabiliser ``z + ε·sign(z)``, sign(0) = +1, as ``z + copysign(ε, z)`` (two passes instead of four).
+    It differs only at ``z = −0.0``, which a sum yields only when all its terms are zero: then so is every input's
+    share ``x_i w_i R / s(z)``, whatever the sign of ``s``."""
+    return z + torch.copysign(z.new_full((), eps), z)
 
 
 @dataclass
