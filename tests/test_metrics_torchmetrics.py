@@ -36,6 +36,8 @@ SMALL = {
     "avg_sensitivity": {"num_samples": 2},
     "local_lipschitz": {"num_samples": 2},
     "random_logit": {},
+    "localisation_iou": {},
+    "severity_correlation": {},
 }
 
 

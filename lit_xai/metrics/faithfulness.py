@@ -43,17 +43,15 @@ from lit_xai.metrics.base import Explainer, pixel_scores
 from lit_xai.metrics.baselines import Fill, baseline_images, check_fill
 from lit_xai.metrics.image_scores import ImageScoreMean, feature_maps, prepared_maps
 from lit_xai.metrics.imputation import BANDED_MAX_SIDE, banded_imputation
+from lit_xai.metrics.outputs import OUTPUTS, target_output
 from lit_xai.metrics.perturbation import pixel_ranks
 from lit_xai.metrics.similarity import centred_unit, spearman
 
-OUTPUTS = ("logit", "probability")
-
 
 def class_outputs(logits: Tensor, target: Tensor, output: str) -> Tensor:
-    """The explained class's logit or softmax probability ``[N]`` (float32)."""
-    if output == "logit":
-        return logits.float().gather(1, target[:, None]).squeeze(1)
-    return logits.float().log_softmax(1).gather(1, target[:, None]).squeeze(1).exp()
+    """The explained target's recorded output ``[N]`` (float32): ``logit``, softmax ``probability``, ``sigmoid``
+    (multi-label) or ``identity`` (regression / region scores); :mod:`lit_xai.metrics.outputs`."""
+    return target_output(logits, target, output)
 
 
 def chunked_outputs(model: nn.Module, build: Callable[[Tensor], tuple[Tensor, Tensor]], rows: int,

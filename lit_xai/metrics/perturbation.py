@@ -40,10 +40,11 @@ from lit_xai.attribution.batching import check_max_batch, row_chunks, rows_per_c
 from lit_xai.metrics.base import pixel_scores, trapezoid_auc
 from lit_xai.metrics.baselines import BLUR_PADDINGS, Fill, baseline_images, check_fill
 from lit_xai.metrics.image_scores import PerImageMetric
+from lit_xai.metrics.outputs import target_output
 
 ORDERS = ("morf", "lerf")
 MODES = ("remove", "insert")
-OUTPUTS = ("probability", "logit", "fractional_change")
+OUTPUTS = ("probability", "logit", "sigmoid", "identity", "fractional_change")
 AUCS = ("fraction", "rise", "quantus", "inputiba")
 RANK_BY = ("pixel", "feature")
 
@@ -121,11 +122,8 @@ def target_outputs(
         step, image = pair // batch, pair % batch
         switched = (ranks[image] < counts[step, None]).view(-1, mask_channels, height, width)
         logits = model(torch.where(switched, end[image], start[image]))
-        chosen = target[image, None]
-        if output == "logit":
-            result[pair] = logits.gather(1, chosen).squeeze(1).float()
-        else:
-            result[pair] = logits.float().log_softmax(1).gather(1, chosen).squeeze(1).exp()
+        recorded = "probability" if output == "fractional_change" else output
+        result[pair] = target_output(logits, target[image], recorded)
     return result.view(steps, batch).T
 
 
@@ -137,7 +135,9 @@ class PerturbationCurve(PerImageMetric):
         mode: ``remove`` (input → fill) or ``insert`` (canvas → input).
         baseline: the fill of removed pixels, or the insertion canvas: ``zero`` (dataset mean of normalised
             inputs), ``black`` (needs ``data_mean``/``data_std``), ``image_mean``, ``image_min``, ``blur`` or a number.
-        output: ``probability`` (target softmax), ``logit`` or ``fractional_change`` (|p_k − p_0|/p_0, removal only).
+        output: ``probability`` (target softmax), ``logit``, ``sigmoid`` (a multi-label output), ``identity`` (a
+            regression or expected region score; :mod:`lit_xai.metrics.outputs`) or ``fractional_change``
+            (|p_k − p_0|/p_0 of the softmax, removal only).
         pixels_per_step / num_steps: the step schedule; ``pixels_per_step`` wins when both are given.
         max_fraction: the fraction of pixels switched at the last step (seed 000/001 LeRF: 0.1).
         auc: the area convention of the score: ``fraction``, ``rise``, ``quantus`` or ``inputiba`` (module doc).
@@ -189,8 +189,8 @@ class PerturbationCurve(PerImageMetric):
         check_fill(baseline, data_mean, data_std)
         if output == "fractional_change" and mode != "remove":
             raise ValueError("output='fractional_change' is defined for mode='remove' only")
-        if output == "logit" and min_probability > 0:
-            raise ValueError("min_probability filters on the target probability; it needs output != 'logit'")
+        if output in ("logit", "identity") and min_probability > 0:
+            raise ValueError(f"min_probability filters on the target probability; output={output!r} records none")
         if pixels_per_step is not None:
             num_steps = None
         step_counts(100, pixels_per_step, num_steps, max_fraction)  # validate the schedule early
@@ -262,7 +262,8 @@ class PerturbationCurve(PerImageMetric):
         elif self.max_fraction == 1.0:
             clean = curves[:, -1]
         else:
-            clean = model(inputs).float().softmax(1).gather(1, target[:, None]).squeeze(1)
+            recorded = "probability" if self.output == "fractional_change" else self.output
+            clean = target_output(model(inputs), target, recorded)
         if self.output == "fractional_change":
             curves = (curves - clean[:, None]).abs() / clean[:, None].clamp_min(1e-12)
         return curves, clean

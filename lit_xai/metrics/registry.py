@@ -24,6 +24,7 @@ from lit_xai.metrics.random_logit import RandomLogit
 from lit_xai.metrics.randomisation import ParameterRandomisation
 from lit_xai.metrics.robustness import AvgSensitivity, LocalLipschitzEstimate, MaxSensitivity
 from lit_xai.metrics.sensitivity_n import SensitivityN
+from lit_xai.metrics.task_gt import LocalisationIoU, SeverityCorrelation
 
 METRICS: dict[str, Callable[..., AttributionMetric]] = {
     "morf": partial(PixelPerturbation, order="morf"),
@@ -46,6 +47,8 @@ METRICS: dict[str, Callable[..., AttributionMetric]] = {
     "avg_sensitivity": AvgSensitivity,
     "local_lipschitz": LocalLipschitzEstimate,
     "random_logit": RandomLogit,
+    "localisation_iou": LocalisationIoU,
+    "severity_correlation": SeverityCorrelation,
 }
 
 

@@ -33,6 +33,7 @@ from lit_xai.attribution.batching import check_max_batch, row_chunks, rows_per_c
 from lit_xai.metrics.base import pixel_scores
 from lit_xai.metrics.baselines import Fill, baseline_images, check_fill
 from lit_xai.metrics.image_scores import PerImageMetric
+from lit_xai.metrics.outputs import check_output, target_output
 
 #: InputIBA's largest set, 10^4.5 cells, as a fraction of its 224² images
 INPUTIBA_MAX_FRACTION = 10**4.5 / 224**2
@@ -80,7 +81,9 @@ class SensitivityN(PerImageMetric):
         baseline: the fill of removed cells (:mod:`lit_xai.metrics.baselines`): ``zero`` (dataset mean of
             normalised inputs), ``black`` (needs ``data_mean``/``data_std``), ``image_mean``, ``image_min``, ``blur``
             or a number.
-        output: ``logit`` (target logit drop, Ancona) or ``probability``.
+        output: ``logit`` (target logit drop, Ancona), ``probability`` (softmax), ``sigmoid`` (a multi-label
+            output) or ``identity`` (a regression or expected region score, seed 002 Fig. 3b; the CheXplain-IBA code
+            records the regression output as is), :mod:`lit_xai.metrics.outputs`.
         channel_reduction: reduction of the maps over channels before summing inside a set.
         seed: seed of the random sets.
         max_batch: perturbed images per forward pass; ``None`` (default): the methods' memory-budget rule
@@ -113,8 +116,7 @@ class SensitivityN(PerImageMetric):
         check_fill(baseline, data_mean, data_std)
         if n_rounding not in N_ROUNDINGS:
             raise ValueError(f"unknown n_rounding {n_rounding!r}; expected one of {N_ROUNDINGS}")
-        if output not in ("logit", "probability"):
-            raise ValueError(f"output={output!r}: expected 'logit' or 'probability'")
+        check_output(output)
         if num_masks < 2 or patch_size < 1:
             raise ValueError(f"need num_masks ≥ 2 and patch_size ≥ 1; got {num_masks}, {patch_size}")
         self.n_values, self.num_n, self.max_fraction = n_values, num_n, max_fraction
@@ -183,9 +185,7 @@ class SensitivityN(PerImageMetric):
         return scores.flatten(1)
 
     def _target_output(self, logits: Tensor, target: Tensor) -> Tensor:
-        if self.output == "logit":
-            return logits.float().gather(1, target[:, None]).squeeze(1)
-        return logits.float().softmax(1).gather(1, target[:, None]).squeeze(1)
+        return target_output(logits, target, self.output)
 
     def correlations(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor) -> Tensor:
         """Sensitivity-n of every image at every set size ``[B, K]``: Pearson over the sets (Ancona et al. §4)."""
