@@ -255,7 +255,9 @@ def semantic_rows(module: ClassifierModule, result: DissectionResult, dataset: A
             rows.append({"image": index, "score": None if score is None else float(score),
                          "output": float(found.outputs[b]), "baseline_output": float(found.baseline_outputs[b]),
                          "rank": rank + 1, "unit": unit, "contribution": float(found.top_contributions[b, rank]),
-                         "share": share, "concept": label or "", "unit_best_iou": float(result.best_iou[unit])})
+                         "share": share, "concept": label or "",
+                         "unit_best_concept": result.concepts[int(result.best_concept[unit])],
+                         "unit_best_iou": float(result.best_iou[unit])})
             per_image.append(f"unit {unit}: {label or 'no concept'} ({100 * share:.0f}%)")
         map_titles.append(per_image)
     pictures = (denormalize(images.cpu()) if denormalize else images.cpu())[:, 0]

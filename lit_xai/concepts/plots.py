@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 from torch import Tensor
 
@@ -36,8 +37,9 @@ def evolution_figure(counts: dict[str, dict[str, int]], concepts: Sequence[str],
     fig = Figure(figsize=(11, 3.6))
     left, right = fig.subplots(1, 2)
     x = np.arange(len(models))
-    for c in concepts:
-        left.plot(x, [counts[m][c] for m in models], marker="o", label=c)
+    colours = colormaps["tab20"]  # 20 distinct colours: the chest set has 11 concepts (tab10 would repeat)
+    for i, c in enumerate(concepts):
+        left.plot(x, [counts[m][c] for m in models], marker="o", label=c, color=colours(i % 20))
     left.set_xticks(x, models, rotation=30, ha="right")
     left.set_ylabel("detectors")
     left.set_title(f"Detectors per concept, layer {layer}")
