@@ -1,13 +1,15 @@
 """Every YAML in configs/ parses through its command's parser and builds its methods and metrics, without running.
 
-A config belongs to the command whose parser reads it, told apart by a top-level key only that command has
-(``families``: report, ``percentiles``: roar, ``scenarios``: axioms, ``routing_steps``: pathways); the rest are
-LightningCLI trainer configs (``fit``/``test``). Quick presets and their ``*_full.yaml`` protocol counterparts are
-checked alike, and each ``*_full.yaml`` must state its expected GPU time in its header.
+A config belongs to the command its header runs it with (``python -m lit_xai <command> … configs/<file>``), else to
+the command whose top-level key it has (``scenarios``: axioms); the rest are LightningCLI trainer configs. Project
+commands are parsed by their registered module's ``build_parser`` (``lit_xai.cli.COMMANDS``). Quick presets and their
+``*_full.yaml`` protocol counterparts are checked alike, and each ``*_full.yaml`` must state its expected GPU time.
 """
 
 from __future__ import annotations
 
+import importlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +19,19 @@ import yaml
 
 from lit_xai.attribution import build_method
 from lit_xai.callbacks import AttributionEvaluation
-from lit_xai.cli import main
+from lit_xai.cli import COMMANDS, TRAINER_SUBCOMMANDS, main
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 COMMAND_KEYS = {"families": "report", "percentiles": "roar", "scenarios": "axioms", "routing_steps": "pathways"}
 
 
-def command_of(config: dict[str, Any]) -> str:
+def command_of(path: Path, config: dict[str, Any]) -> str:
+    """The command the config's header runs it with, else the one its top-level keys belong to, else ``trainer``."""
+    header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
+    named = re.search(rf"python -m lit_xai (\w+) [^\n]*configs/{re.escape(path.name)}", header)
+    if named:
+        return "trainer" if named.group(1) in TRAINER_SUBCOMMANDS else named.group(1)
     commands = {command for key, command in COMMAND_KEYS.items() if key in config}
     assert len(commands) <= 1, f"keys of several commands: {commands}"
     return commands.pop() if commands else "trainer"
@@ -45,7 +52,7 @@ def in_tmp(tmp_path, monkeypatch):
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_config_parses_and_builds(in_tmp, capsys, path):
     config = yaml.safe_load(path.read_text())
-    command = command_of(config)
+    command = command_of(path, config)
     if command == "trainer":
         with pytest.raises(SystemExit) as exit_:
             main(["fit", "--config", str(path), "--print_config"])
@@ -71,10 +78,8 @@ def test_config_parses_and_builds(in_tmp, capsys, path):
         cfg = parser.parse_args(args)
         validate(parser.instantiate_classes(cfg))  # methods and metrics built with their kwargs
         return
-    module = {"roar": "lit_xai.roar.command", "axioms": "lit_xai.axioms.command",
-              "pathways": "lit_xai.pathways.command"}[command]
-    parser = __import__(module, fromlist=["build_parser"]).build_parser()
-    cfg = parser.parse_args(["--config", str(path)])
+    assert command in COMMANDS, f"{path.name}: unknown command {command!r}"
+    cfg = importlib.import_module(COMMANDS[command][0]).build_parser().parse_args(["--config", str(path)])
     if command == "roar":
         for method in cfg.methods:
             build_method(method.name, **method.kwargs)
