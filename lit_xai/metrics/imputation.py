@@ -8,7 +8,7 @@ at most ``W + 1`` positions away. The images of a batch, one after another, keep
 so the batch is one banded system, solved exactly by LAPACK's banded Cholesky (``scipy.linalg.solveh_banded``,
 ``pbsv``) with the channels as right-hand sides: ``N·H·W·(W + 1)²`` flops, no iterations. Conjugate gradients cost
 ``N·H·W`` per iteration over ``O(H + W)`` iterations, so the band wins on small images and loses on large ones
-(shared CPU, 1 thread: 0.23× CG's time and 0.49× SciPy's per-system ``spsolve`` on ROAD's 320 systems of a batch of
+(shared CPU, 1 thread: 0.18× CG's time and 0.34× SciPy's per-system ``spsolve`` on ROAD's 320 systems of a batch of
 32 digits at 32², ``benchmarks/bench_metric_families.py``; once, 1.6× CG's time at 224² with 2 images half removed;
 interpolated, the crossover is near 150 px). The band is taken over the shorter side.
 """
