@@ -231,7 +231,17 @@ def test_wandb_run_logs_samples_and_summary_direction(weights: Path, tmp_path: P
         def finish(self) -> None:
             calls["finished"] = [True]
 
-    fake = types.SimpleNamespace(init=lambda **kwargs: Run(), Settings=lambda **kwargs: None,
+        def log_artifact(self, artifact: Artifact) -> None:
+            calls.setdefault("artifacts", []).append(artifact)
+
+    class Artifact:
+        def __init__(self, name: str, type: str, metadata: dict) -> None:  # noqa: A002  (wandb's argument name)
+            self.name, self.type, self.files = name, type, []
+
+        def add_file(self, path: str, name: str, policy: str) -> None:
+            self.files.append(name)
+
+    fake = types.SimpleNamespace(init=lambda **kwargs: Run(), Settings=lambda **kwargs: None, Artifact=Artifact,
                                  Table=lambda columns, data: (columns, data), Image=lambda path: path)
     monkeypatch.setitem(sys.modules, "wandb", fake)
     cli_main(_args(weights, tmp_path, "--wandb.enabled", "true", "--families", "[complexity]", steps="{}"))
@@ -243,16 +253,18 @@ def test_wandb_run_logs_samples_and_summary_direction(weights: Path, tmp_path: P
     images = {k for v in calls["log"] for k in v if k.startswith("report/figures/")}
     assert images == {"report/figures/rank", "report/figures/examples", "report/figures/family_complexity"}
     assert calls["finished"] == [True]
+    (artifact,) = calls["artifacts"]  # the cells, as a cache artifact (opt-out: --wandb.log_caches false)
+    assert artifact.type == "cache" and artifact.name.startswith("report-cells-") and artifact.files
 
 
 @pytest.mark.parametrize(("name", "kwargs"), [
-    ("sensitivity_n", {"num_n": 3, "num_masks": 8}),  # per-image fallback (no image_scores), float32 sums
-    ("ehr", {"normalize": "max", "channel_reduction": "abs_sum"}),  # per-image fallback, needs boxes
-    ("pointing_game", {}),  # per-image fallback, masks or boxes
-    ("deletion", {"num_steps": 4}),  # batched image_scores
+    ("sensitivity_n", {"num_n": 3, "num_masks": 8}),  # float32 sums
+    ("ehr", {"normalize": "max", "channel_reduction": "abs_sum"}),  # needs boxes
+    ("pointing_game", {}),  # masks or boxes
+    ("deletion", {"num_steps": 4}),
 ])
 def test_cell_scores_average_to_the_metrics_own_score(name: str, kwargs: dict) -> None:
-    """The report's per-image scores (batched or one update per image) have the metric's batch score as their mean
+    """The report's batched per-image scores have the metric's batch score as their mean
     (these metrics' scores are means over images), to 1e-3 relative (the metrics sum in float32); images the protocol
     skips (EHR: boxes over 33 % of the image) score NaN and are left out of both."""
     from lit_xai.attribution import build_method
