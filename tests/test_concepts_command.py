@@ -112,3 +112,19 @@ def test_missing_checkpoint_is_one_line(tmp_path, checkpoints, capsys):
         main(["dissect", *tiny_args(tmp_path, [checkpoints[0], str(tmp_path / "nope.ckpt")])])
     assert stop.value.code == 2
     assert "nope.ckpt: no such file" in capsys.readouterr().err
+
+
+def test_not_a_classifier_checkpoint_is_one_line(tmp_path, checkpoints, capsys):
+    plain = tmp_path / "plain.pt"
+    torch.save({"weight": torch.zeros(1)}, plain)
+    with pytest.raises(SystemExit) as stop:
+        main(["dissect", *tiny_args(tmp_path, [str(plain)])])
+    assert stop.value.code == 2
+    assert "is not a ClassifierModule checkpoint" in capsys.readouterr().err
+
+
+def test_regions_target_outside_the_task_is_one_line(tmp_path, checkpoints, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["dissect", *tiny_args(tmp_path, checkpoints, "--semantic.target", "6")])
+    assert stop.value.code == 2
+    assert "--semantic.target=6: the regions model has 6 explained outputs" in capsys.readouterr().err
