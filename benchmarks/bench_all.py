@@ -306,7 +306,8 @@ def metric_rows(bench: Bench) -> None:
                         else "")
         cases = {label: Case(ours(name, kwargs, s.batch), forwards, TARGETS["metric"], warm=ours(name, kwargs, one))}
         if peer_run is not None and x.device.type == "cpu":
-            cases[peer] = Case(peer_run(s.batch), forwards, untargeted=PEER, warm=peer_run(one))
+            # Quantus' Sensitivity-N correlates over ≥ 2 images: its warm-up takes at least two
+            cases[peer] = Case(peer_run(s.batch), forwards, untargeted=PEER, warm=peer_run(min(s.batch, max(2, one))))
             if name == "morf":  # same steps, same features: a like-for-like pair
                 cases[label].peer = peer
         bench.group(("fwd", forward_floor(model, x), "forward"), cases)
