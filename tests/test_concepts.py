@@ -94,6 +94,18 @@ def test_iou_upsamples_bilinearly_before_thresholding():
     assert float(metric.compute()) == pytest.approx(float(inter) / float(union))
 
 
+def test_iou_unit_chunks_do_not_change_the_sums():
+    g = torch.Generator().manual_seed(5)
+    acts = torch.randn(4, 7, 3, 3, generator=g)
+    masks = torch.rand(4, 3, 9, 9, generator=g) < 0.3
+    thresholds = torch.full((7,), 0.5)
+    whole, chunked = DissectionIoU(thresholds, 3), DissectionIoU(thresholds, 3, max_elements=4 * 81 * 2)
+    whole.update(acts, masks)
+    chunked.update(acts, masks)  # 2 units per product
+    torch.testing.assert_close(chunked.intersection, whole.intersection)
+    torch.testing.assert_close(chunked.union, whole.union)
+
+
 class Planted(nn.Module):
     """Unit 0 of ``features`` copies concept 1's mask (the mask travels as a second input channel), unit 1 is noise,
     unit 2 is a constant: the planted unit must be labelled with concept 1 at IoU ≈ 1."""
