@@ -51,20 +51,32 @@ from lit_xai.attribution.layers import resolve_layer
 from lit_xai.callbacks import figures
 from lit_xai.callbacks.explainers import Explainer, build_explainer
 from lit_xai.callbacks.summary import SummaryRow, format_table, summarise
+from lit_xai.callbacks.targets import (
+    TARGETS,
+    check_target,
+    choose_targets,
+    explained_model,
+    recorded,
+    targeted_ground_truth,
+    task_name,
+)
 from lit_xai.metrics.base import AttributionMetric
 from lit_xai.metrics.localisation import EffectiveHeatRatio
 from lit_xai.metrics.perturbation import PerturbationCurve
 from lit_xai.metrics.registry import build_metric
 
 STAGES = ("val", "test")
-TARGETS = ("label", "prediction")
 RANDOM_CONTROL = "random"
 #: y-axis labels of the metrics' curve outputs
 CURVE_LABELS = {
     "probability": "softmax probability of the target",
     "logit": "target logit",
     "fractional_change": "|p − p₀| / p₀ of the target",
+    "sigmoid": "sigmoid probability of the target",
+    "identity": "target output (score)",
 }
+#: where the metrics' ``masks``/``boxes`` come from in a batch, by default
+GROUND_TRUTH = {"masks": "mask", "boxes": "box"}
 #: Lightning's TQDMProgressBar uses rows 0 (main) and 1 (validation) at ``process_position=0``
 PROGRESS_POSITION = 2
 
@@ -118,7 +130,13 @@ class AttributionEvaluation(Callback):
         every_n_epochs: run on validation every N epochs (test always runs).
         max_samples: evaluate the samples whose dataset index is below this (``None``: all); index-based, so the
             same samples are evaluated whatever the number of DDP ranks.
-        target: explain the ``label`` or the model's ``prediction``.
+        target: what is explained (:mod:`lit_xai.callbacks.targets`, per task): ``label``, ``prediction`` or
+            ``index`` (the output ``target_index`` for every image). The model is ``pl_module.explained_net`` when
+            it has one (e.g. the six expected region scores), else ``pl_module.net``.
+        target_index: the explained output with ``target: index``.
+        ground_truth: batch keys of the metrics' ``masks`` and ``boxes`` (default ``{masks: mask, boxes: box}``;
+            e.g. ``{masks: concept_masks, boxes: concept_boxes}``, ``{masks: region_masks}`` or
+            ``{masks: severity_map}`` for the chest data); per-output masks/boxes pick the explained target's.
         random_control: add the ``random`` map as the control method.
         random_seed: seed of the random control.
         paired_statistics: keep per-image scores (one extra curve pass per perturbation metric) for standard
@@ -142,6 +160,8 @@ class AttributionEvaluation(Callback):
         every_n_epochs: int = 1,
         max_samples: int | None = 256,
         target: str = "label",
+        target_index: int | None = None,
+        ground_truth: dict[str, str] | None = None,
         random_control: bool = True,
         random_seed: int = 0,
         paired_statistics: bool = True,
@@ -160,6 +180,13 @@ class AttributionEvaluation(Callback):
             raise CallbackConfigError(f"stages={stages}: expected a subset of {STAGES}")
         if target not in TARGETS:
             raise CallbackConfigError(f"target={target!r}: expected one of {TARGETS}")
+        try:
+            check_target("multiclass", target, target_index)
+        except ValueError as error:
+            raise CallbackConfigError(str(error)) from None
+        ground_truth = dict(GROUND_TRUTH if ground_truth is None else ground_truth)
+        if not set(ground_truth) <= set(GROUND_TRUTH):
+            raise CallbackConfigError(f"ground_truth={ground_truth}: keys must be among {sorted(GROUND_TRUTH)}")
         if every_n_epochs < 1:
             raise CallbackConfigError(f"every_n_epochs must be ≥ 1, got {every_n_epochs}")
         if grid_view not in figures.VIEWS:
@@ -207,6 +234,7 @@ class AttributionEvaluation(Callback):
         )
         self.name, self.stages, self.every_n_epochs, self.max_samples = name, stages, every_n_epochs, max_samples
         self.target, self.num_grid_samples, self.num_table_samples = target, num_grid_samples, num_table_samples
+        self.target_index, self.ground_truth, self.task = target_index, ground_truth, "multiclass"
         self.grid_view, self.grid_channel_reduction = grid_view, grid_channel_reduction
         self.grid_outlier_perc = grid_outlier_perc
         self.progress_bar, self.print_summary, self.output_dir = progress_bar, print_summary, output_dir
@@ -235,7 +263,12 @@ class AttributionEvaluation(Callback):
                 f"'{self.key('<stage>')}/…' (name={self.name!r}; names in this run: {names}); Lightning would "
                 "average their results: give each callback its own init_args.name"
             )
-        model: nn.Module = getattr(pl_module, "net", pl_module)
+        self.task = task_name(pl_module)
+        try:
+            check_target(self.task, self.target, self.target_index)
+        except ValueError as error:
+            raise CallbackConfigError(f"AttributionEvaluation{_named(self.name)}: {error}") from None
+        model = explained_model(pl_module)
         for explainer in self.explainers:
             for layer in _layer_names(explainer.method):
                 try:
@@ -339,25 +372,36 @@ class AttributionEvaluation(Callback):
     def evaluate_batch(self, pl_module: L.LightningModule, batch: Mapping[str, Tensor]) -> None:
         """Compute every method's maps on the selected samples of ``batch`` and update every metric."""
         images = batch["image"]
-        model: nn.Module = getattr(pl_module, "net", pl_module)
+        model = explained_model(pl_module)
         for group in self.metrics.values():  # every rank allocates its states, also without samples
             for metric in group.values():
                 metric.prepare(model, tuple(images.shape[-2:]))
         keep, index = self._selection(batch)
         if not bool(keep.any()):
             return
-        inputs, index = images[keep], index[keep]
-        if self.target == "label":
-            target = batch["label"][keep].long()
-        else:
+        inputs, index, labels = images[keep], index[keep], batch["label"][keep]
+        outputs = None
+        if self.target != "label" or self.task != "multiclass":
             with torch.no_grad():
-                target = model(inputs).argmax(1)
+                outputs = model(inputs)
+        try:
+            target, valid = choose_targets(self.task, self.target, self.target_index, labels, outputs)
+        except ValueError as error:
+            raise CallbackConfigError(f"AttributionEvaluation{_named(self.name)}: {error}") from None
+        if not bool(valid.all()):  # e.g. multi-label images without a positive label under target=label
+            inputs, index, labels, target = inputs[valid], index[valid], labels[valid], target[valid]
+            outputs = None if outputs is None else outputs[valid]
+            keep = keep.clone()
+            keep[keep.clone()] = valid
+            if not bool(valid.any()):
+                return
         extras = {
-            name: batch[key][keep] if key in batch else None for name, key in (("masks", "mask"), ("boxes", "box"))
+            name: targeted_ground_truth(batch[key][keep], target, name) if key in batch else None
+            for name, key in self.ground_truth.items()
         }
         room = max(self.num_grid_samples, self.num_table_samples) - sum(len(x) for x in self._samples.get("index", []))
         if room > 0:
-            self._keep_samples(model, inputs[:room], target[:room], batch["label"][keep][:room], index[:room], extras)
+            self._keep_samples(model, inputs[:room], target[:room], labels[:room], index[:room], extras)
         for explainer in self.explainers:
             started = time.perf_counter()
             maps = explainer(model, inputs, target)
@@ -383,8 +427,11 @@ class AttributionEvaluation(Callback):
     ) -> None:
         """Keep the first samples (with prediction and confidence) for the heatmap grid and the per-sample table."""
         with torch.no_grad():
-            probabilities = model(inputs).float().softmax(1)
-        confidence, prediction = probabilities.max(1)
+            outputs = model(inputs)
+        if self.task == "multiclass":
+            confidence, prediction = outputs.float().softmax(1).max(1)
+        else:  # label and prediction columns: the explained output and its recorded value (callbacks/targets.py)
+            label, prediction, confidence = target, target, recorded(self.task, outputs, target)
         values = {
             "image": inputs, "target": target, "label": label, "index": index, "prediction": prediction,
             "confidence": confidence, "masks": extras.get("masks"), "boxes": extras.get("boxes"),

@@ -132,13 +132,29 @@ def default_layers(model: nn.Module, inputs: Tensor, count: int = 1, method: str
     return chosen
 
 
-def classification_loss(target: Tensor, draws: int) -> Callable[[Tensor], Tensor]:
-    """Per-sample cross-entropy of the ``[B·n, K]`` logits against ``target`` repeated per noise draw."""
+#: the task term of the classification bottlenecks: softmax cross-entropy, or the BCE of one sigmoid output
+TASK_LOSSES = ("ce", "bce")
+
+
+def classification_loss(target: Tensor, draws: int, task_loss: str = "ce") -> Callable[[Tensor], Tensor]:
+    """Per-sample task loss of the ``[B·n, K]`` logits for ``target`` repeated per noise draw.
+
+    ``ce``: softmax cross-entropy −log softmax(z)_t (Schulz et al., single-label classifiers). ``bce``: the binary
+    cross-entropy of the explained sigmoid output with label 1, −log σ(z_t) = softplus(−z_t), for multi-label models
+    (seed 002, "Explaining COVID-19…": IBA on the NIH model "with BCE"; the CheXplain-IBA code,
+    ``evaluation/gen_attribution_map.py`` ``binary_crossentropy_loss_with_target``, instead averages
+    ``BCEWithLogitsLoss`` over all K outputs against the one-hot of the explained label, which also rewards the other
+    labels' absence; we explain the one label, as the chapter states).
+    """
+    if task_loss not in TASK_LOSSES:
+        raise ValueError(f"task_loss must be one of {TASK_LOSSES}, got {task_loss!r}")
     repeated = target.repeat_interleave(draws)
 
     def loss(logits: Tensor) -> Tensor:
         if logits.dim() != 2:
             raise AttributionError(f"the model must return logits [B, num_classes], got {tuple(logits.shape)}")
+        if task_loss == "bce":
+            return F.softplus(-logits.gather(1, repeated[:, None]).squeeze(1))
         return F.cross_entropy(logits, repeated, reduction="none")
 
     return loss
@@ -331,9 +347,12 @@ class _SingleLayerBottleneck(FeatureBottleneckMethod):
         missing_statistics: str = "warn",
         min_std: float = 0.01,
         active_threshold: float = 0.01,
+        task_loss: str = "ce",  # Schulz et al.: cross-entropy; "bce" for sigmoid outputs (seed 002)
     ) -> None:
         super().__init__(statistics, stats_samples, cache_dir, missing_statistics, min_std, active_threshold)
-        self.layer = layer
+        if task_loss not in TASK_LOSSES:
+            raise ValueError(f"task_loss must be one of {TASK_LOSSES}, got {task_loss!r}")
+        self.layer, self.task_loss = layer, task_loss
         self.expand_at_layer = expand_at_layer
         self.reuse_prefix = reuse_prefix
         self.settings = BottleneckSettings(
@@ -347,7 +366,7 @@ class _SingleLayerBottleneck(FeatureBottleneckMethod):
     def _explain(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> BottleneckResult:
         (layer,) = self.layers_for(model, inputs)
         target = self._resolve_class_target(model, inputs, target)
-        loss = classification_loss(target, self.settings.noise_draws)
+        loss = classification_loss(target, self.settings.noise_draws, self.task_loss)
         return self._bottleneck_at(model, layer, inputs, target, loss, self.settings)
 
 
@@ -437,14 +456,17 @@ class MultiLayerIBA(FeatureBottleneckMethod):
         missing_statistics: str = "warn",
         min_std: float = 0.01,
         active_threshold: float = 0.01,
+        task_loss: str = "ce",  # Schulz et al.: cross-entropy; "bce" for sigmoid outputs (seed 002)
     ) -> None:
         super().__init__(statistics, stats_samples, cache_dir, missing_statistics, min_std, active_threshold)
         if not threshold > 0:
             raise ValueError(f"threshold must be > 0 (a multiple of the map's RMS), got {threshold}")
         if resolution not in MULTILAYER_RESOLUTIONS:
             raise ValueError(f"resolution must be one of {MULTILAYER_RESOLUTIONS}, got {resolution!r}")
+        if task_loss not in TASK_LOSSES:
+            raise ValueError(f"task_loss must be one of {TASK_LOSSES}, got {task_loss!r}")
         self.layers = list(layers) if layers is not None else None
-        self.threshold = threshold
+        self.threshold, self.task_loss = threshold, task_loss
         self.weight_by_finest = weight_by_finest
         self.resolution = resolution
         self.auto_layer_count = auto_layers
@@ -456,7 +478,7 @@ class MultiLayerIBA(FeatureBottleneckMethod):
 
     def _explain(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> MultiLayerResult:
         target = self._resolve_class_target(model, inputs, target)
-        loss = classification_loss(target, self.settings.noise_draws)
+        loss = classification_loss(target, self.settings.noise_draws, self.task_loss)
         results = {
             layer: self._bottleneck_at(model, layer, inputs, target, loss, self.settings)
             for layer in self.layers_for(model, inputs)
