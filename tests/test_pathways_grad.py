@@ -463,3 +463,43 @@ def test_prefix_replay_is_refused_where_the_clean_pass_modified_a_prefix_tensor_
     full = intgrad_contributions(model, x, None, "t", steps=3, share_prefix=False)
     for got, expected in zip(shared.contributions, full.contributions, strict=True):
         torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize(("name", "kwargs"), [("neuron_intgrad", {"steps": 3}), ("neuron_conductance", {"steps": 4})])
+def test_pathway_grad_maps_do_not_depend_on_the_chunk_size(reused_net: nn.Module, name: str, kwargs: dict) -> None:
+    """``max_batch`` only splits the (α, image) rows over passes: 1 row, a split of the α values, a split of the
+    images, everything in one pass and the memory budget (``None``) give the same map (float64)."""
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    reference = build_method(name, max_batch=1000, **kwargs)(reused_net, x)
+    for max_batch in (1, 2, 5, None):
+        torch.testing.assert_close(build_method(name, max_batch=max_batch, **kwargs)(reused_net, x), reference)
+
+
+def test_pathway_grad_rows_per_pass_follow_the_shared_budget(
+    mlp: TinyMLP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Default ``max_batch=None``: rows per pass from ``batching.rows_per_chunk`` (the budget IG uses). A budget of
+    one row's activations forwards every (α, image) row of NeuronIntGrad's 2 layers alone: 2 × 3 × 2 scaled passes,
+    plus the clean pass and the pathway gradient; ``max_batch`` overrides it."""
+    from lit_xai.attribution import batching
+
+    x = torch.randn(2, 2, 4, 4)
+    row_bytes = batching.activation_bytes_per_row(mlp, x)  # measured once per model and row shape (cached)
+    forwards = []
+    handle = mlp.register_forward_pre_hook(lambda module, args: forwards.append(args[0].shape[0]))
+    try:
+        method = build_method("neuron_intgrad", steps=3)
+        assert method.max_batch is None
+        reference = method(mlp, x)
+        assert forwards == [2, 2, 2, 2]  # budget ≫ 6 rows: one scaled pass per layer
+        monkeypatch.setattr(batching, "CPU_BUDGET_BYTES", row_bytes)
+        forwards.clear()
+        torch.testing.assert_close(method(mlp, x), reference)
+        assert forwards == [2] + [1] * 12 + [2]
+        forwards.clear()
+        build_method("neuron_intgrad", steps=3, max_batch=6)(mlp, x)
+        assert forwards == [2, 2, 2, 2]
+    finally:
+        handle.remove()
+    with pytest.raises(AttributionError, match="max_batch"):
+        build_method("neuron_conductance", max_batch=0)

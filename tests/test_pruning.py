@@ -179,3 +179,49 @@ def test_calibration_warns_when_the_target_is_unreachable() -> None:
     assert curve[-1] > 0
     with pytest.warns(UserWarning, match=r"below the first grid point .* smallest κ of the grid, 0\.9"):
         assert calibrate_sparsity(model, loader, curve[-1] / 2, grid[-1:]).sparsity == 0.9
+
+
+def _pruned_gradient_written_out(
+    model: nn.Module, x: torch.Tensor, sparsity: float, replacement: str
+) -> torch.Tensor:
+    """The maps as computed before the selection was sped up: scores concatenated network-wide, the threshold by
+    ``kthvalue``, bool masks, the gated network's input gradient."""
+    from lit_xai.attribution.base import target_scores
+    from lit_xai.pathways.contributions import mct_contributions
+    from lit_xai.pathways.neurons import NeuronGate, expand_per_sample, flatten_neurons, gated
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    contrib = mct_contributions(model, x, None, "t")
+    flat = flatten_neurons(contrib.contributions)
+    threshold = flat.kthvalue(int(round(sparsity * flat.shape[1])), dim=1).values
+    keep = [c > expand_per_sample(threshold, c) for c in contrib.contributions]
+    xg = x.detach().requires_grad_(True)
+    with gated(NeuronGate(keep, replacement, contrib.activations), "t"):
+        logits = model(xg)
+    scores, _ = target_scores(logits, contrib.target)
+    (grad,) = torch.autograd.grad(scores.sum(), xg)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return grad
+
+
+@pytest.mark.parametrize("net", ["reused_relu", "functional_relu", "resnet8"])
+def test_prune_grad_and_neuron_mct_equal_the_concatenated_kthvalue_selection(net: str) -> None:
+    """The sampled network-wide selection (tie block at zero for κ = 0.3, the band for κ = 0.7 / 0.9 on ResNet-8's
+    294 912 neurons) and the 0/1 float masks give exactly the maps of the plain concatenate-and-kthvalue selection
+    with bool masks (float64, so no rounding can hide a flipped neuron)."""
+    from tests.conformance.conftest import FunctionalReLUNet, ReusedInplaceReLUNet, _randomised_eval
+
+    torch.manual_seed(0)
+    if net == "resnet8":
+        model, x = build_backbone("resnet8", num_classes=10, in_chans=3).eval().double(), torch.randn(2, 3, 32, 32)
+    else:
+        model = _randomised_eval(ReusedInplaceReLUNet() if net == "reused_relu" else FunctionalReLUNet(), seed=1)
+        x = torch.randn(4, 3, 16, 16)
+    model, x = model.double(), x.double()
+    for sparsity in (0.3, 0.7, 0.9):
+        expected = _pruned_gradient_written_out(model, x, sparsity, "zero")
+        assert torch.equal(build_method("prune_grad", sparsity=sparsity)(model, x), expected), sparsity
+        expected = _pruned_gradient_written_out(model, x, sparsity, "constant")
+        assert torch.equal(build_method("neuron_mct", sparsity=sparsity)(model, x), expected), sparsity

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_xai.attribution.base import AttributionMethod, target_scores
+from lit_xai.attribution.batching import check_max_batch, rows_per_chunk
 from lit_xai.attribution.gradients import InputXGradient, IntegratedGradients
 from lit_xai.attribution.postprocess import morphological_opening
 from lit_xai.attribution.registry import register
@@ -35,10 +36,19 @@ from lit_xai.pathways.contributions import (
     INTGRAD_RULE,
     INTGRAD_STEPS,
     intgrad_alphas,
+    mct_contributions,
     neuron_contributions,
 )
-from lit_xai.pathways.neurons import NeuronGate, Replacement, check_replacement, gated
-from lit_xai.pathways.selection import check_sparsity, select_pathway
+from lit_xai.pathways.neurons import NeuronGate, Replacement, check_replacement, expand_per_sample, gated
+from lit_xai.pathways.selection import check_sparsity, sparsity_thresholds
+
+
+def pathway_masks(scores: list[Tensor], sparsity: float) -> list[Tensor]:
+    """:func:`~lit_xai.pathways.selection.select_pathway`'s masks (score above the network-wide ``c_κ``) as 0/1 in
+    the scores' dtype: written by the comparison itself, so the gated pass needs no conversion (a bool mask converted
+    afterwards cost 6× the comparison on CPU)."""
+    thresholds = sparsity_thresholds(scores, sparsity)
+    return [torch.gt(s, expand_per_sample(thresholds, s), out=torch.empty_like(s)) for s in scores]
 
 
 def pathway_gradient(
@@ -66,8 +76,9 @@ class PathwayGrad(AttributionMethod):
 
     ``steps``: α values of NeuronIntGrad (default 5, with ``rule="midpoint"``; see
     :func:`~lit_xai.pathways.contributions.intgrad_alphas` for ``"reference"``, the authors' code) or of the
-    conductance (default 11); ``internal_batch_size`` bounds the batch of (α, image) rows per pass (64: on CPU,
-    176-row passes of resnet8 were ~1.4× slower per row, and memory grows with it); ``share_prefix`` (NeuronIntGrad)
+    conductance (default 11); ``max_batch`` bounds the (α, image) rows per pass — ``None`` (default): the shared
+    activation-memory budget of :func:`~lit_xai.attribution.batching.rows_per_chunk`, as Integrated Gradients (the
+    rows, not the result, change with it); ``share_prefix`` (NeuronIntGrad)
     replays the layers before the scaled one from the clean pass (same result, cheaper; ``False`` is the fallback
     for models with untracked per-sample tensors).
     ``opening_kernel``: if set, the absolute map is smoothed by a morphological opening (the paper's ``*``
@@ -80,7 +91,7 @@ class PathwayGrad(AttributionMethod):
         sparsity: float = 0.9,
         replacement: Replacement = "constant",
         steps: int | None = None,
-        internal_batch_size: int = 64,
+        max_batch: int | None = None,  # None: sized by memory (lit_xai.attribution.batching)
         opening_kernel: int | None = None,
         share_prefix: bool = True,
         rule: str = INTGRAD_RULE,
@@ -99,24 +110,27 @@ class PathwayGrad(AttributionMethod):
         self.sparsity = sparsity
         self.replacement = replacement
         self.steps = steps
-        self.internal_batch_size = internal_batch_size
+        self.max_batch = check_max_batch(max_batch)
         self.opening_kernel = opening_kernel
         self.share_prefix = share_prefix
         self.rule = rule
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Tensor:
-        contrib = neuron_contributions(
-            model,
-            inputs,
-            target,
-            self.name,
-            self.contribution,
-            self.steps,
-            self.internal_batch_size,
-            self.share_prefix,
-            self.rule,
-        )
-        keep = select_pathway(contrib.contributions, self.sparsity)
+        if self.contribution == "mct":  # one pass for all neurons: no rows to chunk
+            contrib = mct_contributions(model, inputs, target, self.name)
+        else:
+            contrib = neuron_contributions(
+                model,
+                inputs,
+                target,
+                self.name,
+                self.contribution,
+                self.steps,
+                rows_per_chunk(model, inputs, self.max_batch),
+                self.share_prefix,
+                self.rule,
+            )
+        keep = pathway_masks(contrib.contributions, self.sparsity)
         grad, _ = pathway_gradient(
             model, inputs, contrib.target, keep, contrib.activations, self.replacement, self.name
         )
@@ -148,13 +162,13 @@ class NeuronIntGrad(PathwayGrad):
         sparsity: float = 0.9,
         replacement: Replacement = "constant",
         steps: int = INTGRAD_STEPS,
-        internal_batch_size: int = 64,
+        max_batch: int | None = None,  # None: sized by memory (lit_xai.attribution.batching)
         opening_kernel: int | None = None,
         share_prefix: bool = True,
         rule: str = INTGRAD_RULE,
     ) -> None:
         super().__init__(
-            "intgrad", sparsity, replacement, steps, internal_batch_size, opening_kernel, share_prefix, rule
+            "intgrad", sparsity, replacement, steps, max_batch, opening_kernel, share_prefix, rule
         )
 
 
@@ -173,10 +187,10 @@ class NeuronConductance(PathwayGrad):
         sparsity: float = 0.9,
         replacement: Replacement = "constant",
         steps: int = CONDUCTANCE_STEPS,
-        internal_batch_size: int = 64,
+        max_batch: int | None = None,  # None: sized by memory (lit_xai.attribution.batching)
         opening_kernel: int | None = None,
     ) -> None:
-        super().__init__("conductance", sparsity, replacement, steps, internal_batch_size, opening_kernel)
+        super().__init__("conductance", sparsity, replacement, steps, max_batch, opening_kernel)
 
 
 @register("neuron_mct_star")
@@ -196,12 +210,12 @@ class NeuronIntGradStar(NeuronIntGrad):
         sparsity: float = 0.9,
         replacement: Replacement = "constant",
         steps: int = INTGRAD_STEPS,
-        internal_batch_size: int = 64,
+        max_batch: int | None = None,  # None: sized by memory (lit_xai.attribution.batching)
         opening_kernel: int = 3,
         share_prefix: bool = True,
         rule: str = INTGRAD_RULE,
     ) -> None:
-        super().__init__(sparsity, replacement, steps, internal_batch_size, opening_kernel, share_prefix, rule)
+        super().__init__(sparsity, replacement, steps, max_batch, opening_kernel, share_prefix, rule)
 
 
 @register("input_mct")
@@ -224,4 +238,5 @@ __all__ = [
     "NeuronMCTStar",
     "PathwayGrad",
     "pathway_gradient",
+    "pathway_masks",
 ]

@@ -25,10 +25,11 @@ from torch import Tensor, nn
 
 from lit_xai.attribution.base import AttributionError, AttributionMethod, preserved_model_state, target_scores
 from lit_xai.attribution.layers import capture_outputs, resolve_layer
+from lit_xai.attribution.pathway_grad import pathway_masks
 from lit_xai.attribution.registry import register
 from lit_xai.pathways.contributions import mct_contributions
 from lit_xai.pathways.neurons import NeuronGate, NeuronTensors, expand_per_sample, flatten_neurons, gated
-from lit_xai.pathways.selection import check_sparsity, select_pathway
+from lit_xai.pathways.selection import check_sparsity
 
 DEFAULT_CALIBRATION_GRID = tuple(i / 20 for i in range(20))
 
@@ -150,14 +151,15 @@ class _PrunedNetworkMethod(AttributionMethod):
         self.calibration: SparsityCalibration | None = None
 
     def prune(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> tuple[NeuronTensors, Tensor]:
-        """(keep masks per ReLU call, explained target). Calibrates κ on the first call if a loader was given."""
+        """(keep masks per ReLU call, 0/1 in the scores' dtype; explained target). Calibrates κ on the first call if
+        a loader was given."""
         if self.calibration_loader is not None and self.calibration is None:
             self.calibration = calibrate_sparsity(
                 model, self.calibration_loader, self.target_output_change, max_batches=self.calibration_batches
             )
             self.sparsity = self.calibration.sparsity
         contrib = mct_contributions(model, inputs, target, self.name)
-        return select_pathway(contrib.contributions, self.sparsity), contrib.target
+        return pathway_masks(contrib.contributions, self.sparsity), contrib.target
 
 
 @register("prune_grad")

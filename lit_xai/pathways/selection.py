@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from lit_xai.attribution.order_statistics import kth_smallest
+from lit_xai.attribution.order_statistics import kth_smallest_of_parts
 from lit_xai.pathways.neurons import NeuronTensors, expand_per_sample, flatten_neurons, unflatten_neurons
 
 
@@ -30,11 +30,10 @@ def check_sparsity(sparsity: float) -> None:
 def sparsity_thresholds(scores: Sequence[Tensor], sparsity: float) -> Tensor:
     """Per-sample threshold ``c_κ`` ``[B]``: the ``round(κ·N)``-th smallest score (−inf when κ·N rounds to 0)."""
     check_sparsity(sparsity)
-    flat = flatten_neurons(scores)
-    removed = int(round(sparsity * flat.shape[1]))
+    removed = int(round(sparsity * sum(s[0].numel() for s in scores)))
     if removed == 0:
-        return torch.full((flat.shape[0],), float("-inf"), device=flat.device, dtype=flat.dtype)
-    return kth_smallest(flat, removed)
+        return torch.full((scores[0].shape[0],), float("-inf"), device=scores[0].device, dtype=scores[0].dtype)
+    return kth_smallest_of_parts(scores, removed)  # no network-wide copy of the scores
 
 
 def select_pathway(scores: Sequence[Tensor], sparsity: float, exact_count: bool = False) -> NeuronTensors:
