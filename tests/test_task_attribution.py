@@ -187,3 +187,15 @@ def test_bottleneck_of_a_quadrant_output_concentrates_in_its_quadrant(name: str,
     maps = torch.nn.functional.interpolate(maps, size=(16, 16)) if maps.shape[-1] != 16 else maps
     inside = maps[..., :8, 8:].sum((1, 2, 3)) / maps.sum((1, 2, 3)).clamp_min(1e-12)
     assert float(inside.mean()) > 0.7
+
+
+def test_input_iba_takes_the_bce_task_loss() -> None:
+    model = Quadrants().eval()
+    x = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(1)).abs()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*no feature statistics.*")
+        maps = build_method("input_iba", layer="features", task_loss="bce", **FAST["input_iba"])(model, x,
+                                                                                                 torch.tensor([1, 1]))
+    assert maps.shape == (2, 1, 16, 16) and bool(torch.isfinite(maps).all())
+    with pytest.raises(ValueError, match="task_loss"):
+        build_method("input_iba", task_loss="mse")

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from lit_xai.attribution.base import AttributionError
 from lit_xai.attribution.information.bottleneck import capacity_bits, prior_kl
 from lit_xai.attribution.information.iba import (
+    TASK_LOSSES,
     BottleneckResult,
     FeatureBottleneckMethod,
     StatisticsLike,
@@ -252,8 +253,12 @@ class InputIBA(FeatureBottleneckMethod):
         missing_statistics: str = "warn",
         min_std: float = 0.01,
         active_threshold: float = 0.01,
+        task_loss: str = "ce",  # Zhang et al.: cross-entropy; "bce" for sigmoid outputs (seed 002, as IBA)
     ) -> None:
         super().__init__(statistics, stats_samples, cache_dir, missing_statistics, min_std, active_threshold)
+        if task_loss not in TASK_LOSSES:
+            raise ValueError(f"task_loss must be one of {TASK_LOSSES}, got {task_loss!r}")
+        self.task_loss = task_loss
         if map_kind not in ("mask", "capacity"):
             raise ValueError(f"map_kind must be 'mask' or 'capacity', got {map_kind!r}")
         self.layer = layer
@@ -291,9 +296,8 @@ class InputIBA(FeatureBottleneckMethod):
         (layer,) = self.layers_for(model, inputs)
         mean, std = self._input_noise(inputs)
         target = self._resolve_class_target(model, inputs, target)
-        draws = self.feature_settings.noise_draws
-        feature = self._bottleneck_at(model, layer, inputs, target, classification_loss(target, draws),
-                                      self.feature_settings)
+        task_loss = classification_loss(target, self.feature_settings.noise_draws, self.task_loss)
+        feature = self._bottleneck_at(model, layer, inputs, target, task_loss, self.feature_settings)
         module = resolve_layer(model, layer)
         init_logits = F.interpolate(feature.capacity, size=tuple(inputs.shape[2:]), mode="bilinear",
                                     align_corners=False).expand_as(inputs) * self.gan_settings.init_scale
@@ -301,7 +305,7 @@ class InputIBA(FeatureBottleneckMethod):
                                 self.gan_settings)
 
         kl = lambda lam, one_minus_lam: prior_kl(inputs, lam, one_minus_lam, prior, mean, std)
-        alpha = optimise_mask(inputs, mean, std, kl, model, classification_loss(target, draws), self.input_settings)
+        alpha = optimise_mask(inputs, mean, std, kl, model, task_loss, self.input_settings)
         with torch.no_grad():
             lam, one_minus_lam = final_mask(alpha, self.input_settings)
             capacity = capacity_bits(kl(lam, one_minus_lam))
