@@ -390,9 +390,8 @@ class AttributionEvaluation(Callback):
             raise CallbackConfigError(f"AttributionEvaluation{_named(self.name)}: {error}") from None
         if not bool(valid.all()):  # e.g. multi-label images without a positive label under target=label
             inputs, index, labels, target = inputs[valid], index[valid], labels[valid], target[valid]
-            outputs = None if outputs is None else outputs[valid]
             keep = keep.clone()
-            keep[keep.clone()] = valid
+            keep[keep.clone()] = valid  # the kept samples' positions in the batch, for the ground truth below
             if not bool(valid.any()):
                 return
         extras = {
