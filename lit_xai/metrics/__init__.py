@@ -29,6 +29,7 @@ from lit_xai.metrics.randomisation import ParameterRandomisation
 from lit_xai.metrics.registry import available_metrics, build_metric
 from lit_xai.metrics.robustness import AvgSensitivity, LocalLipschitzEstimate, MaxSensitivity
 from lit_xai.metrics.sensitivity_n import SensitivityN
+from lit_xai.metrics.task_gt import LocalisationIoU, SeverityCorrelation
 
 __all__ = [
     "IROF",
@@ -43,6 +44,7 @@ __all__ = [
     "Infidelity",
     "Insertion",
     "LocalLipschitzEstimate",
+    "LocalisationIoU",
     "MaxSensitivity",
     "Monotonicity",
     "MonotonicityCorrelation",
@@ -52,6 +54,7 @@ __all__ = [
     "PointingGame",
     "RandomLogit",
     "SensitivityN",
+    "SeverityCorrelation",
     "Sparseness",
     "available_metrics",
     "build_metric",
