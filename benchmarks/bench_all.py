@@ -449,7 +449,8 @@ def main() -> None:
                 start = len(bench.rows)  # type: ignore[union-attr]
                 runners[group](bench)  # type: ignore[arg-type]
                 rows = bench.rows[start:]  # type: ignore[union-attr]
-            header = (f"`bench_all.py --settings {name} --groups {group} --rounds {args.rounds} --threads "
+            rounds = "" if group == "memory" else f" --rounds {args.rounds}"  # memory: one run per row
+            header = (f"`bench_all.py --settings {name} --groups {group}{rounds} --threads "
                       f"{args.threads} --device {args.device}` at {commit()}, torch {torch.__version__}; started "
                       f"{before}, ended {machine_state()}")
             part = {"setting": name, "group": group, "header": header, "rows": [r.as_dict() for r in rows]}
