@@ -37,14 +37,16 @@ def row_noise(inputs: Tensor, seeds: list[int], rows: Tensor, kind: str, low: fl
     """The perturbations ``[N, C, H, W]`` of rows ``n · B + b``: U[low, high) or N(low, high²) (mean, std) per
     feature, drawn from a generator seeded with image b's seed (:func:`sample_seeds`) + n."""
     batch = inputs.shape[0]
-    draws = []
-    for row in rows.tolist():
-        generator = torch.Generator().manual_seed((seeds[row % batch] + row // batch) % 2**64)
-        if kind == "uniform":
-            draws.append(torch.rand(inputs.shape[1:], generator=generator, dtype=inputs.dtype) * (high - low) + low)
-        else:
-            draws.append(torch.randn(inputs.shape[1:], generator=generator, dtype=inputs.dtype) * high + low)
-    return torch.stack(draws).to(inputs.device)
+    row_list = rows.tolist()
+    draws = torch.empty(len(row_list), *inputs.shape[1:], dtype=inputs.dtype)
+    draw = torch.rand if kind == "uniform" else torch.randn
+    generator = torch.Generator()  # one generator re-seeded per row: the same draws without a generator per row
+    for i, row in enumerate(row_list):
+        generator.manual_seed((seeds[row % batch] + row // batch) % 2**64)
+        draw(inputs.shape[1:], generator=generator, dtype=inputs.dtype, out=draws[i])
+    # scaled once for all rows (the same element-wise products and sums as per row)
+    scale, shift = (high - low, low) if kind == "uniform" else (high, low)
+    return draws.mul_(scale).add_(shift).to(inputs.device)
 
 
 class InputPerturbationRobustness(ImageScoreMean):
