@@ -19,7 +19,7 @@ from lit_xai.attribution.activations import forward_with_activations
 from lit_xai.attribution.base import target_scores
 from lit_xai.attribution.pruning import PrunePGD
 from lit_xai.attribution.registry import register
-from lit_xai.pathways.neurons import NeuronGate, expand_per_sample, gated
+from lit_xai.pathways.neurons import NeuronGate, gated
 
 
 @register("prune_pgd_dead")
@@ -43,9 +43,5 @@ class PrunePGDDead(PrunePGD):
                 with gated(gate, self.name):
                     scores, _ = target_scores(model(inputs + delta), target)
             (grad,) = torch.autograd.grad(scores.sum(), delta)
-            with torch.no_grad():
-                norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
-                delta = delta + self.step_size * grad / expand_per_sample(norm, grad)
-                scale = (self.bound / delta.flatten(1).norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)
-                delta = delta * expand_per_sample(scale, delta)
+            delta = self.step(delta, grad)
         return delta.detach()

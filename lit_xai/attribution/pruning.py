@@ -251,6 +251,14 @@ class PrunePGD(_PrunedNetworkMethod):
         self.step_size = step_size
         self.bound = bound
 
+    @torch.no_grad()
+    def step(self, delta: Tensor, grad: Tensor) -> Tensor:
+        """One ℓ2 PGD ascent step: δ + η·g/‖g‖, projected onto the ball ‖δ‖ ≤ ε (per image)."""
+        norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
+        delta = delta + self.step_size * grad / expand_per_sample(norm, grad)
+        scale = (self.bound / delta.flatten(1).norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)
+        return delta * expand_per_sample(scale, delta)
+
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Tensor:
         keep, target = self.prune(model, inputs, target)
         gate = NeuronGate(keep, "zero")
@@ -261,9 +269,5 @@ class PrunePGD(_PrunedNetworkMethod):
                 logits = model(inputs + delta)
             scores, _ = target_scores(logits, target)
             (grad,) = torch.autograd.grad(scores.sum(), delta)
-            with torch.no_grad():
-                norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
-                delta = delta + self.step_size * grad / expand_per_sample(norm, grad)
-                scale = (self.bound / delta.flatten(1).norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)
-                delta = delta * expand_per_sample(scale, delta)
+            delta = self.step(delta, grad)
         return delta.detach()
