@@ -13,7 +13,7 @@ from lit_xai.cli import main as cli_main
 from lit_xai.models.backbones import build_backbone
 from lit_xai.report import cells as report_cells
 from lit_xai.report.cells import Chunk, cell_key
-from lit_xai.report.config import MethodSpec, MetricSpec
+from lit_xai.report.config import FAMILIES, MethodSpec, MetricSpec
 from lit_xai.report.statistics import bootstrap_ci, paired, pairwise, ranks
 
 STEPS = "{deletion: {num_steps: 4}, insertion: {num_steps: 4}}"
@@ -314,3 +314,11 @@ def test_roar_table_is_shown_and_axioms_skipped_with_the_reason(weights: Path, t
     page = (out / "report.html").read_text()
     assert "<h2>roar</h2>" in page and "<td>0.41</td>" in page
     assert "skipped: no finished axioms run given (set axioms_table)" in page
+
+
+def test_every_family_metric_is_registered() -> None:
+    """A family names registered metrics only (an unregistered name once dropped IoU from localisation unseen)."""
+    from lit_xai.metrics import available_metrics
+
+    assert {m for members in FAMILIES.values() for m in members} <= set(available_metrics())
+    assert "localisation_iou" in FAMILIES["localisation"]
