@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from fast_methods import FAST_KWARGS
 from torch import nn
 
 from lit_xai.attribution import AttributionError, available_methods, build_method
@@ -19,21 +20,8 @@ from lit_xai.callbacks.targets import check_target, choose_targets, explained_mo
 from lit_xai.data import SyntheticChestDataModule
 from lit_xai.models import ClassifierModule
 
-#: small settings so that every method runs in about a second (support, not the protocols' defaults)
-FAST = {
-    "extremal_perturbation": {"iterations": 5},
-    "rise": {"num_masks": 50},
-    "lime": {"n_samples": 50},
-    "kernel_shap": {"n_samples": 50},
-    "guided_ig": {"steps": 8},
-    "integrated_gradients": {"steps": 4},
-    "input_intgrad": {"steps": 4},
-    "smoothgrad": {"samples": 3},
-    "smoothgrad_sq": {"samples": 3},
-    "gradient_shap": {"n_samples": 3},
-    "occlusion": {"patch": 8, "stride": 8},
-    "input_iba": {"gan_epochs": 1, "gan_target_samples": 8, "feature_steps": 2},
-}
+#: the support sweep's reduced settings, plus InputIBA's (its GAN is fitted on every call here)
+FAST = {**FAST_KWARGS, "input_iba": {"gan_epochs": 1, "gan_target_samples": 8, "feature_steps": 2}}
 #: the methods that refuse the digits CNN with an AttributionError naming themselves (ResNet-only defaults)
 REFUSE = {"prune_grad_mid"}
 

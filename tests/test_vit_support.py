@@ -10,25 +10,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fast_methods import FAST_KWARGS
 
 from lit_xai.attribution import AttributionError, available_methods, build_method
 
 timm = pytest.importorskip("timm")
 
-#: small settings so that every method runs in about a second on a 32² ViT
-FAST = {
-    "extremal_perturbation": {"iterations": 5},
-    "rise": {"num_masks": 50},
-    "lime": {"n_samples": 50},
-    "kernel_shap": {"n_samples": 50},
-    "guided_ig": {"steps": 8},
-    "integrated_gradients": {"steps": 4},
-    "input_intgrad": {"steps": 4},
-    "smoothgrad": {"samples": 3},
-    "smoothgrad_sq": {"samples": 3},
-    "gradient_shap": {"n_samples": 3},
-    "occlusion": {"patch": 8, "stride": 8},
-}
 #: methods that work on any differentiable classifier (the rest must refuse a ViT with a clear error)
 MODEL_AGNOSTIC = {
     "extremal_perturbation", "gradient", "gradient_shap", "guided_ig", "input_intgrad", "input_mct",
@@ -49,7 +36,7 @@ def vit() -> torch.nn.Module:
 def test_every_method_serves_a_vit_or_says_why_not(vit: torch.nn.Module, name: str) -> None:
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     state = {k: v.clone() for k, v in vit.state_dict().items()}
-    method = build_method(name, **FAST.get(name, {}))
+    method = build_method(name, **FAST_KWARGS.get(name, {}))
     if name in MODEL_AGNOSTIC:
         maps = method(vit, x, torch.tensor([0, 1]))
         assert maps.shape[0] == 2 and maps.shape[-2:] == (32, 32)

@@ -11,6 +11,7 @@ removal can be applied *before* augmentation.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -171,3 +172,36 @@ class ClassificationDataModule(L.LightningDataModule):
         mean = images.new_tensor(self.mean)[:, None, None]
         std = images.new_tensor(self.std)[:, None, None]
         return images * std + mean
+
+
+class GeneratedDataModule(ClassificationDataModule):
+    """Base of the seeded, generated DataModules (synthetic scenes, synthetic chests): every split is rendered from
+    its own seed derived from ``seed``. Subclasses set ``sizes`` (split → count) and ``_train_scenes`` (rendered once,
+    for the normalisation statistics) and implement :meth:`scenes` and :meth:`make_dataset`."""
+
+    sizes: dict[str, int]
+    _train_scenes: Any
+
+    def split_seed(self, split: str) -> int:
+        """The generator seed of a split, derived from ``seed``."""
+        self.check_split(split)
+        return self.seed * 1000 + ("train", "val", "test").index(split)
+
+    def check_split(self, split: str) -> None:
+        if split not in self.sizes:
+            raise ValueError(f"unknown split {split!r}; expected one of {sorted(self.sizes)}")
+
+    def scenes(self, split: str) -> Any:
+        """The pixel-space scenes of ``split`` (regenerated deterministically)."""
+        raise NotImplementedError
+
+    def make_dataset(self, scenes: Any) -> Dataset:
+        """The normalised dataset of rendered ``scenes``."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is not None:
+            return
+        self.train_dataset = self.make_dataset(self._train_scenes)
+        self.val_dataset = self.make_dataset(self.scenes("val"))
+        self.test_dataset = self.make_dataset(self.scenes("test"))

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lit_xai.data.base import ClassificationDataModule, Sample
+from lit_xai.data.base import GeneratedDataModule, Sample
 
 CONCEPTS: tuple[str, ...] = ("consolidation", "ground_glass", "nodule", "line", "apparatus")
 REGIONS: tuple[str, ...] = ("A", "B", "C", "D", "E", "F")
@@ -250,7 +250,7 @@ class ChestDataset(Dataset):
         }
 
 
-class SyntheticChestDataModule(ClassificationDataModule):
+class SyntheticChestDataModule(GeneratedDataModule):
     """Synthetic chest X-rays (module docstring) for the ``multilabel``, ``regression`` and ``regions`` tasks.
 
     Args:
@@ -305,22 +305,10 @@ class SyntheticChestDataModule(ClassificationDataModule):
         self.mean = (float(self._train_scenes.images.mean()),)
         self.std = (float(self._train_scenes.images.std()),)
 
-    def split_seed(self, split: str) -> int:
-        """The generator seed of a split, derived from ``seed``."""
-        return self.seed * 1000 + ("train", "val", "test").index(split)
-
     def scenes(self, split: str) -> ChestScenes:
         """The pixel-space scenes of ``split`` (regenerated deterministically)."""
-        if split not in self.sizes:
-            raise ValueError(f"unknown split {split!r}; expected one of {sorted(self.sizes)}")
-        return render_chest(self.sizes[split], self.split_seed(split), **self.scene_args)
+        seed = self.split_seed(split)  # an unknown split is named here
+        return render_chest(self.sizes[split], seed, **self.scene_args)
 
     def make_dataset(self, scenes: ChestScenes) -> ChestDataset:
         return ChestDataset(scenes, self.normalize(scenes.images), self.task)
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_dataset is not None:
-            return
-        self.train_dataset = self.make_dataset(self._train_scenes)
-        self.val_dataset = self.make_dataset(self.scenes("val"))
-        self.test_dataset = self.make_dataset(self.scenes("test"))

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lit_xai.data.base import ClassificationDataModule, TensorImageDataset
+from lit_xai.data.base import GeneratedDataModule, TensorImageDataset
 
 ShapeFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -129,7 +129,7 @@ def render_scenes(
     return Scenes(images.clamp(0, 1), labels, masks[:, None], boxes)
 
 
-class SyntheticShapesDataModule(ClassificationDataModule):
+class SyntheticShapesDataModule(GeneratedDataModule):
     """Synthetic ground-truth scenes (see the module docstring); samples carry ``"mask"`` and ``"box"``.
 
     Args:
@@ -172,27 +172,13 @@ class SyntheticShapesDataModule(ClassificationDataModule):
         self.std = tuple(train.images.std(dim=(0, 2, 3)).tolist())
         self._train_scenes = train
 
-    def split_seed(self, split: str) -> int:
-        """The generator seed of a split, derived from ``seed``."""
-        return self.seed * 1000 + ("train", "val", "test").index(split)
-
     def scenes(self, split: str, include_object: bool = True) -> Scenes:
         """The pixel-space scenes of ``split`` (regenerated deterministically)."""
-        if split not in self.sizes:
-            raise ValueError(f"unknown split {split!r}; expected one of {sorted(self.sizes)}")
-        return render_scenes(
-            self.sizes[split], self.split_seed(split), include_object=include_object, **self.scene_args
-        )
+        seed = self.split_seed(split)  # an unknown split is named here
+        return render_scenes(self.sizes[split], seed, include_object=include_object, **self.scene_args)
 
     def make_dataset(self, scenes: Scenes) -> TensorImageDataset:
         """Normalised dataset with ``mask`` and ``box`` extras."""
         return TensorImageDataset(
             self.normalize(scenes.images), scenes.labels, {"mask": scenes.masks, "box": scenes.boxes}
         )
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_dataset is not None:
-            return
-        self.train_dataset = self.make_dataset(self._train_scenes)
-        self.val_dataset = self.make_dataset(self.scenes("val"))
-        self.test_dataset = self.make_dataset(self.scenes("test"))

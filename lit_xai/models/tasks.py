@@ -28,16 +28,22 @@ SEVERITY_CLASSES = 4
 WEIGHTINGS = ("batch", "none")
 
 
+def expected_scores(logits: Tensor) -> Tensor:
+    """``[B, R, K]`` region logits → ``[B, R]`` expected scores Σ_c softmax(ŷ_r)_c · c (the differentiable score of
+    Eq. 4)."""
+    values = torch.arange(logits.shape[-1], dtype=logits.dtype, device=logits.device)
+    return logits.softmax(-1) @ values
+
+
 class ExpectedRegionScores(nn.Module):
-    """``[B, R·K]`` logits → ``[B, R]`` expected scores Σ_c softmax(ŷ_r)_c · c (the differentiable score of Eq. 4)."""
+    """``[B, R·K]`` logits → ``[B, R]`` :func:`expected_scores` (the head whose outputs region targets index)."""
 
     def __init__(self, regions: int, classes: int = SEVERITY_CLASSES) -> None:
         super().__init__()
         self.regions, self.classes = regions, classes
-        self.register_buffer("values", torch.arange(classes, dtype=torch.float32), persistent=False)
 
     def forward(self, logits: Tensor) -> Tensor:
-        return region_logits(logits, self.regions, self.classes).softmax(-1) @ self.values.to(logits.dtype)
+        return expected_scores(region_logits(logits, self.regions, self.classes))
 
 
 def region_logits(logits: Tensor, regions: int, classes: int = SEVERITY_CLASSES) -> Tensor:
@@ -177,8 +183,8 @@ class RegionsTask(Task):
     def loss(self, outputs: Tensor, labels: Tensor) -> Tensor:
         logits = region_logits(outputs, self.num_classes)
         scce = F.cross_entropy(logits.flatten(0, 1), labels.flatten())  # Eq. 3, averaged over regions and images
-        expected = logits.softmax(-1) @ torch.arange(SEVERITY_CLASSES, dtype=logits.dtype, device=logits.device)
-        mae_d = (labels.to(logits.dtype) - expected).abs().mean()  # Eq. 4: 1/C Σ_r |y_r − E_r|, batch mean
+        # Eq. 4: 1/C Σ_r |y_r − E_r|, averaged over the batch
+        mae_d = (labels.to(logits.dtype) - expected_scores(logits)).abs().mean()
         return scce + mae_d
 
     def metrics(self) -> dict[str, Metric]:
@@ -187,15 +193,11 @@ class RegionsTask(Task):
     def update(self, metrics: dict[str, Metric], outputs: Tensor, labels: Tensor) -> None:
         logits = region_logits(outputs, self.num_classes)
         metrics["acc"].update(logits.flatten(0, 1), labels.flatten())
-        metrics["mae"].update(self.expected(outputs), labels.to(outputs.dtype))
+        metrics["mae"].update(expected_scores(logits), labels.to(outputs.dtype))
 
     def predict(self, outputs: Tensor) -> dict[str, Tensor]:
         logits = region_logits(outputs, self.num_classes)
-        return {"prediction": logits.argmax(-1), "expected": self.expected(outputs)}
-
-    def expected(self, outputs: Tensor) -> Tensor:
-        """``[B, R]`` expected scores (the differentiable prediction of Eq. 4)."""
-        return ExpectedRegionScores(self.num_classes).to(outputs.device)(outputs)
+        return {"prediction": logits.argmax(-1), "expected": expected_scores(logits)}
 
     def explained(self) -> nn.Module:
         return ExpectedRegionScores(self.num_classes)
