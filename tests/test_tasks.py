@@ -96,3 +96,28 @@ def test_data_and_model_must_agree_on_targets(tmp_path):
                         enable_model_summary=False, default_root_dir=tmp_path)
     with pytest.raises(ConfigurationError, match="num_classes=3 does not match"):
         trainer.fit(model, datamodule=data)
+
+
+def test_defaults_and_the_pooled_grid() -> None:
+    """Defaults (docs/protocols.md, "Tasks"): multiclass with the chapters' batch weighting; DigitsCNN's global pool
+    unless ``pooled_size`` asks for a grid, which keeps where a feature is."""
+    import inspect
+
+    from lit_xai.models.backbones import DigitsCNN
+
+    params = inspect.signature(ClassifierModule.__init__).parameters
+    assert params["task"].default == "multiclass" and params["weighting"].default == "batch"
+    assert inspect.signature(DigitsCNN.__init__).parameters["pooled_size"].default == 1
+    net = DigitsCNN(num_classes=2, in_chans=1, pooled_size=4).eval()
+    assert net.fc.in_features == 64 * 16
+    image = torch.zeros(1, 1, 64, 64)
+    left, right = image.clone(), image.clone()
+    left[..., 20:28, 4:12], right[..., 20:28, 52:60] = 1.0, 1.0
+    with torch.no_grad():  # the same blob at two places: a grid pool tells them apart, a global pool nearly not
+        grid = (net(left) - net(right)).abs().max()
+        net_global = DigitsCNN(num_classes=2, in_chans=1).eval()
+        net_global.features = net.features
+        pooled = (net_global(left) - net_global(right)).abs().max()
+    assert float(grid) > 0 and float(pooled) < float(grid)
+    with pytest.raises(ValueError, match="pooled_size"):
+        DigitsCNN(pooled_size=0)
