@@ -26,6 +26,12 @@ Per-image scores (for SE and the paired differences) come from every metric's ``
 ``last_image_scores`` where the metric keeps them, so no second pass); they are gathered over DDP ranks like the
 metric states. Images a protocol skips (EHR's large boxes) score NaN and are left out of the statistics.
 A ``random`` map is always evaluated as the control (label ``random``) unless the specs already name it.
+
+The IBA family (:class:`~lit_xai.attribution.information.iba.FeatureBottleneckMethod`) needs the feature statistics
+N(μ_R, σ_R²) of the training data (Schulz et al. 2020 §3.1): at the start of every active stage the callback fits
+them on the explained model from ``trainer.datamodule.train_dataloader()`` (``fit_statistics``), again only when
+the model or its weights changed. Under DDP every rank streams a disjoint share of that loader's images and the
+estimate merges the ranks' states (``all_gather``), so every rank uses the same statistics.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import inspect
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +48,15 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
+from torch.utils.data import DistributedSampler
 from torchmetrics import Metric
 from tqdm.auto import tqdm
 
 from lit_xai.attribution.base import AttributionError
+from lit_xai.attribution.information.iba import FeatureBottleneckMethod
+from lit_xai.attribution.information.statistics import batch_images
 from lit_xai.attribution.layers import resolve_layer
 from lit_xai.callbacks import figures
 from lit_xai.callbacks.explainers import Explainer, build_explainer
@@ -64,6 +74,7 @@ from lit_xai.metrics.base import AttributionMetric
 from lit_xai.metrics.localisation import EffectiveHeatRatio
 from lit_xai.metrics.perturbation import PerturbationCurve
 from lit_xai.metrics.registry import build_metric
+from lit_xai.storage import weights_fingerprint
 
 STAGES = ("val", "test")
 RANDOM_CONTROL = "random"
@@ -79,10 +90,29 @@ CURVE_LABELS = {
 GROUND_TRUTH = {"masks": "mask", "boxes": "box"}
 #: Lightning's TQDMProgressBar uses rows 0 (main) and 1 (validation) at ``process_position=0``
 PROGRESS_POSITION = 2
+#: the callback's stage in each Trainer entry point (``setup``'s ``stage``)
+ENTRY_STAGES = {"fit": "val", "validate": "val", "test": "test"}
 
 
 class CallbackConfigError(ValueError):
     """A bad evaluation-callback configuration (method, metric, layer, stacked callbacks): one line in the CLI."""
+
+
+class RankImages:
+    """The images of one DDP rank's share of a loader: every ``world``-th image of each batch from the ``rank``-th
+    on. The ranks stream disjoint images whose union (with batch sizes divisible by ``world``) is the sequence one
+    process streams; re-iterable when the loader is."""
+
+    def __init__(self, loader: Iterable[Any], rank: int = 0, world: int = 1) -> None:
+        if not 0 <= rank < world:
+            raise ValueError(f"rank must be in [0, world={world}), got {rank}")
+        self.loader, self.rank, self.world = loader, rank, world
+
+    def __iter__(self) -> Iterator[Tensor]:
+        for batch in self.loader:
+            images = batch_images(batch)[self.rank :: self.world]
+            if images.shape[0]:
+                yield images
 
 
 def _metric_spec(spec: Mapping[str, Any] | str) -> tuple[str, str, dict[str, Any]]:
@@ -149,6 +179,11 @@ class AttributionEvaluation(Callback):
         progress_bar: show one aggregate progress bar with per-method rates (rank zero, interactive consoles).
         print_summary: print the summary table at the end of ``test`` and standalone ``validate`` (rank zero).
         output_dir: folder for figures/JSON when the logger is not W&B (default: the trainer's log dir).
+        fit_statistics: fit the IBA family's feature statistics on ``trainer.datamodule.train_dataloader()`` at the
+            start of each active stage (again only after a weight change) for every such method given no
+            ``statistics``. Default ``True``: Schulz et al. 2020 §3.1 estimate μ_R, σ_R on training data (the
+            authors' ``IBA.estimate`` streams training batches). ``False``: each method estimates them from the
+            explained batch and warns (a poor prior).
     """
 
     def __init__(
@@ -173,6 +208,7 @@ class AttributionEvaluation(Callback):
         progress_bar: bool = True,
         print_summary: bool = True,
         output_dir: str | None = None,
+        fit_statistics: bool = True,
     ) -> None:
         super().__init__()
         stages = list(stages) if stages is not None else list(STAGES)
@@ -238,7 +274,10 @@ class AttributionEvaluation(Callback):
         self.grid_view, self.grid_channel_reduction = grid_view, grid_channel_reduction
         self.grid_outlier_perc = grid_outlier_perc
         self.progress_bar, self.print_summary, self.output_dir = progress_bar, print_summary, output_dir
+        self.fit_statistics = fit_statistics
         self.summaries: dict[str, list[SummaryRow]] = {}
+        self._model: nn.Module | None = None
+        self._fitted_on: dict[str, tuple[int, str]] = {}  # explainer label → (model id, weights fingerprint)
         self._active = False
         self._seen = 0
         self._samples: dict[str, list[Tensor]] = {}
@@ -268,13 +307,23 @@ class AttributionEvaluation(Callback):
             check_target(self.task, self.target, self.target_index)
         except ValueError as error:
             raise CallbackConfigError(f"AttributionEvaluation{_named(self.name)}: {error}") from None
-        model = explained_model(pl_module)
+        model = self._explained(pl_module)
         for explainer in self.explainers:
             for layer in _layer_names(explainer.method):
                 try:
                     resolve_layer(model, layer)
                 except AttributionError as error:
                     raise CallbackConfigError(f"method {explainer.label!r}: {error}") from None
+        fitted = self._statistics_explainers()
+        datamodule = getattr(trainer, "datamodule", None)
+        if fitted and ENTRY_STAGES.get(stage) in self.stages and not _has_train_loader(datamodule):
+            has = "no datamodule" if datamodule is None else f"a {type(datamodule).__name__} without train_dataloader()"
+            raise CallbackConfigError(
+                f"AttributionEvaluation{_named(self.name)}: methods {[e.label for e in fitted]} need feature "
+                f"statistics of the training data (fit_statistics=true) but the trainer has {has}: pass a datamodule "
+                "with a training split, or set fit_statistics: false (each batch then estimates its own prior, with "
+                "a warning)"
+            )
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         due = (trainer.current_epoch + 1) % self.every_n_epochs == 0 or trainer.state.fn != "fit"
@@ -320,6 +369,7 @@ class AttributionEvaluation(Callback):
         self._active = stage in self.stages and due
         if not self._active:
             return
+        self._fit_statistics(trainer, pl_module)
         self.metrics.to(pl_module.device)
         self.image_scores.to(pl_module.device)
         datamodule = getattr(trainer, "datamodule", None)
@@ -345,6 +395,53 @@ class AttributionEvaluation(Callback):
                 total=None if total is None else total * len(self.explainers), desc=f"attribution ({stage})",
                 position=PROGRESS_POSITION, leave=False, unit="img", disable=None, dynamic_ncols=True,
             )
+
+    def _explained(self, pl_module: L.LightningModule) -> nn.Module:
+        """``explained_model(pl_module)``, the same object while it is built of the same modules and tensors: a module
+        whose ``explained_net`` wraps ``net`` in a fresh ``Sequential`` per call would otherwise look like a new model
+        to the IBA family's fitted statistics (which are kept for one model object)."""
+        model = explained_model(pl_module)
+        if self._model is not None and _same_structure(self._model, model):
+            return self._model
+        self._model = model
+        return model
+
+    def _statistics_explainers(self) -> list[Explainer]:
+        """The explainers whose method needs fitted feature statistics (the IBA family given no ``statistics``);
+        none with ``fit_statistics=False``."""
+        if not self.fit_statistics:
+            return []
+        return [
+            e for e in self.explainers
+            if isinstance(e.method, FeatureBottleneckMethod) and getattr(e.method, "_given_statistics", None) is None
+        ]
+
+    def _fit_statistics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Fit the IBA family's statistics on the explained model from the datamodule's training loader, for the
+        methods not yet fitted on this model object with these weights (``weights_fingerprint``). Rank 0 decides, so
+        that every DDP rank enters the (collective) estimate; each rank streams its :class:`RankImages` share. The
+        global RNG is forked (a training loader's augmentation draws from it) and the model is left as found."""
+        explainers = self._statistics_explainers()
+        if not explainers:
+            return
+        model = self._explained(pl_module)
+        state = (id(model), weights_fingerprint(model))
+        stale = trainer.strategy.broadcast([e.label for e in explainers if self._fitted_on.get(e.label) != state])
+        if not stale:
+            return
+        loader = trainer.datamodule.train_dataloader()  # type: ignore[attr-defined]
+        sharded = isinstance(getattr(loader, "sampler", None), DistributedSampler)  # one shard per rank already
+        images = RankImages(loader, *((0, 1) if sharded else (trainer.global_rank, trainer.world_size)))
+        with torch.inference_mode(False), torch.random.fork_rng(devices=[]):
+            for explainer in explainers:
+                if explainer.label in stale:
+                    try:
+                        explainer.method.fit(model, images)  # type: ignore[attr-defined]
+                    except AttributionError as error:
+                        raise CallbackConfigError(
+                            f"method {explainer.label!r}: fitting its feature statistics on the training data: {error}"
+                        ) from error
+                    self._fitted_on[explainer.label] = state
 
     def _expected_samples(self, trainer: L.Trainer, stage: str) -> int | None:
         loaders = trainer.val_dataloaders if stage == "val" else trainer.test_dataloaders
@@ -372,7 +469,7 @@ class AttributionEvaluation(Callback):
     def evaluate_batch(self, pl_module: L.LightningModule, batch: Mapping[str, Tensor]) -> None:
         """Compute every method's maps on the selected samples of ``batch`` and update every metric."""
         images = batch["image"]
-        model = explained_model(pl_module)
+        model = self._explained(pl_module)
         for group in self.metrics.values():  # every rank allocates its states, also without samples
             for metric in group.values():
                 metric.prepare(model, tuple(images.shape[-2:]))
@@ -724,6 +821,21 @@ def _layer_names(method: Any) -> list[str]:
         elif isinstance(value, list | tuple):
             names += [v for v in value if isinstance(v, str)]
     return names
+
+
+def _has_train_loader(datamodule: Any) -> bool:
+    """Whether ``datamodule`` implements ``train_dataloader`` (Lightning's default raises)."""
+    return callable(getattr(datamodule, "train_dataloader", None)) and is_overridden(
+        "train_dataloader", datamodule, L.LightningDataModule
+    )
+
+
+def _same_structure(cached: nn.Module, model: nn.Module) -> bool:
+    """Same module types in the same order, holding the very same parameter and buffer tensors."""
+    def signature(m: nn.Module) -> tuple[list[type], list[int]]:
+        return [type(x) for x in m.modules()], [id(t) for t in (*m.parameters(), *m.buffers())]
+
+    return cached is model or signature(cached) == signature(model)
 
 
 def _is_distributed() -> bool:
