@@ -1,6 +1,6 @@
-"""Metrics that evaluate many rows chunk them like the methods (issue 18): ``max_batch`` rows per forward, ``None``
-sized by the shared memory budget (:func:`lit_xai.attribution.batching.rows_per_chunk`), and any chunking gives the
-same scores."""
+"""Metrics that evaluate many rows chunk them like the methods (issue 18): ``max_batch`` rows per forward (per method
+call for the metrics that re-run the method: randomisation, robustness, Random Logit), ``None`` sized by the shared
+memory budget (:func:`lit_xai.attribution.batching.rows_per_chunk`), and any chunking gives the same scores."""
 
 from __future__ import annotations
 
@@ -15,14 +15,18 @@ from lit_xai.attribution.batching import activation_bytes_per_row
 from lit_xai.metrics import (
     IROF,
     ROAD,
+    AvgSensitivity,
     Deletion,
     FaithfulnessCorrelation,
     Infidelity,
     Insertion,
+    LocalLipschitzEstimate,
+    MaxSensitivity,
     Monotonicity,
     MonotonicityCorrelation,
     ParameterRandomisation,
     PixelPerturbation,
+    RandomLogit,
     SensitivityN,
 )
 
@@ -69,11 +73,16 @@ METRICS: dict[str, Callable[[int | None], nn.Module]] = {
     "road": lambda b: ROAD(percentages=(10, 50, 90), max_batch=b),
     "irof": lambda b: IROF(n_segments=6, max_batch=b),
     "randomisation": lambda b: ParameterRandomisation(max_batch=b),
+    "max_sensitivity": lambda b: MaxSensitivity(num_samples=3, max_batch=b),
+    "avg_sensitivity": lambda b: AvgSensitivity(num_samples=3, max_batch=b),
+    "local_lipschitz": lambda b: LocalLipschitzEstimate(num_samples=3, max_batch=b),
+    "random_logit": lambda b: RandomLogit(max_batch=b),
 }
 
 
 def _results(metric: nn.Module, model: Recorder) -> dict[str, torch.Tensor]:
-    """The metric's results on :func:`_case`; the method (randomisation) records its images in ``model.rows``."""
+    """The metric's results on :func:`_case`; the method (randomisation, robustness, Random Logit) records its
+    images in ``model.rows``."""
     inputs, target, maps = _case()
 
     def method(net: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -87,7 +96,7 @@ def _results(metric: nn.Module, model: Recorder) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("name", list(METRICS))
 def test_any_max_batch_gives_the_same_scores_and_bounds_the_rows(name: str) -> None:
     """1 row, 4 rows, the budget rule and one chunk for everything: equal scores and curves; no forward of the
-    metric exceeds ``max_batch`` rows (the randomisation check: images per method call)."""
+    metric exceeds ``max_batch`` rows (the metrics that re-run the method: images per method call)."""
     reference = None
     for max_batch in (1, 4, None, 100_000):
         model = Recorder()
@@ -103,10 +112,11 @@ def test_any_max_batch_gives_the_same_scores_and_bounds_the_rows(name: str) -> N
             torch.testing.assert_close(value, reference[key], rtol=1e-6, atol=1e-7, msg=f"{name} {key} {max_batch}")
 
 
-@pytest.mark.parametrize("name", ["deletion", "sensitivity_n", "faithfulness_correlation", "road", "randomisation"])
+@pytest.mark.parametrize("name", ["deletion", "sensitivity_n", "faithfulness_correlation", "road", "randomisation",
+                                  "max_sensitivity", "random_logit"])
 def test_none_uses_the_methods_memory_budget_rule(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """With ``max_batch=None`` a chunk holds ⌊budget / activation bytes of one row⌋ rows: with a budget of three rows
-    no metric forward (the randomisation check: no method call) sees more than three perturbed rows."""
+    no metric forward (the metrics that re-run the method: no method call) sees more than three perturbed rows."""
     model = Recorder()
     inputs, _, _ = _case()
     per_row = activation_bytes_per_row(model, inputs)

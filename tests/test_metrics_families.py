@@ -254,7 +254,7 @@ def test_robustness_needs_the_method_and_leaves_the_model_alone() -> None:
     with pytest.raises(ValueError, match="needs method"):
         MaxSensitivity(num_samples=2).update(model, inputs, target, maps)
     state = torch.random.get_rng_state()
-    metric = MaxSensitivity(num_samples=3, chunk_size=4)  # chunks across samples: same δ, same score
+    metric = MaxSensitivity(num_samples=3, max_batch=4)  # chunks across samples: same δ, same score
     metric.update(model, inputs, target, maps, method=_input_x_gradient)
     reference = MaxSensitivity(num_samples=3).image_scores(model, inputs, target, maps, method=_input_x_gradient)
     torch.testing.assert_close(metric.compute()["score"], reference.mean(), rtol=1e-5, atol=1e-7)

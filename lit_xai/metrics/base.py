@@ -49,15 +49,6 @@ def pixel_scores(maps: Tensor, size: tuple[int, int], reduction: str) -> Tensor:
     return reduced.flatten(1)
 
 
-def resolve_chunk_size(chunk_size: int | None, batch: int) -> int:
-    """The perturbed images per forward: ``chunk_size``, or the batch size when ``None`` (one forward per step)."""
-    if chunk_size is None:
-        return batch
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be ≥ 1 or None, got {chunk_size}")
-    return chunk_size
-
-
 def trapezoid_auc(y: Tensor, x: Tensor) -> Tensor:
     """Area under ``y`` (``[..., K]``) over the increasing grid ``x`` (``[K]``) by the trapezoid rule."""
     return torch.trapezoid(y, x.to(y), dim=-1)

@@ -9,7 +9,9 @@ maps as 1-D signals (``layout="flat"``) with skimage's default window 7 and the 
 The other class is drawn per image from a generator seeded with (``seed``, the image's content)
 (:mod:`lit_xai.attribution.noise`); Quantus reseeds NumPy with ``seed`` per batch and draws for the batch positions,
 so its class for an image depends on the batch. The number of classes is ``num_classes`` or, by default, read from
-the model's output on one image (Quantus takes it as an argument, default 1000). Cost: one method call per image.
+the model's output on one image (Quantus takes it as an argument, default 1000). Cost: one method call per image, on
+chunks of ``max_batch`` images (``None``: the methods' memory-budget rule,
+:func:`lit_xai.attribution.batching.rows_per_chunk`); the scores do not depend on the chunking.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lit_xai.attribution.batching import check_max_batch, row_chunks, rows_per_chunk
 from lit_xai.attribution.noise import sample_generators
-from lit_xai.metrics.base import Explainer, check_finite, resolve_chunk_size
+from lit_xai.metrics.base import Explainer, check_finite
 from lit_xai.metrics.image_scores import ImageScoreMean, prepared_maps
 from lit_xai.metrics.similarity import check_data_range, ssim
 
@@ -39,7 +42,9 @@ class RandomLogit(ImageScoreMean):
         ssim_window: 7 (skimage's default ``win_size``, which Quantus uses).
         ssim_data_range: ``"pair"`` (Quantus: max − min over both maps of the pair) or a number.
         num_classes: the model's number of classes; ``None`` (default): the width of its output on one image.
-        chunk_size: images per method call (``None``: the batch size).
+        max_batch: images per method call; ``None`` (default): the methods' memory-budget rule (docs/performance.md
+            "Chunk size"), as every metric that evaluates many rows (issue 18; Quantus: the batch). The scores do
+            not depend on it.
     """
 
     requires = frozenset({"method"})
@@ -47,15 +52,14 @@ class RandomLogit(ImageScoreMean):
 
     def __init__(self, seed: int = 0, normalise: bool = True, absolute: bool = False, layout: str = "flat",
                  ssim_window: int = 7, ssim_data_range: float | str = "pair", num_classes: int | None = None,
-                 chunk_size: int | None = None, **kwargs: Any) -> None:
+                 max_batch: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if layout not in LAYOUTS:
             raise ValueError(f"layout={layout!r}: expected one of {LAYOUTS}")
         check_data_range(ssim_data_range)
-        resolve_chunk_size(chunk_size, 1)
         self.seed, self.normalise, self.absolute, self.layout = seed, normalise, absolute, layout
-        self.ssim_window, self.ssim_data_range, self.chunk_size = ssim_window, ssim_data_range, chunk_size
-        self.num_classes = num_classes
+        self.ssim_window, self.ssim_data_range = ssim_window, ssim_data_range
+        self.num_classes, self.max_batch = num_classes, check_max_batch(max_batch)
 
     def other_classes(self, inputs: Tensor, target: Tensor, num_classes: int) -> Tensor:
         """One class ``≠ target`` per image ``[B]``, uniform over the other ``num_classes − 1``."""
@@ -74,12 +78,10 @@ class RandomLogit(ImageScoreMean):
         assert method is not None
         classes = self.num_classes if self.num_classes is not None else int(model(inputs[:1]).shape[1])
         other = self.other_classes(inputs, target, classes)
-        chunk = resolve_chunk_size(self.chunk_size, inputs.shape[0])
-        parts = []
-        for begin in range(0, inputs.shape[0], chunk):
-            with torch.enable_grad():
-                parts.append(method(model, inputs[begin:begin + chunk], other[begin:begin + chunk]).detach())
-        other_maps = torch.cat(parts)
+        with torch.enable_grad():
+            parts = [method(model, inputs[begin:stop], other[begin:stop]).detach()
+                     for begin, stop in row_chunks(inputs.shape[0], rows_per_chunk(model, inputs, self.max_batch))]
+        other_maps = parts[0] if len(parts) == 1 else torch.cat(parts)
         check_finite(other_maps, method)
         if other_maps.shape != maps.shape:
             raise ValueError(f"the method's maps for the other classes have shape {tuple(other_maps.shape)}, the "

@@ -12,8 +12,14 @@ the given map ``a`` (entries of the map as given, flattened):
 
 Perturbations: row (n, b) draws from a CPU generator seeded with image b's seed (``seed``, its content;
 :mod:`lit_xai.attribution.noise`) + n, so an image's δ_n do not depend on the batch, the chunking, the device or the
-DDP rank, and the global generator is untouched. The method runs on chunks of ``chunk_size`` perturbed images
-(``None``: the batch size, one call per sample n, as Quantus): the cost is ``num_samples`` method calls per image.
+DDP rank, and the global generator is untouched. The method runs on chunks of ``max_batch`` perturbed images (rows
+``n · B + b`` in order, so a chunk may span samples; ``None``: the methods' memory-budget rule,
+:func:`lit_xai.attribution.batching.rows_per_chunk`, as every metric that evaluates many rows): the cost is
+``num_samples`` method calls per image, and the scores do not depend on the chunking.
+
+The perturbed maps must be finite (the metric contract): a non-finite map makes its row's ``‖a(x + δ) − a(x)‖``
+non-finite (NaN or inf propagate through ``|·|``, the max-normalisation and the difference), so the full check runs
+only on chunks with a non-finite norm, where it raises exactly when a map is non-finite.
 """
 
 from __future__ import annotations
@@ -23,8 +29,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lit_xai.attribution.batching import check_max_batch, row_chunks, rows_per_chunk
 from lit_xai.attribution.noise import sample_seeds
-from lit_xai.metrics.base import Explainer, check_finite, resolve_chunk_size
+from lit_xai.metrics.base import Explainer, check_finite
 from lit_xai.metrics.image_scores import ImageScoreMean, prepared_maps
 
 #: the denominator guard of Quantus 0.6 ``similarity_func.lipschitz_constant``
@@ -57,15 +64,14 @@ class InputPerturbationRobustness(ImageScoreMean):
     stream: str = ""
 
     def __init__(self, num_samples: int, noise: str, low: float, high: float, reduction: str, absolute: bool,
-                 normalise: bool, seed: int, chunk_size: int | None, **kwargs: Any) -> None:
+                 normalise: bool, seed: int, max_batch: int | None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if num_samples < 1 or noise not in NOISES or reduction not in REDUCTIONS:
             raise ValueError(f"num_samples={num_samples}, noise={noise!r}, reduction={reduction!r}: expected ≥ 1, "
                              f"one of {NOISES} and one of {REDUCTIONS}")
-        resolve_chunk_size(chunk_size, 1)
         self.num_samples, self.noise, self.low, self.high = num_samples, noise, low, high
         self.reduction, self.absolute, self.normalise = reduction, absolute, normalise
-        self.seed, self.chunk_size = seed, chunk_size
+        self.seed, self.max_batch = seed, check_max_batch(max_batch)
 
     def perturbations(self, inputs: Tensor, rows: Tensor | None = None, seeds: list[int] | None = None) -> Tensor:
         """δ of the rows ``n · B + b`` (default: all ``num_samples · B``), ``[N, C, H, W]``; ``seeds``: the images'
@@ -74,8 +80,9 @@ class InputPerturbationRobustness(ImageScoreMean):
         seeds = sample_seeds(inputs, self.seed, self.stream) if seeds is None else seeds
         return row_noise(inputs, seeds, rows, self.noise, self.low, self.high)
 
-    def ratio(self, reference: Tensor, perturbed: Tensor, delta: Tensor) -> Tensor:
-        """The per-sample quantity ``[N]`` from flattened maps ``[N, M]`` and perturbations ``[N, F]``."""
+    def ratio(self, change: Tensor, reference_norm: Tensor, delta: Tensor) -> Tensor:
+        """The per-sample quantity ``[N]`` from ``‖a(x + δ) − a(x)‖₂`` ``[N]``, ``‖a(x)‖₂`` ``[N]`` and the
+        flattened perturbations ``[N, F]``."""
         raise NotImplementedError
 
     def _image_scores(self, model: nn.Module, inputs: Tensor, target: Tensor, maps: Tensor,
@@ -83,21 +90,24 @@ class InputPerturbationRobustness(ImageScoreMean):
         assert method is not None
         batch = inputs.shape[0]
         reference = prepared_maps(maps, self.absolute, self.normalise).flatten(1)
+        reference_norm = reference.norm(dim=1)
         total = self.num_samples * batch
         ratios = torch.empty(total, device=inputs.device)
-        chunk = resolve_chunk_size(self.chunk_size, batch)
         seeds = sample_seeds(inputs, self.seed, self.stream)
-        for begin in range(0, total, chunk):
-            rows = torch.arange(begin, min(begin + chunk, total), device=inputs.device)
+        for begin, stop in row_chunks(total, rows_per_chunk(model, inputs, self.max_batch)):
+            rows = torch.arange(begin, stop, device=inputs.device)
+            image = rows % batch
             delta = self.perturbations(inputs, rows, seeds)
             with torch.enable_grad():
-                new_maps = method(model, inputs[rows % batch] + delta, target[rows % batch]).detach()
-            check_finite(new_maps, method)
+                new_maps = method(model, inputs.index_select(0, image) + delta, target.index_select(0, image))
             if new_maps.shape[1:] != maps.shape[1:]:
                 raise ValueError(f"the method's maps on perturbed inputs have shape {tuple(new_maps.shape[1:])}, "
                                  f"the given maps {tuple(maps.shape[1:])}")
-            perturbed = prepared_maps(new_maps, self.absolute, self.normalise).flatten(1)
-            ratios[rows] = self.ratio(reference[rows % batch], perturbed, delta.flatten(1))
+            perturbed = prepared_maps(new_maps.detach(), self.absolute, self.normalise).flatten(1)
+            change = (perturbed - reference.index_select(0, image)).norm(dim=1)
+            if not bool(torch.isfinite(change).all()):  # a non-finite map gives a non-finite change (module doc)
+                check_finite(new_maps, method)
+            ratios[begin:stop] = self.ratio(change, reference_norm.index_select(0, image), delta.flatten(1))
         per_sample = ratios.view(self.num_samples, batch)
         return per_sample.amax(0) if self.reduction == "max" else per_sample.mean(0)
 
@@ -106,8 +116,8 @@ class Sensitivity(InputPerturbationRobustness):
     """``‖a(x + δ) − a(x)‖₂ / ‖a(x)‖₂`` reduced over δ by max (:class:`MaxSensitivity`) or mean
     (:class:`AvgSensitivity`). An all-zero map divides by 0 (inf or NaN), as in Quantus."""
 
-    def ratio(self, reference: Tensor, perturbed: Tensor, delta: Tensor) -> Tensor:
-        return (perturbed - reference).norm(dim=1) / reference.norm(dim=1)
+    def ratio(self, change: Tensor, reference_norm: Tensor, delta: Tensor) -> Tensor:
+        return change / reference_norm
 
 
 class MaxSensitivity(Sensitivity):
@@ -118,14 +128,16 @@ class MaxSensitivity(Sensitivity):
         radius: δ ~ U[−radius, radius] per feature, 0.2 (Quantus default ``lower_bound``; Yeh's r).
         absolute, normalise: applied to every map first, both ``False`` (Quantus defaults).
         seed: base seed of δ (ours; Quantus draws from NumPy's global generator).
-        chunk_size: perturbed images per method call (``None``: the batch size).
+        max_batch: perturbed images per method call (rows of several samples n may share a call); ``None``
+            (default): the methods' memory-budget rule (docs/performance.md "Chunk size"), as every metric that
+            evaluates many rows (issue 18; Quantus: the batch, one call per sample). The scores do not depend on it.
     """
 
     stream = "max_sensitivity"
 
     def __init__(self, num_samples: int = 200, radius: float = 0.2, absolute: bool = False, normalise: bool = False,
-                 seed: int = 0, chunk_size: int | None = None, **kwargs: Any) -> None:
-        super().__init__(num_samples, "uniform", -radius, radius, "max", absolute, normalise, seed, chunk_size,
+                 seed: int = 0, max_batch: int | None = None, **kwargs: Any) -> None:
+        super().__init__(num_samples, "uniform", -radius, radius, "max", absolute, normalise, seed, max_batch,
                          **kwargs)
 
 
@@ -135,8 +147,8 @@ class AvgSensitivity(Sensitivity):
     stream = "avg_sensitivity"
 
     def __init__(self, num_samples: int = 200, radius: float = 0.2, absolute: bool = False, normalise: bool = False,
-                 seed: int = 0, chunk_size: int | None = None, **kwargs: Any) -> None:
-        super().__init__(num_samples, "uniform", -radius, radius, "mean", absolute, normalise, seed, chunk_size,
+                 seed: int = 0, max_batch: int | None = None, **kwargs: Any) -> None:
+        super().__init__(num_samples, "uniform", -radius, radius, "mean", absolute, normalise, seed, max_batch,
                          **kwargs)
 
 
@@ -149,16 +161,16 @@ class LocalLipschitzEstimate(InputPerturbationRobustness):
         absolute: ``|a|`` first, ``False`` (Quantus default).
         normalise: divide every map by its image's max |a|, ``True`` (Quantus default; Quantus divides by the max
             over the whole batch, ours per image: equal on one-image batches).
-        seed, chunk_size: as :class:`MaxSensitivity`.
+        seed, max_batch: as :class:`MaxSensitivity`.
     """
 
     stream = "local_lipschitz"
 
     def __init__(self, num_samples: int = 200, perturb_mean: float = 0.0, perturb_std: float = 0.1,
-                 absolute: bool = False, normalise: bool = True, seed: int = 0, chunk_size: int | None = None,
+                 absolute: bool = False, normalise: bool = True, seed: int = 0, max_batch: int | None = None,
                  **kwargs: Any) -> None:
         super().__init__(num_samples, "gaussian", perturb_mean, perturb_std, "max", absolute, normalise, seed,
-                         chunk_size, **kwargs)
+                         max_batch, **kwargs)
 
-    def ratio(self, reference: Tensor, perturbed: Tensor, delta: Tensor) -> Tensor:
-        return (perturbed - reference).norm(dim=1) / (delta.norm(dim=1) + LIPSCHITZ_EPS)
+    def ratio(self, change: Tensor, reference_norm: Tensor, delta: Tensor) -> Tensor:
+        return change / (delta.norm(dim=1) + LIPSCHITZ_EPS)
