@@ -223,7 +223,8 @@ def layer_thresholds(model: nn.Module, batches: Batches, layers: Sequence[str], 
                      tail: float = TAIL, device: str | torch.device = "cpu", progress: bool = False,
                      ) -> dict[str, Tensor]:
     """Pass 1: ``{layer: T [K]}`` over the ``num_images`` images of ``batches`` (eval mode, no gradients; the
-    model's modes are restored)."""
+    model's modes are restored). Under DDP each rank passes its own images, ``num_images`` counts all ranks' images
+    (every rank's top buffer then has one shape) and every rank gets the thresholds over all of them."""
     metrics: dict[str, UnitThresholds] = {}
     modes = _eval(model)
     try:
@@ -245,7 +246,8 @@ def layer_thresholds(model: nn.Module, batches: Batches, layers: Sequence[str], 
 def layer_iou(model: nn.Module, batches: Batches, layers: Sequence[str], thresholds: dict[str, Tensor],
               masks: MaskFn, num_concepts: int, device: str | torch.device = "cpu", progress: bool = False,
               ) -> dict[str, tuple[Tensor, Tensor]]:
-    """Pass 2: ``{layer: (intersection, union)}`` sums ``[K, C]`` of Eq. 5; ``masks(batch)`` → ``[B, C, H, W]``."""
+    """Pass 2: ``{layer: (intersection, union)}`` sums ``[K, C]`` of Eq. 5; ``masks(batch)`` → ``[B, C, H, W]``.
+    Under DDP each rank passes its own images and gets the sums over all ranks' images."""
     metrics = {name: DissectionIoU(thresholds[name].to(device), num_concepts).to(device) for name in layers}
     modes = _eval(model)
     try:
@@ -257,7 +259,14 @@ def layer_iou(model: nn.Module, batches: Batches, layers: Sequence[str], thresho
                     metrics[name].update(store[name], concept)
     finally:
         _restore(modes)
-    return {name: (m.intersection.cpu(), m.union.cpu()) for name, m in metrics.items()}
+    return {name: synced_sums(m) for name, m in metrics.items()}
+
+
+def synced_sums(metric: DissectionIoU) -> tuple[Tensor, Tensor]:
+    """The metric's ``(intersection, union)`` summed over the DDP ranks (its own sums in one process); the metric's
+    states are left as they were (torchmetrics' ``sync_context`` restores them)."""
+    with metric.sync_context():
+        return metric.intersection.cpu().clone(), metric.union.cpu().clone()
 
 
 def dissect(model: nn.Module, batches: Batches, layers: Sequence[str], masks: MaskFn, concepts: Sequence[str],
