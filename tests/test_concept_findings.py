@@ -108,8 +108,9 @@ def test_report_tables_on_two_hand_made_seeds() -> None:
                   1: counts({"weighted": {"line": 0, "apparatus": 5}, "unweighted": {"apparatus": 5}})}
     semantic_rows = [{"image": str(i), "rank": "1", "concept": "consolidation" if i < 3 else "",
                       "unit_best_concept": "consolidation"} for i in range(4)]
-    metrics = {kind: {s: {"val/acc": 0.9, "val/mae": 0.1, "val/auroc": 0.8} for s in (0, 1)}
-               for kind in ("regions", "weighted", "unweighted")}
+    metrics = {kind: {s: {"epoch": 6, "val/acc": 0.9, "val/mae": 0.1,
+                          "val/auroc": 0.8 + 0.01 * s * (kind == "weighted")}
+                      for s in (0, 1)} for kind in ("regions", "weighted", "unweighted")}
     lines, out = findings.report([0, 1], regions, multilabel, {0: semantic_rows, 1: semantic_rows}, metrics)
     # epoch 6: 5 + s consolidation detectors vs 8 - s apparatus at initialisation: Δ = -3, -1
     total = out["trained_vs_initial"]["all layers"]
@@ -123,4 +124,11 @@ def test_report_tables_on_two_hand_made_seeds() -> None:
     assert rare["difference"]["mean"] == pytest.approx(0.5) and rare["verdict"] == "mixed"
     # 3 of 4 images have a consolidation detector on top in both seeds: a majority in every seed
     assert out["semantic"]["top unit: a consolidation detector"]["verdict"] == "holds"
-    assert any("3/4 (± 22%)" in line for line in lines)  # √(0.75 · 0.25 / 4) = 0.2165
+    assert any("3/4 (± 22%)" in line for line in lines)
+    # AUROC Δ weighted − BCE: 0 and 0.01 → mean 0.005, SE = SD/√2 = (0.01/√2)/√2 = 0.005; one seed > 0
+    auroc = out["auroc_weighted_minus_bce"]
+    assert auroc["difference"]["mean"] == pytest.approx(0.005) and auroc["difference"]["se"] == pytest.approx(0.005)
+    assert auroc["agreeing"] == 1
+    # per-concept rows that are not rare labels carry no claim, the rare ones do
+    assert out["weighted_vs_unweighted"]["apparatus, all layers"]["claim"] == 0
+    assert out["weighted_vs_unweighted"]["line, all layers"]["claim"] == 1  # √(0.75 · 0.25 / 4) = 0.2165
