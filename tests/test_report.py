@@ -162,7 +162,6 @@ def test_two_shards_and_merge_equal_one_process(weights: Path, tmp_path: Path, m
     (["--family_metrics", "{perturbation: [iou]}"], "'iou' is not a registered metric of family 'perturbation'"),
     (["--shard", "2/2"], "--shard '2/2'"),
     (["--num_examples", "0"], "num_examples must be ≥ 1"),
-    (["--methods", "[{name: iba}]"], "method 'iba' needs feature statistics"),
 ])
 def test_bad_config_is_one_line_before_any_work(weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                                                 extra: list[str], message: str) -> None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -217,11 +217,12 @@ def plan_axioms(context: dict[str, Any], methods: list[MethodSpec], stores: list
 
 
 def compute_axiom_cells(todo: list[Cell], root: Path, model: nn.Module, stores: list[StoredScenes],
-                        scenes: dict[str, SceneBatch], seed: int, device: str, progress: bool = True) -> Iterator[Cell]:
-    """Compute and store every axiom cell of ``todo`` (maps in a forked RNG seeded from the cell key)."""
+                        scenes: dict[str, SceneBatch], seed: int, device: str, methods: Callable[[MethodSpec], Any],
+                        progress: bool = True) -> Iterator[Cell]:
+    """Compute and store every axiom cell of ``todo`` (maps in a forked RNG seeded from the cell key) with the method
+    ``methods(spec)`` gives (:class:`lit_xai.report.methods.ReportMethods`)."""
     from tqdm.auto import tqdm
 
-    from lit_xai.attribution import build_method
     from lit_xai.report.cells import _seed
 
     configs = {s.scenario: s.config for s in stores}
@@ -232,7 +233,7 @@ def compute_axiom_cells(todo: list[Cell], root: Path, model: nn.Module, stores: 
             bar.set_description_str(f"{cell.method.display} × {scenario}", refresh=False)
             chunk = scenes[scenario].select(slice(cell.chunk.start, cell.chunk.stop))
             config = configs[scenario]
-            method = build_method(cell.method.name, **cell.method.kwargs)
+            method = methods(cell.method)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(_seed(seed, cell.key, "maps"))
                 maps = scene_maps(method, model, chunk, config, cell.metric.kwargs["reduction"], len(chunk), device)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,12 +105,12 @@ def batch(dataset: Any, chunk: Chunk) -> dict[str, Tensor]:
 
 def compute_cells(
     todo: list[Cell], root: Path, model: nn.Module, dataset: Any, target_rule: str, seed: int,
-    normalisation: tuple[Any, Any], device: str, progress: bool = True,
+    normalisation: tuple[Any, Any], device: str, methods: Callable[[MethodSpec], Any], progress: bool = True,
 ) -> Iterator[Cell]:
-    """Compute and store every cell of ``todo``; maps are computed once per (method, chunk). Yields each cell."""
+    """Compute and store every cell of ``todo``; maps are computed once per (method, chunk), by the method
+    ``methods(spec)`` gives (:class:`lit_xai.report.methods.ReportMethods`). Yields each cell."""
     from tqdm.auto import tqdm
 
-    from lit_xai.attribution import build_method
     from lit_xai.metrics import build_metric
 
     groups: dict[tuple[str, int], list[Cell]] = {}
@@ -125,7 +125,7 @@ def compute_cells(
             with torch.no_grad():
                 target = data["label"].long() if target_rule == "label" else model(inputs).argmax(1)
             extras = {name: data.get(key) for name, key in GROUND_TRUTH_KEYS.items()}
-            method = build_method(first.method.name, **first.method.kwargs)
+            method = methods(first.method)
             with torch.random.fork_rng(devices=[]):
                 # the maps' seed depends on the method and images only, so any subset of cells sees the same maps
                 torch.manual_seed(_seed(seed, json.dumps([first.method.name, first.method.kwargs, first.chunk.start,

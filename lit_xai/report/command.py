@@ -32,6 +32,7 @@ from lit_xai.report.axioms import (
 )
 from lit_xai.report.cells import Cell, chunks, compute_cells, load_cell, plan
 from lit_xai.report.config import CONTROL, MethodSpec, MetricSpec, build_parser, check_ground_truth, validate
+from lit_xai.report.methods import ReportMethods
 from lit_xai.report.statistics import MetricReport, metric_report
 
 
@@ -127,11 +128,12 @@ def run(cfg: Namespace) -> dict[str, Any]:
           + f"); this run: {len(mine)}, cached {len(mine) - len(todo)}, to compute {len(todo)}", flush=True)
     normalisation = (getattr(datamodule, "mean", None), getattr(datamodule, "std", None))
     axiom_keys = {cell.key for cell in axiom_cells}
+    built = ReportMethods(model, datamodule, cfg.seed)  # the IBA family fitted on the training split first
     for _ in compute_cells([c for c in todo if c.key not in axiom_keys], root, model, dataset, cfg.target, cfg.seed,
-                           normalisation, cfg.device, cfg.progress):
+                           normalisation, cfg.device, built, cfg.progress):
         pass
     for _ in compute_axiom_cells([c for c in todo if c.key in axiom_keys], root, model, stores, scenes, cfg.seed,
-                                 cfg.device, cfg.progress):
+                                 cfg.device, built, cfg.progress):
         pass
     if cfg.shard is not None:
         print(f"[lit_xai report] shard {cfg.shard} done; run without --shard to merge", flush=True)
@@ -151,7 +153,7 @@ def run(cfg: Namespace) -> dict[str, Any]:
     from lit_xai.report.html import examples, write_outputs
 
     pictures = examples(model, dataset, methods, cfg.target, min(cfg.num_examples, cfg.num_images), cfg.device,
-                        cfg.seed, getattr(datamodule, "denormalize", None))
+                        cfg.seed, getattr(datamodule, "denormalize", None), built)
     written = write_outputs(root, reports, scores, index, curves, pictures, external_tables(cfg, stores, scenes), cfg)
     if cfg.wandb.enabled:
         log_wandb(cfg, reports, scores, index, written)

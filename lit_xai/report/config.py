@@ -196,18 +196,11 @@ def validate(cfg: Namespace) -> tuple[list[MethodSpec], list[MetricSpec]]:
             raise ConfigurationError(f"report: {path}: no such file")
     check_axiom_options(cfg)
     methods = with_control(cfg.methods)
-    from lit_xai.attribution.information.iba import FeatureBottleneckMethod
-
     for spec in methods:
         try:
-            method = build_method(spec.name, **spec.kwargs)
+            build_method(spec.name, **spec.kwargs)
         except (AttributionError, TypeError) as error:
             raise ConfigurationError(f"report: method {spec.display!r}: {error}") from None
-        if isinstance(method, FeatureBottleneckMethod):  # needs feature statistics of the training data
-            raise ConfigurationError(
-                f"report: method {spec.display!r} needs feature statistics of the training data (setup), which the "
-                "report does not fit yet; evaluate it with the axioms command or the evaluation callback"
-            )
     metrics = metric_specs(cfg)
     for spec in metrics:
         try:

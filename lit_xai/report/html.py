@@ -9,6 +9,7 @@ import base64
 import csv
 import html
 import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,9 @@ RANK_COLOURS = ("#1a9850", "#91cf60", "#d9ef8b", "#fee08b", "#fc8d59", "#d73027"
 
 
 def examples(model: nn.Module, dataset: Any, methods: list[MethodSpec], target_rule: str, count: int, device: str,
-             seed: int, denormalize: Any) -> Figure:
-    """Rows: the first ``count`` images; columns: the image and each method's map (channels summed by |·|)."""
-    from lit_xai.attribution import build_method
+             seed: int, denormalize: Any, build: Callable[[MethodSpec], Any]) -> Figure:
+    """Rows: the first ``count`` images; columns: the image and each method's map (channels summed by |·|), by the
+    method ``build(spec)`` gives (:class:`lit_xai.report.methods.ReportMethods`)."""
     from lit_xai.report.cells import Chunk, batch
 
     data = batch(dataset, Chunk(0, 0, count))
@@ -48,7 +49,7 @@ def examples(model: nn.Module, dataset: Any, methods: list[MethodSpec], target_r
     for column, spec in enumerate(methods, start=1):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            maps = build_method(spec.name, **spec.kwargs)(model, inputs, target).detach().abs().sum(1).cpu()
+            maps = build(spec)(model, inputs, target).detach().abs().sum(1).cpu()
         for b in range(count):
             axes[b, column].imshow(maps[b].numpy(), cmap="magma")
             if b == 0:
