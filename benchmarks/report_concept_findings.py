@@ -18,7 +18,7 @@ with, the same images and annotation set):
    model on the ``--semantic_images`` most severe validation images; the multilabel run — weighted and unweighted BCE.
 3. **aggregate** the tables of every seed: mean ± SE over seeds (SE = sample SD / √n), paired differences (same
    seed), the number of seeds whose difference has the claimed sign, and a verdict per chapter claim; binomial SEs
-   over images within a seed. Written to ``runs/seed_study/findings.md`` and ``findings.json`` and printed.
+   over images within a seed. Written to ``runs/seed_study/findings_seeds<0-1-2>.md`` and ``.json`` and printed.
 
 Verdicts (ours; with three seeds even 3/3 agreeing signs is a one-sided sign-test p of 0.125, so read them as the
 direction of the evidence): a paired claim *holds* when every seed's difference has the claimed sign, *does not
@@ -44,6 +44,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = Path("runs")
 STUDY = RUNS / "seed_study"
+TIMINGS = STUDY / "timings.json"  # wall seconds of the fits and dissections this script ran
+VALIDATION = STUDY / "validation.json"  # validation metrics per checkpoint
 EPOCHS = 6  # the chapter's evolution figure follows the training epochs; ours: configs/dissect_chest_fit.yaml's 6
 LAYERS = ("features.2", "features.5", "features.8")  # configs/dissect_chest.yaml: the three stages of digits_cnn
 LESIONS = ("consolidation", "ground_glass", "nodule", "line", "apparatus")  # SyntheticChestDataModule.concept_names
@@ -173,9 +175,22 @@ def fit_command(kind: str, seed: int) -> list[str]:
             "--model.weighting", WEIGHTINGS[kind]]
 
 
+def finished(folder: Path) -> bool:
+    """Whether the fit in ``folder`` ran to its last epoch: its W&B console log (``output.log``, offline runs too)
+    has Lightning's "`max_epochs=6` reached"."""
+    return any(f"`max_epochs={EPOCHS}` reached" in log.read_text(errors="replace")
+               for log in folder.glob("wandb/*/files/output.log"))
+
+
 def checkpoints(kind: str, seed: int) -> list[Path] | None:
-    """The run's checkpoints (regions: one per epoch; multilabel: best by val/auroc), or None when not trained."""
+    """The run's checkpoints (regions: one per epoch; multilabel: best by val/auroc), or None when not trained; an
+    unfinished run (interrupted: its best.ckpt may be an early epoch) is refused."""
     folder = RUNS / "fit" / fit_name(kind, seed)
+    if not folder.exists():
+        return None
+    if not finished(folder):
+        raise SystemExit(f"{folder}: the fit did not finish its {EPOCHS} epochs (no \"`max_epochs={EPOCHS}` reached\" "
+                         "in its wandb/*/files/output.log); remove the folder to train it again")
     if kind == "regions":
         files = [folder / "checkpoints" / f"epoch={e}.ckpt" for e in range(EPOCHS)]
         return files if all(f.is_file() for f in files) else None
@@ -210,22 +225,33 @@ def dissect_args(kind: str, seed: int, files: list[Path], semantic_images: int) 
             "--initial", "false", "--data.init_args.task", "multilabel", "--semantic.target", "0"]
 
 
-def dissected(args: list[str], timings: dict[str, float], key: str) -> Path:
+def record(path: Path, key: str, value: Any) -> None:
+    """Set ``key`` in the JSON object in ``path`` (read, update, atomic replace: concurrent runs of this script keep
+    each other's entries)."""
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[key] = value
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.write_text(json.dumps(data, indent=1))
+    os.replace(temporary, path)
+
+
+def dissected(args: list[str], key: str) -> Path:
     """The run folder of ``dissect args``; runs it unless its tables exist for the same arguments."""
     folder = RUNS / "dissect" / args[args.index("--name") + 1]
     marker = folder / "seed_study_args.json"
     tables = [folder / "dissection_detectors.csv", folder / "semantic_units.csv"]
     if marker.is_file() and json.loads(marker.read_text()) == args and all(t.is_file() for t in tables):
         return folder
-    timings[key] = run_logged(args, STUDY / "logs" / f"{key}.log")
+    record(TIMINGS, key, run_logged(args, STUDY / "logs" / f"{key}.log"))
     marker.write_text(json.dumps(args))
     return folder
 
 
-def validation_metrics(ckpt: Path, cache: dict[str, dict[str, float]]) -> dict[str, float]:
-    """The checkpoint's validation metrics (its task's torchmetrics on the 250 validation images), cached by path and
-    modification time."""
+def validation_metrics(ckpt: Path) -> dict[str, float]:
+    """The checkpoint's epoch and validation metrics (its task's torchmetrics on the 250 validation images), cached in
+    ``VALIDATION`` by path and modification time."""
     key = f"{ckpt}@{ckpt.stat().st_mtime_ns}"
+    cache = json.loads(VALIDATION.read_text()) if VALIDATION.is_file() else {}
     if "epoch" not in cache.get(key, {}):
         import lightning as L
         import torch
@@ -241,6 +267,7 @@ def validation_metrics(ckpt: Path, cache: dict[str, dict[str, float]]) -> dict[s
         (metrics,) = trainer.validate(module, datamodule=data, verbose=False)
         epoch = torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"] + 1  # Lightning counts from 0
         cache[key] = {"epoch": epoch, **{name: float(value) for name, value in metrics.items()}}
+        record(VALIDATION, key, cache[key])
     return cache[key]
 
 
@@ -389,9 +416,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.chdir(ROOT)  # the configs and run folders are relative to the repository root
     STUDY.mkdir(parents=True, exist_ok=True)
-    timings_file, metrics_file = STUDY / "timings.json", STUDY / "validation.json"
-    timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
-    cached_metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     regions, multilabel, semantic = {}, {}, {}
     metrics: dict[str, dict[int, dict[str, float]]] = {"regions": {}, **{kind: {} for kind in WEIGHTINGS}}
     for seed in args.seeds:
@@ -400,26 +424,25 @@ def main(argv: list[str] | None = None) -> None:
             if checkpoints(kind, seed) is None:
                 if args.no_fit:
                     raise SystemExit(f"no checkpoints for {kind} seed {seed} ({RUNS / 'fit' / fit_name(kind, seed)})")
-                timings[f"fit_{kind}_seed{seed}"] = run_logged(fit_command(kind, seed),
-                                                               STUDY / "logs" / f"fit_{kind}_seed{seed}.log")
-                timings_file.write_text(json.dumps(timings, indent=1))
+                key = f"fit_{kind}_seed{seed}"
+                record(TIMINGS, key, run_logged(fit_command(kind, seed), STUDY / "logs" / f"{key}.log"))
             files[kind] = checkpoints(kind, seed)
-            metrics[kind][seed] = validation_metrics(files[kind][-1], cached_metrics)
-            metrics_file.write_text(json.dumps(cached_metrics, indent=1))
-        folder = dissected(dissect_args("regions", seed, files["regions"], args.semantic_images), timings,
+            metrics[kind][seed] = validation_metrics(files[kind][-1])
+        folder = dissected(dissect_args("regions", seed, files["regions"], args.semantic_images),
                            f"dissect_regions_seed{seed}")
         regions[seed] = read_counts(folder / "dissection_detectors.csv")
         semantic[seed] = read_semantic(folder / "semantic_units.csv")
         folder = dissected(dissect_args("multilabel", seed, [files[k][-1] for k in WEIGHTINGS], args.semantic_images),
-                           timings, f"dissect_multilabel_seed{seed}")
+                           f"dissect_multilabel_seed{seed}")
         multilabel[seed] = read_counts(folder / "dissection_detectors.csv")
-        timings_file.write_text(json.dumps(timings, indent=1))
     lines, summary = report(args.seeds, regions, multilabel, semantic, metrics)
-    lines += ["Run times (s, this machine, wall; steps reused from an earlier run are not timed again): "
-              + ", ".join(f"{k} {v:.0f}" for k, v in sorted(timings.items())), ""]
+    timings = json.loads(TIMINGS.read_text()) if TIMINGS.is_file() else {}
+    lines += ["Run times (s, wall, this machine, as recorded when this script ran them; fits run outside it are "
+              "not listed): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(timings.items())), ""]
     text = "\n".join(lines)
-    (STUDY / "findings.md").write_text(text)
-    (STUDY / "findings.json").write_text(json.dumps({**summary, "timings": timings}, indent=1, default=str))
+    stem = "findings_seeds" + "-".join(map(str, args.seeds))
+    (STUDY / f"{stem}.md").write_text(text)
+    (STUDY / f"{stem}.json").write_text(json.dumps({**summary, "timings": timings}, indent=1, default=str))
     print(text)
 
 

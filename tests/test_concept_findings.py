@@ -4,6 +4,7 @@ detector counts and the semantic-attribution criteria on hand-made per-seed tabl
 from __future__ import annotations
 
 import csv
+import json
 import math
 import sys
 from pathlib import Path
@@ -132,3 +133,21 @@ def test_report_tables_on_two_hand_made_seeds() -> None:
     # per-concept rows that are not rare labels carry no claim, the rare ones do
     assert out["weighted_vs_unweighted"]["apparatus, all layers"]["claim"] == 0
     assert out["weighted_vs_unweighted"]["line, all layers"]["claim"] == 1  # √(0.75 · 0.25 / 4) = 0.2165
+
+
+def test_record_keeps_the_other_entries(tmp_path: Path) -> None:
+    path = tmp_path / "timings.json"
+    findings.record(path, "fit_regions_seed1", 185.0)
+    findings.record(path, "dissect_regions_seed1", 148.0)
+    findings.record(path, "fit_regions_seed1", 190.0)
+    assert json.loads(path.read_text()) == {"fit_regions_seed1": 190.0, "dissect_regions_seed1": 148.0}
+    assert [p.name for p in tmp_path.iterdir()] == ["timings.json"]  # no temporary file left
+
+
+def test_an_interrupted_fit_is_not_taken_as_finished(tmp_path: Path) -> None:
+    log = tmp_path / "wandb" / "offline-run-1" / "files" / "output.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("Epoch 2: 100%|...\n")
+    assert not findings.finished(tmp_path)
+    log.write_text(f"Epoch 5: 100%|...\n`Trainer.fit` stopped: `max_epochs={findings.EPOCHS}` reached.\n")
+    assert findings.finished(tmp_path)
