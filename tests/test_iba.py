@@ -22,6 +22,7 @@ from lit_xai.attribution.information.statistics import (
     data_fingerprint,
     estimate_feature_statistics,
 )
+from lit_xai.storage import atomic_torch_save, load_or_discard
 
 
 class TinyNet(nn.Module):
@@ -271,6 +272,37 @@ def test_statistics_cache_is_keyed_reused_and_atomic(tmp_path, monkeypatch) -> N
     with torch.no_grad():
         model.head.bias.add_(1.0)
     assert cache_path(tmp_path, model, "block", 20, data_key).name not in files
+
+
+def test_statistics_cache_serves_other_min_std_and_active_threshold_exactly(tmp_path, monkeypatch) -> None:
+    """The cache holds the raw moments: a file written with one ``min_std``/``active_threshold`` serves another
+    exactly as a fresh estimate with that value would (before, the derived σ and mask were cached and reused)."""
+    model = tiny().eval()
+    estimate_feature_statistics(model, "block", loader(), max_samples=20, cache_dir=tmp_path)
+    fresh = estimate_feature_statistics(model, "block", loader(), max_samples=20, min_std=0.5, active_threshold=0.6)
+    from lit_xai.attribution.information import statistics as module
+
+    def fail(*args, **kwargs):
+        raise AssertionError("statistics recomputed despite the cache")
+
+    monkeypatch.setattr(module, "welford_over_loader", fail)
+    cached = estimate_feature_statistics(
+        model, "block", loader(), max_samples=20, cache_dir=tmp_path, min_std=0.5, active_threshold=0.6
+    )
+    assert float(cached.std.min()) >= 0.5 and not bool(cached.active.all())
+    torch.testing.assert_close(cached.std, fresh.std)
+    assert torch.equal(cached.active, fresh.active)
+
+
+def test_statistics_cache_in_the_old_derived_format_is_recomputed(tmp_path) -> None:
+    model = tiny().eval()
+    data_key = data_fingerprint(loader()[0]["image"])
+    path = cache_path(tmp_path, model, "block", 20, data_key)
+    stale = estimate_feature_statistics(model, "block", loader(), max_samples=20, min_std=0.5)
+    atomic_torch_save(stale.state_dict(), path)  # the old format: σ clamped at 0.5 baked in
+    stats = estimate_feature_statistics(model, "block", loader(), max_samples=20, cache_dir=tmp_path, min_std=0.01)
+    assert float(stats.std.min()) < 0.5
+    assert set(load_or_discard(path)) == {"count", "mean", "m2", "nonzero"}
 
 
 def test_statistics_of_a_one_shot_iterator_keep_its_first_batch(tmp_path) -> None:

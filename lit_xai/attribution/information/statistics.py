@@ -2,7 +2,8 @@
 
 Welford's streaming mean/variance over a sample of training inputs (Schulz et al. use 5-10k samples),
 merged across DDP ranks with Chan's parallel formula, and cached on disk under a key made of the model
-weights, the data (a fingerprint of the loader's first batch), the layer and the sample count, so a second run
+weights, the data (a fingerprint of the loader's first batch), the layer and the sample count (the raw moments, so
+``min_std`` and ``active_threshold`` apply after loading), so a second run
 (or a second rank) reuses the estimate and other data or weights never do.
 """
 
@@ -63,6 +64,9 @@ class WelfordState:
     def update(self, features: Tensor) -> WelfordState:
         """The state after adding a batch ``[N, ...]`` of feature maps."""
         return self.merge(WelfordState.from_batch(features))
+
+
+WELFORD_FIELDS = ("count", "mean", "m2", "nonzero")  # what the disk cache stores
 
 
 def all_gather_merge(state: WelfordState) -> WelfordState:
@@ -210,8 +214,9 @@ def estimate_feature_statistics(
 ) -> FeatureStatistics:
     """μ_R, σ_R and active mask of ``layer`` over ≤ ``max_samples`` loader samples, merged over DDP ranks.
 
-    With ``cache_dir`` the result is loaded from / saved to a file keyed by the weights hash, the data
-    (:func:`data_fingerprint` of the first batch, rank 0's under DDP), the layer and ``max_samples``; under DDP
+    With ``cache_dir`` the Welford moments are loaded from / saved to a file keyed by the weights hash, the data
+    (:func:`data_fingerprint` of the first batch, rank 0's under DDP), the layer and ``max_samples``; ``min_std``
+    and ``active_threshold`` are applied to them after loading, so they need no place in the key; under DDP
     each rank streams ``max_samples / world_size`` samples of its shard, the states are merged with
     ``all_gather`` and rank 0 writes the file (atomically).
     """
@@ -220,14 +225,13 @@ def estimate_feature_statistics(
         loader, first = peek_first_batch(loader)
         path = cache_path(cache_dir, model, layer, max_samples, shared_key(data_fingerprint(batch_images(first))))
     cached = load_or_discard(path) if path is not None else None  # a corrupt file is reported and recomputed
-    if cached is not None:
-        return FeatureStatistics.from_state_dict(cached)
+    if cached is not None and set(cached) == set(WELFORD_FIELDS):
+        return FeatureStatistics.from_welford(WelfordState(**cached), min_std, active_threshold)
     distributed = dist.is_available() and dist.is_initialized()
     world = dist.get_world_size() if distributed else 1
     per_rank = -(-max_samples // world)  # each rank streams its share of the sample budget
     state = all_gather_merge(welford_over_loader(model, layer, loader, per_rank))
-    stats = FeatureStatistics.from_welford(state, min_std, active_threshold)
     is_writer = not distributed or dist.get_rank() == 0
-    if path is not None and is_writer:
-        atomic_torch_save(stats.state_dict(), path)
-    return stats
+    if path is not None and is_writer:  # the raw moments: min_std and active_threshold apply after loading
+        atomic_torch_save({name: getattr(state, name).cpu() for name in WELFORD_FIELDS}, path)
+    return FeatureStatistics.from_welford(state, min_std, active_threshold)
