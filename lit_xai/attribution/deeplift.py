@@ -40,7 +40,7 @@ from torch.overrides import TorchFunctionMode
 
 from lit_xai.attribution.activations import RELU_FUNCTIONS, check_activation, require_relus
 from lit_xai.attribution.base import AttributionError, AttributionMethod, target_scores
-from lit_xai.attribution.batching import check_max_batch, row_chunks, rows_per_chunk
+from lit_xai.attribution.batching import check_max_batch, rows_per_chunk
 from lit_xai.attribution.references import ReferenceSpec, check_reference_spec, reference_images
 from lit_xai.attribution.registry import register
 
@@ -60,6 +60,7 @@ NEGATIONS = frozenset({torch.neg, Tensor.neg})
 SUBTRACTIONS = frozenset({torch.sub, Tensor.sub})  # a − alpha·b
 REVERSED_SUBTRACTIONS = frozenset({torch.rsub, Tensor.__rsub__})  # b − alpha·a
 SCALINGS = frozenset({torch.mul, Tensor.mul, torch.div, Tensor.div})
+SIGN_STEPS = NEGATIONS | SUBTRACTIONS | REVERSED_SUBTRACTIONS | SCALINGS
 #: calls RevealCancel has no rule for: gates and per-sample normalisers (the Rescale pass lets gates through as
 #: gradients) and products that could hide a mixed-sign linear map from the sign split
 REVEAL_CANCEL_UNSUPPORTED: dict[Any, str] = {
@@ -120,31 +121,109 @@ def sign_split(delta: Tensor) -> tuple[Tensor, Tensor]:
     return delta * share, delta * (1 - share)
 
 
-def with_gradient_of(value: Tensor, path: Tensor) -> Tensor:
-    """``value`` exactly, differentiated as ``path`` (a term ``path − path`` that is exactly 0)."""
-    return value.detach() + (path - path.detach())
+def part_gradients(grad: Tensor) -> Tensor:
+    """The gradient ``[0; 0; g; g]`` of the rows ``[x; x̄; x̄+Δ⁺; x̄+Δ⁻]`` for a value differentiated as ``Δ⁺ + Δ⁻``
+    (``x`` and ``x̄`` carry no gradient)."""
+    rows = grad.new_empty((4 * grad.shape[0], *grad.shape[1:]))
+    at_x, at_ref, up, down = rows.chunk(4)
+    at_x.zero_()
+    at_ref.zero_()
+    up.copy_(grad)
+    down.copy_(grad)
+    return rows
 
 
-def reveal_cancel_relu(
-    z: Tensor, ref: Tensor, pos: Tensor, neg: Tensor, eps: float
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """ReLU outputs ``(y, ȳ, Δy⁺, Δy⁻)`` from the input ``z``, its reference ``z̄`` and the parts ``Δz⁺ ≥ 0 ≥ Δz⁻``;
-    ``Δy±`` carry the gradients ``m± = Δy±/Δz±`` (constants of the backward) w.r.t. ``Δz±``.
+class Difference(torch.autograd.Function):
+    """From the rows ``[x; x̄; x̄+Δ⁺; x̄+Δ⁻]``: the value ``Δ = x − x̄`` (``relative=True``) or ``x`` itself, with the
+    gradient of ``Δ⁺ + Δ⁻`` (only the parts carry the backward)."""
 
-    Where ``Δz⁺ ≤ eps`` the multiplier is its limit ``½(f'(z̄) + f'(z̄+Δz⁻))`` (right derivatives), where
-    ``Δz⁻ ≥ −eps`` ``½(f'(z̄) + f'(z̄+Δz⁺))`` (left derivatives): the authors' code approximates these limits
-    with the pseudocount ``Δz ± 1e-7``. ``z`` stands for ``z̄ + Δz⁺ + Δz⁻``, so ``Δy⁺ + Δy⁻ = f(z) − f(z̄)``.
+    @staticmethod
+    def forward(ctx: Any, rows: Tensor, relative: bool) -> Tensor:
+        at_x, at_ref, _, _ = rows.chunk(4)
+        return at_x - at_ref if relative else at_x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return part_gradients(grad), None
+
+
+class LinearRows(torch.autograd.Function):
+    """The rows ``[z̄ + W·Δa; z̄; z̄ + ½(W·Δa + |W|·|Δa|); z̄ + ½(W·Δa − |W|·|Δa|)]`` of the linear rule from
+    ``z̄ = out_ref``, ``lin = W·Δa`` and ``mag = |W|·|Δa|``; only the parts carry gradients, as in
+    :meth:`RevealCancelMode.rows`."""
+
+    @staticmethod
+    def forward(ctx: Any, out_ref: Tensor, lin: Tensor, mag: Tensor) -> Tensor:
+        rows = out_ref.new_empty((4 * out_ref.shape[0], *out_ref.shape[1:]))
+        at_x, at_ref, up, down = rows.chunk(4)
+        torch.add(out_ref, lin, out=at_x)
+        at_ref.copy_(out_ref)
+        torch.add(lin, mag, out=up).mul_(0.5).add_(out_ref)
+        torch.sub(lin, mag, out=down).mul_(0.5).add_(out_ref)
+        return rows
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
+        _, at_ref, up, down = grad.chunk(4)
+        to_ref = at_ref + up + down if ctx.needs_input_grad[0] else None
+        return to_ref, torch.add(up, down).mul_(0.5), torch.sub(up, down).mul_(0.5)
+
+
+class RevealCancelReLU(torch.autograd.Function):
+    """ReLU of the rows ``[z; z̄; z̄+Δz⁺; z̄+Δz⁻]`` with ``Δz⁺ ≥ 0 ≥ Δz⁻``: the rows ``[f(z); f(z̄); f(z̄)+Δy⁺;
+    f(z̄)+Δy⁻]``, whose backward sends ``m± = Δy±/Δz±`` (constants) to the parts and nothing to ``z``, ``z̄``.
+
+    ``Δy⁺ = ½(f(z̄+Δz⁺) − f(z̄)) + ½(f(z) − f(z̄+Δz⁻))``, ``Δy⁻ = f(z) − f(z̄) − Δy⁺`` (§3.5.3; ``z`` stands for
+    ``z̄ + Δz⁺ + Δz⁻``, so ``Δy⁺ + Δy⁻ = f(z) − f(z̄)``). Where ``Δz⁺ ≤ eps`` the multiplier is its limit
+    ``½(f'(z̄) + f'(z̄+Δz⁻))`` (right derivatives), where ``Δz⁻ ≥ −eps`` ``½(f'(z̄) + f'(z̄+Δz⁺))`` (left
+    derivatives): the authors' code approximates these limits with the pseudocount ``Δz ± 1e-7``. Where a part has
+    the wrong sign beyond ``eps`` (an unhandled sign flip upstream), the parts are re-split by sign first.
     """
-    with torch.no_grad():
-        up, down = ref + pos, ref + neg
-        f_x, f_ref, f_up, f_down = z.clamp_min(0), ref.clamp_min(0), up.clamp_min(0), down.clamp_min(0)
-        dy_pos = 0.5 * ((f_up - f_ref) + (f_x - f_down))
-        dy_neg = (f_x - f_ref) - dy_pos  # = ½(f(z̄+Δz⁻) − f(z̄)) + ½(f(z) − f(z̄+Δz⁺)); exactly −Δy⁺ where f(z) = f(z̄)
-        limit_pos = 0.5 * ((ref >= 0).to(ref.dtype) + (down >= 0).to(ref.dtype))
-        limit_neg = 0.5 * ((ref > 0).to(ref.dtype) + (up > 0).to(ref.dtype))
-        m_pos = torch.where(pos > eps, dy_pos / pos.clamp_min(eps), limit_pos)
-        m_neg = torch.where(neg < -eps, dy_neg / neg.clamp_max(-eps), limit_neg)
-    return f_x, f_ref, dy_pos + m_pos * (pos - pos.detach()), dy_neg + m_neg * (neg - neg.detach())
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, eps: float) -> Tensor:
+        at_x, ref, up, down = z.chunk(4)
+        pos, neg = up - ref, down - ref
+        keep: tuple[Tensor, ...] = ()
+        if not (bool(pos.min() >= -eps) and bool(neg.max() <= eps)):
+            keep_pos, keep_neg = pos >= -eps, neg <= eps
+            pos, neg = (torch.where(keep_pos, pos, 0) + torch.where(keep_neg, 0, neg),
+                        torch.where(keep_neg, neg, 0) + torch.where(keep_pos, 0, pos))
+            up, down, keep = ref + pos, ref + neg, (keep_pos, keep_neg)
+        rows = torch.empty_like(z)
+        f_x, f_ref, y_up, y_down = rows.chunk(4)
+        torch.clamp_min(at_x, 0, out=f_x)
+        torch.clamp_min(ref, 0, out=f_ref)
+        f_up, f_down = up.clamp_min(0), down.clamp_min(0)
+        dy_pos = f_up.sub_(f_ref).add_(torch.sub(f_x, f_down, out=f_down)).mul_(0.5)
+        dy_neg = torch.sub(f_x, f_ref).sub_(dy_pos)
+        torch.add(f_ref, dy_pos, out=y_up)
+        torch.add(f_ref, dy_neg, out=y_down)
+        dtype = z.dtype
+        limit_pos = (ref >= 0).to(dtype).add_(down >= 0).mul_(0.5)
+        limit_neg = (ref > 0).to(dtype).add_(up > 0).mul_(0.5)
+        m_pos = torch.where(pos > eps, dy_pos.div_(pos), limit_pos)
+        m_neg = torch.where(neg < -eps, dy_neg.div_(neg), limit_neg)
+        ctx.save_for_backward(m_pos, m_neg, *keep)
+        return rows
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        m_pos, m_neg, *keep = ctx.saved_tensors
+        _, _, g_up, g_down = grad.chunk(4)
+        rows = torch.empty_like(grad)
+        at_x, at_ref, to_pos, to_neg = rows.chunk(4)
+        at_x.zero_()
+        at_ref.zero_()
+        if keep:  # the re-split: Δz⁺ kept where keep_pos, else it went to Δz⁻ (and vice versa)
+            keep_pos, keep_neg = keep
+            by_pos, by_neg = g_up * m_pos, g_down * m_neg
+            torch.where(keep_pos, by_pos, by_neg, out=to_pos)
+            torch.where(keep_neg, by_neg, by_pos, out=to_neg)
+        else:
+            torch.mul(g_up, m_pos, out=to_pos)
+            torch.mul(g_down, m_neg, out=to_neg)
+        return rows, None
 
 
 class RevealCancelMode(TorchFunctionMode):
@@ -155,7 +234,7 @@ class RevealCancelMode(TorchFunctionMode):
     Conv/linear calls apply the linear rule to ``Δa = a(x) − a(x̄)`` (the rows' values, not the sum of the parts),
     BatchNorm swaps the parts where its scale is negative, subtraction, negation and negative factors swap the parts of
     what they negate, max pooling takes the gradient rule at ``x`` and splits its output difference afresh by sign,
-    ReLU calls apply :func:`reveal_cancel_relu` (counted in ``calls``); everything else runs on the whole batch,
+    ReLU calls apply :class:`RevealCancelReLU` (counted in ``calls``); everything else runs on the whole batch,
     which is exact for linear steps with non-negative coefficients. Where a part reaches a ReLU with the wrong sign
     (an unhandled sign flip, e.g. in-place ``mul_(-1)``) the parts are re-split by sign there. The backward reaches
     the input only through the parts, each with its multiplier.
@@ -171,13 +250,6 @@ class RevealCancelMode(TorchFunctionMode):
 
     def tracked(self, t: Any) -> bool:
         return isinstance(t, Tensor) and t.dim() > 0 and t.shape[0] == 4 * self.pairs
-
-    @staticmethod
-    def parts(t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(t(x), t(x̄), Δ⁺, Δ⁻)``; only the parts carry gradients."""
-        x, ref, up, down = t.chunk(4)
-        x, ref = x.detach(), ref.detach()
-        return x, ref, up - ref, down - ref
 
     @staticmethod
     def rows(x: Tensor, ref: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
@@ -198,8 +270,8 @@ class RevealCancelMode(TorchFunctionMode):
                 raise AttributionError(f"{self.method}: a ReLU saw {rows} rows, not the 4·{self.pairs} of "
                                        "[x; x̄; x̄+Δ⁺; x̄+Δ⁻]; the model must keep the batch intact")
             self.calls += 1
-            return self.relu(first)
-        if func in NEGATIONS | SUBTRACTIONS | REVERSED_SUBTRACTIONS | SCALINGS:
+            return RevealCancelReLU.apply(first, self.eps)
+        if func in SIGN_STEPS:
             return self.signed(func, args, kwargs)
         if not self.tracked(first):
             return func(*args, **kwargs)
@@ -247,17 +319,6 @@ class RevealCancelMode(TorchFunctionMode):
                 args[index] = self.swapped(args[index])
         return func(*args, **kwargs)
 
-    def relu(self, z: Tensor) -> Tensor:
-        x, ref, pos, neg = self.parts(z)
-        with torch.no_grad():
-            keep_pos, keep_neg = pos >= -self.eps, neg <= self.eps
-            flipped = bool((~(keep_pos & keep_neg)).any())
-        if flipped:
-            pos, neg = (torch.where(keep_pos, pos, 0) + torch.where(keep_neg, 0, neg),
-                        torch.where(keep_neg, neg, 0) + torch.where(keep_pos, 0, pos))
-        y, base, dy_pos, dy_neg = reveal_cancel_relu(x, ref, pos, neg, self.eps)
-        return self.rows(y, base, dy_pos, dy_neg)
-
     def linear_rule(self, func: Any, args: tuple, kwargs: dict) -> Tensor:
         """``Δz⁺ = ½(W·Δa + |W|·|Δa|)``, ``Δz⁻ = ½(W·Δa − |W|·|Δa|)``: the sums of the positive (negative) terms
         ``w_i Δa_i`` (§3.5.1), from the total ``Δa`` of the input as in the authors' ``Dense``/``Conv`` layers."""
@@ -265,17 +326,15 @@ class RevealCancelMode(TorchFunctionMode):
         weight, bias = (args[i] if i < len(args) else kwargs.get(name) for i, name in ((1, "weight"), (2, "bias")))
         rest = args[3:]
         extra = {k: v for k, v in kwargs.items() if k not in names}
-        x, ref, pos, neg = self.parts(args[0] if args else kwargs["input"])
-        delta = with_gradient_of(x - ref, pos + neg)
-        with torch.no_grad():
-            sign = delta.sign()
-        out_ref = func(ref, weight, bias, *rest, **extra)
+        rows = args[0] if args else kwargs["input"]
+        delta = Difference.apply(rows, True)
+        out_ref = func(rows.chunk(4)[1].detach(), weight, bias, *rest, **extra)
         lin = func(delta, weight, None, *rest, **extra)
         if id(weight) not in self.abs_weights:  # frozen during the call; a layer called twice pays once
             self.abs_weights[id(weight)] = (weight, weight.abs())  # holding ``weight`` keeps its id unique
-        mag = func(delta * sign, self.abs_weights[id(weight)][1], None, *rest, **extra)
+        mag = func(delta.abs(), self.abs_weights[id(weight)][1], None, *rest, **extra)
         # the value at x as W·x̄ + b + W·Δa: one convolution fewer than W·x + b, equal up to round-off
-        return self.rows(out_ref + lin, out_ref, 0.5 * (lin + mag), 0.5 * (lin - mag))
+        return LinearRows.apply(out_ref, lin, mag)
 
     def batch_norm(self, args: tuple, kwargs: dict) -> Tensor:
         """Eval-mode BatchNorm scales each channel by ``s = γ/√(σ² + ε)``; the parts swap where ``s < 0`` (the
@@ -299,14 +358,14 @@ class RevealCancelMode(TorchFunctionMode):
         """The gradient rule (the authors' default ``MaxPoolDeepLiftMode.gradient``): ``Δout = max(x) − max(x̄)``,
         differentiated as the pooled ``Δ⁺ + Δ⁻`` at the arg-max of ``x``; its parts re-split by sign (the authors
         re-derive them at the next linear layer)."""
-        x, ref, pos, neg = self.parts(args[0] if args else kwargs["input"])
+        rows = args[0] if args else kwargs["input"]
         rest = args[1:]
         extra = {k: v for k, v in kwargs.items() if k != "input"}
-        out_x = func(with_gradient_of(x, pos + neg), *rest, **extra)
+        out_x = func(Difference.apply(rows, False), *rest, **extra)
         if not isinstance(out_x, Tensor):
             raise AttributionError(f"{self.method}: rule='reveal_cancel' does not support max pooling with "
                                    "return_indices=True")
-        out_ref = func(ref, *rest, **extra)
+        out_ref = func(rows.chunk(4)[1].detach(), *rest, **extra)
         new_pos, new_neg = sign_split(out_x - out_ref)
         return self.rows(out_x, out_ref, new_pos, new_neg)
 
@@ -334,8 +393,7 @@ def pair_logits(
     if logits.shape[0] != 4 * x.shape[0]:
         raise AttributionError(f"{method}: the model returned {logits.shape[0]} rows for the 4·{x.shape[0]} rows "
                                "[x; x̄; x̄+Δ⁺; x̄+Δ⁻]; it must keep the batch intact")
-    at_x, _, up_pos, down_neg = RevealCancelMode.parts(logits)
-    return with_gradient_of(at_x, up_pos + down_neg)
+    return Difference.apply(logits, False)
 
 
 def mean_deeplift(
@@ -345,14 +403,18 @@ def mean_deeplift(
     """``1/K Σ_k (x − x̄_k) ⊙ m(x, x̄_k)`` per image.
 
     ``paired``: ``refs[i]`` is image ``i``'s only reference (K = 1); otherwise every image meets every reference
-    (K = N). Rows ``(image r // K, reference r % K)`` run ``max_batch`` pairs per pass; ``None``: the memory
-    budget's rows (:mod:`lit_xai.attribution.batching`) over :data:`ROWS_PER_PAIR`.
+    (K = N). Rows ``(image r // K, reference r % K)`` run at most ``max_batch`` pairs per pass; ``None``: the memory
+    budget's rows (:mod:`lit_xai.attribution.batching`) over :data:`ROWS_PER_PAIR`. The passes are evened out (the
+    same number of passes, sizes differing by at most one).
     """
     batch = inputs.shape[0]
     per_image = 1 if paired else refs.shape[0]
     total = torch.zeros_like(inputs)
     pairs = max_batch if max_batch is not None else max(1, rows_per_chunk(model, inputs) // ROWS_PER_PAIR[rule])
-    for start, end in row_chunks(batch * per_image, pairs):
+    rows_total = batch * per_image
+    passes = -(-rows_total // pairs)
+    bounds = [rows_total * i // passes for i in range(passes + 1)]  # 16 pairs by ≤ 9: 8 + 8, not 9 + 7
+    for start, end in zip(bounds, bounds[1:]):
         rows = torch.arange(start, end, device=inputs.device)
         images = rows // per_image
         x = inputs[images].requires_grad_(True)
