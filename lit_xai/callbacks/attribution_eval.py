@@ -413,7 +413,7 @@ class AttributionEvaluation(Callback):
             return []
         return [
             e for e in self.explainers
-            if isinstance(e.method, FeatureBottleneckMethod) and getattr(e.method, "_given_statistics", None) is None
+            if isinstance(e.method, FeatureBottleneckMethod) and not e.method.has_given_statistics
         ]
 
     def _fit_statistics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

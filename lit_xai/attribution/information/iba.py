@@ -215,6 +215,11 @@ class FeatureBottleneckMethod(AttributionMethod):
         )
 
     # -- statistics ---------------------------------------------------------------------------------------
+    @property
+    def has_given_statistics(self) -> bool:
+        """Whether ``statistics=`` was given (then nothing is fitted or estimated)."""
+        return self._given_statistics is not None
+
     def fit(self, model: nn.Module, loader: Iterable[Any]) -> FeatureBottleneckMethod:
         """Estimate (or load from ``cache_dir``) the feature statistics of every hooked layer from ``loader``.
 
