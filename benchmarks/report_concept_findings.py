@@ -137,15 +137,17 @@ def variety(counts: Counts, model: str) -> int:
 
 
 def read_semantic(path: Path) -> list[dict[str, str]]:
+    """The rows of a dissect table (``semantic_units.csv``, ``dissection_units.csv``) as dicts of strings."""
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
 
 
-SEMANTIC_CRITERIA: dict[str, Callable[[list[dict[str, str]]], bool]] = {
-    "top unit: a severity-lesion detector": lambda units: units[0]["concept"] in SEVERITY,
-    "top unit: a consolidation detector": lambda units: units[0]["concept"] == "consolidation",
-    "top unit's best concept: a severity lesion": lambda units: units[0]["unit_best_concept"] in SEVERITY,
-    f"top {TOP}: a consolidation detector": lambda units: any(u["concept"] == "consolidation" for u in units[:TOP]),
+#: name → (a test on a unit's (detector label or "", best concept), the number of top units it looks at)
+SEMANTIC_CRITERIA: dict[str, tuple[Callable[[str, str], bool], int]] = {
+    "top unit: a severity-lesion detector": (lambda label, best: label in SEVERITY, 1),
+    "top unit: a consolidation detector": (lambda label, best: label == "consolidation", 1),
+    "top unit's best concept: a severity lesion": (lambda label, best: best in SEVERITY, 1),
+    f"top {TOP}: a consolidation detector": (lambda label, best: label == "consolidation", TOP),
 }
 
 
@@ -156,7 +158,23 @@ def semantic_counts(rows: list[dict[str, str]]) -> tuple[dict[str, int], int]:
     for row in rows:
         images.setdefault(row["image"], []).append(row)
     ranked = [sorted(units, key=lambda u: int(u["rank"])) for units in images.values()]
-    return {name: sum(test(units) for units in ranked) for name, test in SEMANTIC_CRITERIA.items()}, len(ranked)
+    return {name: sum(any(test(u["concept"], u["unit_best_concept"]) for u in units[:top]) for units in ranked)
+            for name, (test, top) in SEMANTIC_CRITERIA.items()}, len(ranked)
+
+
+def chance_levels(units: list[dict[str, str]], model: str, layer: str) -> dict[str, float]:
+    """Per criterion the probability that it holds for ``top`` units drawn at random (without replacement) from the
+    ``layer`` of ``model`` instead of the top contributing ones: 1 − C(K − m, top) / C(K, top), with m of the K units
+    passing the test; ``units`` are ``dissection_units.csv`` rows (``concept``: best concept; ``detector``)."""
+    layer_units = [u for u in units if u["model"] == model and u["layer"] == layer]
+    if not layer_units:
+        raise ValueError(f"no units of {model} {layer} in the dissection table")
+    total = len(layer_units)
+    chance = {}
+    for name, (test, top) in SEMANTIC_CRITERIA.items():
+        passing = sum(test(u["concept"] if u["detector"] == "True" else "", u["concept"]) for u in layer_units)
+        chance[name] = 1 - math.comb(total - passing, top) / math.comb(total, top)
+    return chance
 
 
 # ------------------------------------------------------------------------------------------------- fit and dissect
@@ -286,9 +304,9 @@ def paired_cells(p: Paired, digits: int = 1) -> list[str]:
 
 
 def report(seeds: list[int], regions: dict[int, Counts], multilabel: dict[int, Counts],
-           semantic: dict[int, list[dict[str, str]]], metrics: dict[str, dict[int, dict[str, float]]]) -> tuple[
-               list[str], dict[str, Any]]:
-    """The markdown tables and a JSON summary of the seed study."""
+           semantic: dict[int, list[dict[str, str]]], chance: dict[int, dict[str, float]],
+           metrics: dict[str, dict[int, dict[str, float]]]) -> tuple[list[str], dict[str, Any]]:
+    """The markdown tables and a JSON summary of the seed study (``chance``: per seed ``chance_levels``)."""
     n = len(seeds)
     lines = [f"Training seeds {seeds} (n = {n}); values are mean ± SE over seeds; Δ is paired by seed; "
              "'seeds' counts the seeds whose Δ has the claimed sign.", ""]
@@ -396,15 +414,19 @@ def report(seeds: list[int], regions: dict[int, Counts], multilabel: dict[int, C
         majority = sum(f > 0.5 for f in fractions)
         per = ", ".join(f"{found[s][0][criterion]}/{found[s][1]} "
                         f"(± {100 * binomial_se(found[s][0][criterion], found[s][1]):.0f}%)" for s in seeds)
-        rows.append([criterion, per, mean_se([100 * f for f in fractions]).text() + "%", f"{majority}/{n}",
+        rows.append([criterion, per, mean_se([100 * f for f in fractions]).text() + "%",
+                     mean_se([100 * chance[s][criterion] for s in seeds]).text() + "%", f"{majority}/{n}",
                      verdict(majority, n)])
         out["semantic"][criterion] = {"per_seed": {s: found[s][0][criterion] for s in seeds},
-                                      "images": {s: found[s][1] for s in seeds}, "verdict": verdict(majority, n)}
+                                      "images": {s: found[s][1] for s in seeds},
+                                      "chance": {s: chance[s][criterion] for s in seeds},
+                                      "verdict": verdict(majority, n)}
     lines += [f"**Semantic attribution** (epoch-6 regions model, last layer, explaining the global severity, on the "
               f"{found[seeds[0]][1]} most severe validation images; per seed: images (± binomial SE over images); "
+              "chance: the same criterion for units drawn at random from the layer; "
               "claim: a majority of the images in every seed):", ""]
-    lines += table(["criterion", "per seed " + ", ".join(map(str, seeds)), "mean ± SE over seeds", "seeds > 50%",
-                    "verdict"], rows)
+    lines += table(["criterion", "per seed " + ", ".join(map(str, seeds)), "mean ± SE over seeds",
+                    "chance (random units)", "seeds > 50%", "verdict"], rows)
     return lines, out
 
 
@@ -416,7 +438,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.chdir(ROOT)  # the configs and run folders are relative to the repository root
     STUDY.mkdir(parents=True, exist_ok=True)
-    regions, multilabel, semantic = {}, {}, {}
+    regions, multilabel, semantic, chance = {}, {}, {}, {}
     metrics: dict[str, dict[int, dict[str, float]]] = {"regions": {}, **{kind: {} for kind in WEIGHTINGS}}
     for seed in args.seeds:
         files = {}
@@ -432,10 +454,11 @@ def main(argv: list[str] | None = None) -> None:
                            f"dissect_regions_seed{seed}")
         regions[seed] = read_counts(folder / "dissection_detectors.csv")
         semantic[seed] = read_semantic(folder / "semantic_units.csv")
+        chance[seed] = chance_levels(read_semantic(folder / "dissection_units.csv"), f"epoch{EPOCHS}", LAYERS[-1])
         folder = dissected(dissect_args("multilabel", seed, [files[k][-1] for k in WEIGHTINGS], args.semantic_images),
                            f"dissect_multilabel_seed{seed}")
         multilabel[seed] = read_counts(folder / "dissection_detectors.csv")
-    lines, summary = report(args.seeds, regions, multilabel, semantic, metrics)
+    lines, summary = report(args.seeds, regions, multilabel, semantic, chance, metrics)
     timings = json.loads(TIMINGS.read_text()) if TIMINGS.is_file() else {}
     lines += ["Run times (s, wall, this machine, as recorded when this script ran them; fits run outside it are "
               "not listed): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(timings.items())), ""]

@@ -99,6 +99,24 @@ def test_semantic_criteria_on_hand_made_images(tmp_path: Path) -> None:
                       "top 3: a consolidation detector": 2}  # images 1, 2
 
 
+def test_chance_levels_draw_units_without_replacement() -> None:
+    def unit(index: int, concept: str, detector: bool, model: str = "epoch6") -> dict[str, str]:
+        return {"model": model, "layer": "features.8", "unit": str(index), "concept": concept,
+                "detector": str(detector)}
+
+    # 4 units: a consolidation detector, a ground-glass unit under the threshold, a line detector, an apparatus unit
+    units = [unit(0, "consolidation", True), unit(1, "ground_glass", False), unit(2, "line", True),
+             unit(3, "apparatus", False), unit(0, "consolidation", True, model="initial")]
+    chance = findings.chance_levels(units, "epoch6", "features.8")
+    assert chance["top unit: a severity-lesion detector"] == pytest.approx(1 / 4)  # unit 0
+    assert chance["top unit: a consolidation detector"] == pytest.approx(1 / 4)
+    assert chance["top unit's best concept: a severity lesion"] == pytest.approx(2 / 4)  # units 0, 1
+    # 3 of 4 units drawn: they miss unit 0 in 1 of the C(4, 3) = 4 draws
+    assert chance[f"top {findings.TOP}: a consolidation detector"] == pytest.approx(3 / 4)
+    with pytest.raises(ValueError, match="no units"):
+        findings.chance_levels(units, "epoch6", "features.5")
+
+
 def test_report_tables_on_two_hand_made_seeds() -> None:
     def counts(model_counts: dict[str, dict[str, int]]) -> findings.Counts:
         return {(m, "features.8", c): n for m, per in model_counts.items() for c, n in per.items()}
@@ -112,7 +130,8 @@ def test_report_tables_on_two_hand_made_seeds() -> None:
     metrics = {kind: {s: {"epoch": 6, "val/acc": 0.9, "val/mae": 0.1,
                           "val/auroc": 0.8 + 0.01 * s * (kind == "weighted")}
                       for s in (0, 1)} for kind in ("regions", "weighted", "unweighted")}
-    lines, out = findings.report([0, 1], regions, multilabel, {0: semantic_rows, 1: semantic_rows}, metrics)
+    chance = {s: dict.fromkeys(findings.SEMANTIC_CRITERIA, 0.25) for s in (0, 1)}
+    lines, out = findings.report([0, 1], regions, multilabel, {0: semantic_rows, 1: semantic_rows}, chance, metrics)
     # epoch 6: 5 + s consolidation detectors vs 8 - s apparatus at initialisation: Δ = -3, -1
     total = out["trained_vs_initial"]["all layers"]
     assert total["difference"]["mean"] == pytest.approx(-2.0) and total["verdict"] == "does not hold"
