@@ -344,7 +344,8 @@ def report(seeds: list[int], regions: dict[int, Counts], multilabel: dict[int, C
     groups += [("all layers", {}, 1), ("severity lesions (consolidation + ground glass), all layers",
                                        {"concepts": SEVERITY}, 1),
                ("not severity (apparatus + regions A-F), all layers", {"concepts": IRRELEVANT}, -1)]
-    groups += [(f"{c}, all layers", {"concepts": (c,)}, 0) for c in LESIONS + REGIONS]
+    groups += [(f"{c}, all layers", {"concepts": (c,)}, 0) for c in LESIONS]
+    groups += [("regions A-F, all layers", {"concepts": REGIONS}, 0)]
     rows, out["trained_vs_initial"] = [], {}
     for name, kwargs, direction in groups:
         p = paired(per_seed(regions, f"epoch{EPOCHS}", **kwargs), per_seed(regions, "initial", **kwargs),
