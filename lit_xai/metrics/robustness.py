@@ -46,11 +46,14 @@ def row_noise(inputs: Tensor, seeds: list[int], rows: Tensor, kind: str, low: fl
     batch = inputs.shape[0]
     row_list = rows.tolist()
     draws = torch.empty(len(row_list), *inputs.shape[1:], dtype=inputs.dtype)
-    draw = torch.rand if kind == "uniform" else torch.randn
     generator = torch.Generator()  # one generator re-seeded per row: the same draws without a generator per row
-    for i, row in enumerate(row_list):
+    # in place on each row's view (torch.rand/randn's draws, without their per-call argument parsing and out= select)
+    for out, row in zip(draws.view(len(row_list), -1).unbind(0), row_list):
         generator.manual_seed((seeds[row % batch] + row // batch) % 2**64)
-        draw(inputs.shape[1:], generator=generator, dtype=inputs.dtype, out=draws[i])
+        if kind == "uniform":
+            out.uniform_(generator=generator)
+        else:
+            out.normal_(generator=generator)
     # scaled once for all rows (the same element-wise products and sums as per row)
     scale, shift = (high - low, low) if kind == "uniform" else (high, low)
     return draws.mul_(scale).add_(shift).to(inputs.device)
