@@ -59,11 +59,10 @@ Branches = list[tuple[Tensor, Tensor, Tensor | None]]
 
 
 def stabilize(z: Tensor, eps: float) -> Tensor:
-    """zennit's stabiliser ``z + ε·sign(z)``, sign(0) = +1, as ``copysign(|z| + ε, z)``: one new tensor, three passes
-    (equal to ``z ± ε``, since rounding is symmetric). It differs from zennit only at ``z = −0.0``, which a sum yields
-    only when all its terms are zero: then so is every input's share ``x_i w_i R / s(z)``, whatever the sign of ``s``.
-    """
-    return z.abs().add_(eps).copysign_(z)
+    """zennit's stabiliser ``z + ε·sign(z)``, sign(0) = +1, as ``copysign(ε, z) + z``: one new tensor, two full
+    passes. It differs only at ``z = −0.0``, which a sum yields only when all its terms are zero: then so is every
+    input's share ``x_i w_i R / s(z)``, whatever the sign of ``s``."""
+    return torch.copysign(z.new_full((), eps), z).add_(z)
 
 
 def share(relevance: Tensor, z: Tensor, eps: float) -> Tensor:
