@@ -93,16 +93,9 @@ def resolve_target(model: nn.Module, inputs: Tensor, target: Tensor | None) -> T
         return model(inputs).argmax(dim=1)
 
 
-def _hook_registries(module: nn.Module) -> dict[str, int]:
-    names = (
-        "_forward_hooks",
-        "_forward_pre_hooks",
-        "_backward_hooks",
-        "_backward_pre_hooks",
-        "_state_dict_hooks",
-        "_load_state_dict_pre_hooks",
-    )
-    return {name: len(getattr(module, name, {})) for name in names}
+#: the hook registries of a module that a guarded block may add to (entries added inside the block are removed)
+HOOK_REGISTRIES = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+                   "_state_dict_hooks", "_load_state_dict_pre_hooks")
 
 
 @contextlib.contextmanager
@@ -118,10 +111,11 @@ def preserved_model_state(model: nn.Module, freeze: bool = False) -> Iterator[No
     params = list(model.parameters())
     requires_grad = [p.requires_grad for p in params]
     grads = [p.grad for p in params]
-    hooks = [
-        {name: dict(getattr(m, name, {})) for name in _hook_registries(m)} for m in modules
-    ]
-    model.eval()
+    # the keys of the non-empty registries only (most are empty): this guard runs on every attribution call
+    hooks = [{name: set(registry) for name in HOOK_REGISTRIES if (registry := getattr(m, name, None))}
+             for m in modules]
+    if any(training):
+        model.eval()
     if freeze:
         for p in params:
             p.requires_grad_(False)
@@ -129,15 +123,20 @@ def preserved_model_state(model: nn.Module, freeze: bool = False) -> Iterator[No
         yield
     finally:
         for m, flag in zip(modules, training):
-            m.training = flag
+            if m.training != flag:
+                m.training = flag
         for p, flag, grad in zip(params, requires_grad, grads):
-            p.requires_grad_(flag)
-            p.grad = grad
+            if p.requires_grad != flag:
+                p.requires_grad_(flag)
+            if p.grad is not grad:
+                p.grad = grad
         for m, saved in zip(modules, hooks):
-            for name, registry in saved.items():
-                current = getattr(m, name)
-                for key in [k for k in current if k not in registry]:
-                    del current[key]
+            for name in HOOK_REGISTRIES:
+                current = getattr(m, name, None)
+                if current:
+                    kept = saved.get(name, ())
+                    for key in [k for k in current if k not in kept]:
+                        del current[key]
 
 
 class AttributionMethod:
