@@ -18,6 +18,10 @@ call: every modified weight formed again); the peer is zennit's composite with `
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_pass_floors.py          # timm/resnet18, 8 × 32², 1 thread
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_pass_floors.py --only lrp --rounds 9
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_pass_floors.py --only lrp --against e764972~1  # before/after
+
+``--against REV`` adds each LRP composite as of git revision ``REV`` (lit_xai/attribution/lrp.py only, warm) to the
+same interleaved run: its ratio to the floor, and today's code over it.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness import Row, forward_floor, input_gradient_floor, interleaved_times, markdown_table, paired_ratio  # noqa: E402
+from revision import load_module_at  # noqa: E402
 
 from lit_xai.attribution import build_method  # noqa: E402
 from lit_xai.attribution.activations import forward_with_activations  # noqa: E402
@@ -86,6 +91,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="PrunePGD_50* steps (seed 000 §4.8: 20)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", nargs="*", default=["lrp", "pgd"], help="lrp and/or pgd")
+    parser.add_argument("--against", default=None, help="also time LRP as of this git revision")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
@@ -117,6 +123,11 @@ def main() -> None:
             reference = f"floor {units[0]}·fb + {units[1]}·f"
             rows += [(composite, f"lrp {composite}", reference, TARGET),
                      (composite, f"lrp {composite} cold", reference, None)]
+            if args.against:
+                before = load_module_at(args.against, "lit_xai/attribution/lrp.py").LRP(composite=composite, **kwargs)
+                cases[f"lrp {composite} before"] = lambda before=before: before(model, x, t)
+                rows += [(composite, f"lrp {composite} before", reference, None),
+                         (composite, f"lrp {composite}", f"lrp {composite} before", None)]
             if peer is not None:
                 zennit = zennit_call(model, peer, 10, **kwargs)
                 cases[f"zennit {peer}"] = lambda zennit=zennit: zennit(x, t)

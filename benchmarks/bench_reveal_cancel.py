@@ -6,6 +6,10 @@ Floor: RevealCancel runs one forward + input-gradient backward of the rows ``[x;
 
     .venv/bin/python benchmarks/bench_reveal_cancel.py                      # timm/resnet18, batch 16 of 32², 1 thread
     .venv/bin/python benchmarks/bench_reveal_cancel.py --model resnet8 --rounds 7
+    .venv/bin/python benchmarks/bench_reveal_cancel.py --model resnet8 --against d3c27c5~1   # before/after, paired
+
+``--against REV`` adds RevealCancel as of git revision ``REV`` (lit_xai/attribution/deeplift.py only) to the same
+interleaved run: its ratio to the floor, and today's code over it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import input_gradient_floor, interleaved_times, machine_state, paired_ratio  # noqa: E402
+from benchmarks.revision import load_module_at  # noqa: E402
 from lit_xai.attribution import build_method  # noqa: E402
 from lit_xai.models.backbones import build_backbone  # noqa: E402
 
@@ -32,6 +37,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-batch", type=int, default=None, help="pairs per pass (default: the memory budget)")
+    parser.add_argument("--against", default=None, help="also time RevealCancel as of this git revision")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
@@ -46,6 +52,10 @@ def main() -> None:
         "rescale": lambda: rescale(model, x, t),
         "reveal_cancel": lambda: reveal(model, x, t),
     }
+    if args.against:
+        before = load_module_at(args.against, "lit_xai/attribution/deeplift.py").DeepLift(
+            rule="reveal_cancel", max_batch=args.max_batch)
+        cases["reveal_cancel before"] = lambda: before(model, x, t)
     if args.model.startswith("timm/"):
         from captum.attr import DeepLift
 
@@ -56,6 +66,10 @@ def main() -> None:
     print(f"reveal_cancel / (4 × fb_input): {paired_ratio(times['reveal_cancel'], times['fb_input'], 4)}")
     print(f"rescale / (2 × fb_input):       {paired_ratio(times['rescale'], times['fb_input'], 2)}")
     print(f"reveal_cancel / rescale:        {paired_ratio(times['reveal_cancel'], times['rescale'])}")
+    if args.against:
+        print(f"before ({args.against}) / (4 × fb_input): "
+              f"{paired_ratio(times['reveal_cancel before'], times['fb_input'], 4)}")
+        print(f"reveal_cancel / before:         {paired_ratio(times['reveal_cancel'], times['reveal_cancel before'])}")
     if "captum rescale" in times:
         print(f"reveal_cancel / captum rescale: {paired_ratio(times['reveal_cancel'], times['captum rescale'])}")
 

@@ -1,0 +1,45 @@
+"""A module of this repository as it was at a git revision, for paired before/after timings on the shared harness.
+
+``load_module_at("HEAD~3", "lit_xai/attribution/lrp.py")`` imports that file's text from the revision as a separate
+module (its classes are not registered: the registry keeps today's methods). The old module imports today's versions
+of everything else, so only the named file is "before".
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_module_at(revision: str, path: str) -> ModuleType:
+    """The module in ``path`` (relative to the repository root) as of git ``revision``."""
+    source = subprocess.run(["git", "show", f"{revision}:{path}"], cwd=ROOT, capture_output=True, text=True,
+                            check=True).stdout
+    name = f"at_{revision}_{Path(path).stem}".replace("~", "_").replace("^", "_").replace("-", "_")
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as handle:
+        handle.write(source)
+    import lit_xai.attribution.registry as registry
+
+    def named(method_name: str):  # noqa: ANN202 (a class decorator)
+        def decorator(cls: type) -> type:
+            cls.name = method_name
+            return cls
+        return decorator
+
+    register = registry.register
+    registry.register = named  # the old classes are named but stay out of the registry
+    try:
+        spec = importlib.util.spec_from_file_location(name, handle.name)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up
+        spec.loader.exec_module(module)
+    finally:
+        registry.register = register
+        Path(handle.name).unlink()
+    return module
