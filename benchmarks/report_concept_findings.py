@@ -460,9 +460,10 @@ def main(argv: list[str] | None = None) -> None:
                            f"dissect_multilabel_seed{seed}")
         multilabel[seed] = read_counts(folder / "dissection_detectors.csv")
     lines, summary = report(args.seeds, regions, multilabel, semantic, chance, metrics)
-    timings = json.loads(TIMINGS.read_text()) if TIMINGS.is_file() else {}
-    lines += ["Run times (s, wall, this machine, as recorded when this script ran them; fits run outside it are "
-              "not listed): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(timings.items())), ""]
+    recorded = json.loads(TIMINGS.read_text()) if TIMINGS.is_file() else {}
+    timings = {k: v for k, v in recorded.items() if k.rsplit("_seed", 1)[-1] in map(str, args.seeds)}
+    lines += ["Run times (s, wall, one thread of this shared machine, when they ran; seed 0's fits predate the "
+              "study): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(timings.items())), ""]
     text = "\n".join(lines)
     stem = "findings_seeds" + "-".join(map(str, args.seeds))
     (STUDY / f"{stem}.md").write_text(text)
