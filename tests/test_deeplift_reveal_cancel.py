@@ -207,6 +207,60 @@ def test_sign_flipping_steps_keep_the_terms_split(form):
     assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
 
 
+class InPlaceNegation(nn.Module):
+    """:class:`BiasedMLP` with ``fc2``'s output negated in place (``mul_(-1)``, which has no sign rule): the parts
+    reach the ReLU with the wrong signs and are re-split there."""
+
+    def __init__(self, net: BiasedMLP) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.net
+        z = n.fc2(n.relu(n.bn(n.fc1(x.flatten(1)))))
+        z.mul_(-1)
+        return n.fc3(F.relu(z))
+
+
+def test_parts_of_the_wrong_sign_are_resplit_at_the_relu():
+    """An unhandled in-place negation before a ReLU gives the map of the net with ``fc2`` negated (1e-5·max|map|):
+    the re-split swaps Δz⁺ and Δz⁻ in the values and routes each multiplier back to the part it came from."""
+    net = BiasedMLP(5)
+    negated = BiasedMLP(5)
+    with torch.no_grad():
+        negated.fc2.weight.neg_()
+        negated.fc2.bias.neg_()
+    gen = torch.Generator().manual_seed(9)
+    x, ref = torch.randn(4, 8, 1, 1, generator=gen), torch.randn(1, 8, 1, 1, generator=gen)
+    expected = build_method("deeplift", baseline=ref, rule="reveal_cancel")(negated, x, 0)
+    got = build_method("deeplift", baseline=ref, rule="reveal_cancel")(InPlaceNegation(net), x, 0)
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+    torch.testing.assert_close(got.sum((1, 2, 3)), summation_gap(negated, x, ref, torch.zeros(4, dtype=torch.long)),
+                               rtol=1e-5, atol=1e-5)
+
+
+class RowRecorder(nn.Module):
+    """Records the rows of every forward."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net, self.rows = net, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.rows.append(x.shape[0])
+        return self.net(x)
+
+
+@pytest.mark.parametrize("rule, rows_per_pair", [("rescale", 2), ("reveal_cancel", 4)])
+def test_passes_are_evened_out(rule, rows_per_pair):
+    """5 pairs with at most 4 per pass: two passes of 3 and 2 pairs (not 4 and 1), one map."""
+    net = RowRecorder(BiasedMLP(2))
+    x = torch.randn(5, 8, 1, 1, generator=torch.Generator().manual_seed(3))
+    chunked = build_method("deeplift", rule=rule, max_batch=4)(net, x, 1)
+    assert sorted(net.rows) == [2 * rows_per_pair, 3 * rows_per_pair]
+    torch.testing.assert_close(chunked, build_method("deeplift", rule=rule)(net, x, 1), rtol=1e-5, atol=1e-6)
+
+
 def summation_gap(net: nn.Module, x: torch.Tensor, ref: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return net(x)[torch.arange(len(x)), target] - net(ref)[0, target]
