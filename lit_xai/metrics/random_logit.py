@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_xai.attribution.batching import check_max_batch, row_chunks, rows_per_chunk
-from lit_xai.attribution.noise import sample_generators
+from lit_xai.attribution.noise import sample_seeds
 from lit_xai.metrics.base import Explainer, check_finite
 from lit_xai.metrics.image_scores import ImageScoreMean, prepared_maps
 from lit_xai.metrics.similarity import check_data_range, ssim
@@ -65,8 +65,13 @@ class RandomLogit(ImageScoreMean):
         """One class ``≠ target`` per image ``[B]``, uniform over the other ``num_classes − 1``."""
         if num_classes < 2:
             raise ValueError(f"RandomLogit needs a model with ≥ 2 classes, got {num_classes}")
-        draws = torch.tensor([int(torch.randint(0, num_classes - 1, (1,), generator=g))
-                              for g in sample_generators(inputs, self.seed, "random_logit")], device=target.device)
+        seeds = sample_seeds(inputs, self.seed, "random_logit")
+        draws = torch.empty(len(seeds), dtype=torch.long)
+        generator = torch.Generator()  # re-seeded per image: the draws of a fresh generator per image, cheaper
+        for out, seed in zip(draws.unbind(0), seeds):
+            generator.manual_seed(seed)
+            out.random_(0, num_classes - 1, generator=generator)
+        draws = draws.to(target.device)
         return draws + (draws >= target).long()
 
     def _layout(self, maps: Tensor) -> Tensor:
