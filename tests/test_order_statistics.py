@@ -1,5 +1,6 @@
 """kth_smallest_of_parts: the sample-bracketed network-wide selection equals kthvalue of the concatenation, in every
-branch (band, tie block at the lower bracket, at the upper bracket, missed rows, NaN, ±inf, non-contiguous parts)."""
+branch (band, tie block at the lower bracket, at the upper bracket, missed rows, NaN, ±inf, non-contiguous parts),
+with the CPU's NumPy steps and with the torch steps that accelerators run (``backend``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,14 @@ import torch
 
 from lit_xai.attribution import order_statistics
 from lit_xai.attribution.order_statistics import SAMPLED_BAND_MIN, kth_smallest_of_parts
+
+
+@pytest.fixture(params=["numpy", "torch"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The NumPy steps (CPU default) or, with no dtype routed to NumPy, the torch steps accelerators run."""
+    if request.param == "torch":
+        monkeypatch.setattr(order_statistics, "NUMPY_DTYPES", ())
+    return request.param
 
 
 def _reference(parts: list[torch.Tensor], k: int, plain: bool = False) -> torch.Tensor:
@@ -35,7 +44,7 @@ def _scores(seed: int, rows: int = 3) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_equals_kthvalue_of_the_concatenation_in_every_branch(seed: int) -> None:
+def test_equals_kthvalue_of_the_concatenation_in_every_branch(seed: int, backend: str) -> None:
     parts = _scores(seed)
     count = sum(p[0].numel() for p in parts)
     assert count >= SAMPLED_BAND_MIN
@@ -45,7 +54,7 @@ def test_equals_kthvalue_of_the_concatenation_in_every_branch(seed: int) -> None
     _assert_exact(parts, [int(0.7 * count), int(0.95 * count)], spread=0.0)
 
 
-def test_ties_infinities_nan_and_layouts() -> None:
+def test_ties_infinities_nan_and_layouts(backend: str) -> None:
     generator = torch.Generator().manual_seed(0)
     tied = [torch.randint(0, 40, (3, 40000), generator=generator).float(),
             torch.randint(0, 40, (3, 30000), generator=generator).float()]
@@ -65,9 +74,10 @@ def test_ties_infinities_nan_and_layouts() -> None:
         kth_smallest_of_parts(small, 151)
 
 
-def test_the_sample_decides_the_speed_not_the_value(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any seed, sample size or bracket width gives the same value; the band step runs (not the fallback) when the
-    bracket holds the quantile — the fallback is counted."""
+def test_the_sample_decides_the_speed_not_the_value(monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
+    """Any seed, sample size or bracket width gives the same value; with the default bracket the band step answers
+    every row — no full-row fallback (the fallbacks are counted; the torch steps select in the band by
+    ``kth_smallest`` over the padded band only)."""
     parts = _scores(2)
     count = sum(p[0].numel() for p in parts)
     k = int(0.8 * count)
@@ -75,6 +85,23 @@ def test_the_sample_decides_the_speed_not_the_value(monkeypatch: pytest.MonkeyPa
     plain = order_statistics.kth_smallest
     monkeypatch.setattr(order_statistics, "kth_smallest", lambda v, kk: calls.append(v.shape) or plain(v, kk))
     expected = _reference(parts, k)
-    for seed, sample, spread in ((0, 4096, 4.0), (7, 1024, 2.0), (3, 256, 0.5)):
+    assert torch.equal(kth_smallest_of_parts(parts, k), expected)
+    assert all(width < count // 5 for _, width in calls), calls
+    assert len(calls) == (backend == "torch")
+    for seed, sample, spread in ((7, 1024, 2.0), (3, 256, 0.5), (0, 4096, 0.0)):
         assert torch.equal(kth_smallest_of_parts(parts, k, sample=sample, spread=spread, seed=seed), expected)
-    assert calls[0][1] < count // 5  # the default: one selection over the band only, no full-row fallback
+    assert any(width == count for _, width in calls)  # a zero-width bracket misses: the fallback ran
+
+
+def test_short_rows_are_sorted_whole_with_kth_smallest_nan_rule(backend: str) -> None:
+    """Rows between the two sampling thresholds: NumPy sorts the concatenation whole, the torch steps sample; both
+    exact. The sort gives NaN where ``kth_smallest`` does: on its largest side a NaN anywhere in the row (the sampled
+    steps answer such a row from its other values, as before)."""
+    generator = torch.Generator().manual_seed(3)
+    parts = [torch.rand(5, 3, 40, 40, generator=generator), torch.rand(5, 7000, generator=generator)]
+    count = 4800 + 7000
+    assert order_statistics.SAMPLED_SELECTION_MIN <= count < SAMPLED_BAND_MIN
+    _assert_exact(parts, [1, 17, count // 2, count - 3, count])
+    if backend == "numpy":
+        parts[1][1, 5] = float("nan")
+        _assert_exact(parts, [1, count // 3, count // 2 + 1, count - 1, count], plain=True)

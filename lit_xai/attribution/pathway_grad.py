@@ -22,10 +22,15 @@ contributing neuron and the pathway gradient equals the plain gradient.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Iterator, Sequence
+
 import torch
 from torch import Tensor, nn
 
-from lit_xai.attribution.base import AttributionMethod, target_scores
+from lit_xai.attribution.activations import ReLUInterceptor, require_relus
+from lit_xai.attribution.base import AttributionError, AttributionMethod, target_scores
 from lit_xai.attribution.batching import check_max_batch, rows_per_chunk
 from lit_xai.attribution.gradients import InputXGradient, IntegratedGradients
 from lit_xai.attribution.postprocess import morphological_opening
@@ -35,6 +40,7 @@ from lit_xai.pathways.contributions import (
     CONTRIBUTION_KINDS,
     INTGRAD_RULE,
     INTGRAD_STEPS,
+    ScoringGraph,
     intgrad_alphas,
     mct_contributions,
     neuron_contributions,
@@ -51,6 +57,45 @@ def pathway_masks(scores: list[Tensor], sparsity: float) -> list[Tensor]:
     return [torch.gt(s, expand_per_sample(thresholds, s), out=torch.empty_like(s)) for s in scores]
 
 
+class PrunedReLUs:
+    """``ReLUInterceptor`` transform of the pruned network (seed 000 Eq. 1, ``a·m`` with 0/1 masks ``m``): every ReLU
+    output is multiplied by its mask in place, through ``.data`` so that autograd does not record it.
+
+    The ReLU node saved its output for its backward ``g·[out > 0]``; that output is now ``a·m``, so the backward is
+    ``g·m·[a > 0]``, the pruned network's own derivative: the same values and gradients as
+    ``NeuronGate(keep, "zero")`` (``a·m`` as a new tensor, then ``g·m``), without the copy forward and the
+    multiplication backward per layer. The model must continue with the ReLU's return value (as for every
+    ``ReLUInterceptor`` transform), and intercepted calls are ``relu``/``relu_`` only, whose backward reads the output.
+    """
+
+    def __init__(self, keep: Sequence[Tensor]) -> None:
+        self.keep = list(keep)
+
+    def __call__(self, index: int, activation: Tensor) -> Tensor:
+        if index >= len(self.keep):
+            raise AttributionError(
+                f"the forward pass made more ReLU calls ({index + 1}) than the pruned network has masks "
+                f"({len(self.keep)})"
+            )
+        if self.keep[index].shape != activation.shape:
+            raise AttributionError(
+                f"pruning mask of ReLU call {index} has shape {tuple(self.keep[index].shape)}, "
+                f"the activation has shape {tuple(activation.shape)}"
+            )
+        activation.data.mul_(self.keep[index])
+        return activation
+
+
+@contextlib.contextmanager
+def pruned(keep: Sequence[Tensor], method: str) -> Iterator[ReLUInterceptor]:
+    """Run the block in the pruned network of the 0/1 masks ``keep`` (:class:`PrunedReLUs`); check the call count."""
+    with ReLUInterceptor(PrunedReLUs(keep), method) as mode:
+        yield mode
+    require_relus(mode.calls, method)
+    if mode.calls != len(keep):
+        raise AttributionError(f"{method}: the forward pass made {mode.calls} ReLU calls, the masks cover {len(keep)}")
+
+
 def pathway_gradient(
     model: nn.Module,
     inputs: Tensor,
@@ -60,13 +105,32 @@ def pathway_gradient(
     replacement: Replacement,
     method: str,
 ) -> tuple[Tensor, Tensor]:
-    """(∂Φ̂/∂x, logits of Φ̂ at x) for the pathway ``keep`` (one forward + backward)."""
+    """(∂Φ̂/∂x, logits of Φ̂ at x) for the pathway ``keep`` (one forward + backward; ``"zero"``: 0/1 masks in
+    :func:`pruned`)."""
     x = inputs.detach().requires_grad_(True)
-    with gated(NeuronGate(keep, replacement, activations), method):
+    with pruned(keep, method) if replacement == "zero" else gated(NeuronGate(keep, replacement, activations), method):
         logits = model(x)
     scores, _ = target_scores(logits, target)
     (grad,) = torch.autograd.grad(scores.sum(), x)
     return grad, logits.detach()
+
+
+def retained_pathway_gradient(graph: ScoringGraph, keep: list[Tensor]) -> Tensor:
+    """∂Φ̂/∂x of the constant-replacement pathway network (§4.1) from the scoring pass's retained graph.
+
+    At the explained input Φ̂ computes exactly the network's values (off-pathway neurons are held at their own
+    activation, ``a·m + a·(1−m) = a``), so its graph is the scoring pass's graph with each ReLU output's gradient
+    multiplied by its 0/1 mask: a second backward with the masks as tensor hooks gives the map of
+    :func:`pathway_gradient` without its forward (the hook multiplies ``g·m`` as its ``a·m`` node did). The scoring
+    pass already differentiated through every recorded output, so none was modified in place after its call."""
+    masks = zip(graph.activations, keep, strict=True)
+    handles = [a.register_hook(functools.partial(torch.mul, other=m)) for a, m in masks]
+    try:
+        (grad,) = torch.autograd.grad(graph.score, graph.inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return grad
 
 
 @register("pathway_grad")
@@ -116,8 +180,8 @@ class PathwayGrad(AttributionMethod):
         self.rule = rule
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Tensor:
-        if self.contribution == "mct":  # one pass for all neurons: no rows to chunk
-            contrib = mct_contributions(model, inputs, target, self.name)
+        if self.contribution == "mct":  # one pass for all neurons: no rows to chunk; its graph serves Φ̂ too
+            contrib = mct_contributions(model, inputs, target, self.name, retain_graph=self.replacement == "constant")
         else:
             contrib = neuron_contributions(
                 model,
@@ -131,9 +195,12 @@ class PathwayGrad(AttributionMethod):
                 self.rule,
             )
         keep = pathway_masks(contrib.contributions, self.sparsity)
-        grad, _ = pathway_gradient(
-            model, inputs, contrib.target, keep, contrib.activations, self.replacement, self.name
-        )
+        if contrib.graph is not None:
+            grad = retained_pathway_gradient(contrib.graph, keep)
+        else:
+            grad, _ = pathway_gradient(
+                model, inputs, contrib.target, keep, contrib.activations, self.replacement, self.name
+            )
         if self.opening_kernel is not None:
             return morphological_opening(grad.abs(), self.opening_kernel)
         return grad
@@ -237,6 +304,9 @@ __all__ = [
     "NeuronMCT",
     "NeuronMCTStar",
     "PathwayGrad",
+    "PrunedReLUs",
     "pathway_gradient",
     "pathway_masks",
+    "pruned",
+    "retained_pathway_gradient",
 ]

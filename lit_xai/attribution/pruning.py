@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from lit_xai.attribution.base import AttributionError, AttributionMethod, preserved_model_state, target_scores
 from lit_xai.attribution.layers import capture_outputs, resolve_layer
-from lit_xai.attribution.pathway_grad import pathway_masks
+from lit_xai.attribution.pathway_grad import pathway_masks, pruned
 from lit_xai.attribution.registry import register
 from lit_xai.pathways.contributions import mct_contributions
 from lit_xai.pathways.neurons import NeuronGate, NeuronTensors, expand_per_sample, flatten_neurons, gated
@@ -173,7 +173,7 @@ class PruneGrad(_PrunedNetworkMethod):
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Tensor:
         keep, target = self.prune(model, inputs, target)
         x = inputs.detach().requires_grad_(True)
-        with gated(NeuronGate(keep, "zero"), self.name):
+        with pruned(keep, self.name):
             logits = model(x)
         scores, _ = target_scores(logits, target)
         (grad,) = torch.autograd.grad(scores.sum(), x)
@@ -215,7 +215,7 @@ class PruneGradMid(_PrunedNetworkMethod):
         name = self.layer or _default_mid_layer(model)
         module = resolve_layer(model, name)
         keep, target = self.prune(model, inputs, target)
-        with capture_outputs([module]) as (capture,), gated(NeuronGate(keep, "zero"), self.name):
+        with capture_outputs([module]) as (capture,), pruned(keep, self.name):
             logits = model(inputs.detach().requires_grad_(True))
         if len(capture.outputs) != 1 or capture.outputs[0].dim() != 4:
             raise AttributionError(f"prune_grad_mid: layer {name!r} must be called once and return [B, C, h, w]")
@@ -261,11 +261,10 @@ class PrunePGD(_PrunedNetworkMethod):
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Tensor:
         keep, target = self.prune(model, inputs, target)
-        gate = NeuronGate(keep, "zero")
         delta = torch.zeros_like(inputs)
         for _ in range(self.steps):
             delta.requires_grad_(True)
-            with gated(gate, self.name):
+            with pruned(keep, self.name):
                 logits = model(inputs + delta)
             scores, _ = target_scores(logits, target)
             (grad,) = torch.autograd.grad(scores.sum(), delta)

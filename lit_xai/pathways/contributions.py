@@ -30,27 +30,59 @@ from lit_xai.pathways.neurons import NeuronTensors, expand_per_sample, relu_acti
 
 
 @dataclass
+class ScoringGraph:
+    """The autograd graph of a scoring pass, kept for a second backward: its input leaf, the summed target score and
+    the ReLU outputs still attached."""
+
+    inputs: Tensor
+    score: Tensor
+    activations: list[Tensor]
+
+
+@dataclass
 class NeuronContributions:
-    """Contributions and the activations they were computed from (all detached, one tensor per ReLU call)."""
+    """Contributions and the activations they were computed from (all detached, one tensor per ReLU call);
+    ``graph``: the scoring pass's graph where it was asked to be kept (:func:`mct_contributions`)."""
 
     contributions: NeuronTensors
     activations: NeuronTensors
     logits: Tensor
     target: Tensor
+    graph: ScoringGraph | None = None
 
 
-def _gradients(scores: Tensor, tensors: list[Tensor]) -> list[Tensor]:
-    grads = torch.autograd.grad(scores.sum(), tensors, allow_unused=True)
+def _gradients(scores: Tensor, tensors: list[Tensor], retain_graph: bool = False) -> list[Tensor]:
+    grads = torch.autograd.grad(scores.sum(), tensors, allow_unused=True, retain_graph=retain_graph)
     return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, tensors, strict=True)]
 
 
+def _owned(tensors: list[Tensor]) -> list[Tensor]:
+    """``tensors``, each safe to overwrite in place: repeats of one object (autograd may hand one gradient buffer to
+    two inputs) and non-contiguous ones (e.g. the stride-0 gradient of a ``sum``) are cloned."""
+    seen: set[int] = set()
+    owned = []
+    for t in tensors:
+        owned.append(t if id(t) not in seen and t.is_contiguous() else t.clone(memory_format=torch.contiguous_format))
+        seen.add(id(t))
+    return owned
+
+
 def mct_contributions(
-    model: nn.Module, inputs: Tensor, target: Tensor | None, method: str, trace: ForwardTrace | None = None
+    model: nn.Module,
+    inputs: Tensor,
+    target: Tensor | None,
+    method: str,
+    trace: ForwardTrace | None = None,
+    retain_graph: bool = False,
 ) -> NeuronContributions:
     """NeuronMCT ``|a·∂y_t/∂a|`` for every ReLU output element, from one forward + backward (seed 001 Eq. 2).
 
-    With ``trace`` (a :class:`ForwardTrace` of ``inputs``) the pass is recorded there for prefix replay.
+    With ``trace`` (a :class:`ForwardTrace` of ``inputs``) the pass is recorded there for prefix replay; with
+    ``retain_graph`` (no ``trace``) the pass's graph is kept in :attr:`NeuronContributions.graph`, so that a second
+    backward of the same forward can follow (:func:`~lit_xai.attribution.pathway_grad.retained_pathway_gradient`).
     """
+    if retain_graph and trace is not None:
+        raise ValueError("mct_contributions keeps the graph of a plain pass only (retain_graph without trace)")
     # the input requires grad so the activations are in the graph even when the parameters are frozen
     x = inputs.detach().requires_grad_(True)
     if trace is None:
@@ -61,10 +93,14 @@ def mct_contributions(
         require_relus(len(trace.activations), method)
         activations = trace.activations
     scores, target = target_scores(logits, target)
-    grads = _gradients(scores, activations)
+    score = scores.sum()
+    grads = torch.autograd.grad(score, activations, allow_unused=True, retain_graph=retain_graph)
+    grads = _owned([torch.zeros_like(a) if g is None else g for g, a in zip(grads, activations, strict=True)])
+    graph = ScoringGraph(x, score, activations) if retain_graph else None
     activations = [a.detach() for a in activations]
-    contributions = [(a * g).abs_() for a, g in zip(activations, grads, strict=True)]
-    return NeuronContributions(contributions, activations, logits.detach(), target)
+    # |a·g| written into the gradient buffers: no allocation per layer
+    contributions = [g.mul_(a).abs_() for a, g in zip(activations, grads, strict=True)]
+    return NeuronContributions(contributions, activations, logits.detach(), target, graph)
 
 
 INTGRAD_RULES = ("midpoint", "gausslegendre", "trapezoid", "closed", "reference")
