@@ -46,6 +46,7 @@ RUNS = Path("runs")
 STUDY = RUNS / "seed_study"
 TIMINGS = STUDY / "timings.json"  # wall seconds of the fits and dissections this script ran
 VALIDATION = STUDY / "validation.json"  # validation metrics per checkpoint
+DISSECT_CONFIG = "configs/dissect_chest.yaml"  # the dissection (and its annotation data) of docs/concepts.md
 EPOCHS = 6  # the chapter's evolution figure follows the training epochs; ours: configs/dissect_chest_fit.yaml's 6
 LAYERS = ("features.2", "features.5", "features.8")  # configs/dissect_chest.yaml: the three stages of digits_cnn
 LESIONS = ("consolidation", "ground_glass", "nodule", "line", "apparatus")  # SyntheticChestDataModule.concept_names
@@ -233,7 +234,7 @@ def run_logged(args: list[str], log: Path) -> float:
 
 def dissect_args(kind: str, seed: int, files: list[Path], semantic_images: int) -> list[str]:
     listed = "[" + ",".join(map(str, files)) + "]"
-    common = ["dissect", "--config", "configs/dissect_chest.yaml", "--checkpoints", listed, "--seed", str(seed),
+    common = ["dissect", "--config", DISSECT_CONFIG, "--checkpoints", listed, "--seed", str(seed),
               "--wandb.enabled", "false", "--progress", "false"]
     if kind == "regions":
         labels = "[" + ",".join(f"epoch{e + 1}" for e in range(EPOCHS)) + "]"
@@ -266,8 +267,8 @@ def dissected(args: list[str], key: str) -> Path:
 
 
 def validation_metrics(ckpt: Path) -> dict[str, float]:
-    """The checkpoint's epoch and validation metrics (its task's torchmetrics on the 250 validation images), cached in
-    ``VALIDATION`` by path and modification time."""
+    """The checkpoint's epoch and validation metrics (its task's torchmetrics on the validation split of
+    ``DISSECT_CONFIG``'s data, with the checkpoint's task), cached in ``VALIDATION`` by path and modification time."""
     key = f"{ckpt}@{ckpt.stat().st_mtime_ns}"
     cache = json.loads(VALIDATION.read_text()) if VALIDATION.is_file() else {}
     if "epoch" not in cache.get(key, {}):
@@ -279,7 +280,10 @@ def validation_metrics(ckpt: Path) -> dict[str, float]:
 
         module = ClassifierModule.load_from_checkpoint(ckpt, map_location="cpu")
         task = module.task.name
-        data = SyntheticChestDataModule(task=task, num_train=2000, num_val=250, num_test=250, image_size=64, seed=0)
+        import yaml
+
+        dissect_data = yaml.safe_load(Path(DISSECT_CONFIG).read_text())["data"]["init_args"]  # the annotation data
+        data = SyntheticChestDataModule(**{**dissect_data, "task": task})
         trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
                             devices=1)
         (metrics,) = trainer.validate(module, datamodule=data, verbose=False)
