@@ -20,8 +20,8 @@ call: every modified weight formed again); the peer is zennit's composite with `
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_pass_floors.py --only lrp --rounds 9
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_pass_floors.py --only lrp --against e764972~1  # before/after
 
-``--against REV`` adds each LRP composite as of git revision ``REV`` (lit_xai/attribution/lrp.py only, warm) to the
-same interleaved run: its ratio to the floor, and today's code over it.
+``--against REV`` adds each LRP composite as of git revision ``REV`` (its lit_xai/attribution/lrp.py behind the model
+guard of its base.py, warm) to the same interleaved run: its ratio to the floor, and today's code over it.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness import Row, forward_floor, input_gradient_floor, interleaved_times, markdown_table, paired_ratio  # noqa: E402
-from revision import load_module_at  # noqa: E402
+from revision import call_at, load_module_at  # noqa: E402
 
 from lit_xai.attribution import build_method  # noqa: E402
 from lit_xai.attribution.activations import forward_with_activations  # noqa: E402
@@ -125,7 +125,7 @@ def main() -> None:
                      (composite, f"lrp {composite} cold", reference, None)]
             if args.against:
                 before = load_module_at(args.against, "lit_xai/attribution/lrp.py").LRP(composite=composite, **kwargs)
-                cases[f"lrp {composite} before"] = lambda before=before: before(model, x, t)
+                cases[f"lrp {composite} before"] = lambda before=before: call_at(args.against, before, model, x, t)
                 rows += [(composite, f"lrp {composite} before", reference, None),
                          (composite, f"lrp {composite}", f"lrp {composite} before", None)]
             if peer is not None:

@@ -8,8 +8,8 @@ Floor: RevealCancel runs one forward + input-gradient backward of the rows ``[x;
     .venv/bin/python benchmarks/bench_reveal_cancel.py --model resnet8 --rounds 7
     .venv/bin/python benchmarks/bench_reveal_cancel.py --model resnet8 --against d3c27c5~1   # before/after, paired
 
-``--against REV`` adds RevealCancel as of git revision ``REV`` (lit_xai/attribution/deeplift.py only) to the same
-interleaved run: its ratio to the floor, and today's code over it.
+``--against REV`` adds RevealCancel as of git revision ``REV`` (its lit_xai/attribution/deeplift.py behind the model
+guard of its base.py) to the same interleaved run: its ratio to the floor, and today's code over it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import input_gradient_floor, interleaved_times, machine_state, paired_ratio  # noqa: E402
-from benchmarks.revision import load_module_at  # noqa: E402
+from benchmarks.revision import call_at, load_module_at  # noqa: E402
 from lit_xai.attribution import build_method  # noqa: E402
 from lit_xai.models.backbones import build_backbone  # noqa: E402
 
@@ -55,7 +55,7 @@ def main() -> None:
     if args.against:
         before = load_module_at(args.against, "lit_xai/attribution/deeplift.py").DeepLift(
             rule="reveal_cancel", max_batch=args.max_batch)
-        cases["reveal_cancel before"] = lambda: before(model, x, t)
+        cases["reveal_cancel before"] = lambda: call_at(args.against, before, model, x, t)
     if args.model.startswith("timm/"):
         from captum.attr import DeepLift
 

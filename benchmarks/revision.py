@@ -2,7 +2,8 @@
 
 ``load_module_at("HEAD~3", "lit_xai/attribution/lrp.py")`` imports that file's text from the revision as a separate
 module (its classes are not registered: the registry keeps today's methods). The old module imports today's versions
-of everything else, so only the named file is "before".
+of everything else; :func:`call_at` runs an old method under the old contract guard too (``base.py`` of the same
+revision), so the whole call path is "before".
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import sys
 import tempfile
 from pathlib import Path
 from types import ModuleType
+from typing import Any
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,3 +47,17 @@ def load_module_at(revision: str, path: str) -> ModuleType:
         registry.register = register
         Path(handle.name).unlink()
     return module
+
+
+def call_at(revision: str, method: Any, model: torch.nn.Module, inputs: torch.Tensor,
+            target: torch.Tensor) -> torch.Tensor:
+    """``method.attribute`` behind the input checks and model guard of ``lit_xai/attribution/base.py`` at
+    ``revision`` (``AttributionMethod.__call__`` of that revision, for a method loaded by :func:`load_module_at`)."""
+    base = _BASES.get(revision) or _BASES.setdefault(revision, load_module_at(revision, "lit_xai/attribution/base.py"))
+    base.check_inputs(inputs)
+    target = base.normalize_target(target, inputs.shape[0], inputs.device)
+    with torch.inference_mode(False), torch.enable_grad(), base.preserved_model_state(model, freeze=True):
+        return method.attribute(model, inputs.detach(), target).detach()
+
+
+_BASES: dict[str, ModuleType] = {}
