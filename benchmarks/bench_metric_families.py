@@ -31,6 +31,9 @@ Quantus forwards its batch of 32). Monotonicity Correlation also gets an untarge
 197-row chunks of this net make glibc return and re-fault the activation memory on every chunk (see
 docs/metric_families.md).
 
+Each side's metric object is built once, outside the timing (as a user builds a metric once for many batches); the
+timed call is one update (ours) or one ``__call__`` (Quantus) on the batch.
+
 Targets: ours ≤ Quantus (ratio ≤ 1) and ours ≤ 1.1 × floor. IROF's floor counts its forwards only; SLIC
 (scikit-image, CPU) comes on top and is part of the protocol, so its floor row is reported without a target.
 
