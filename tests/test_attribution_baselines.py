@@ -286,6 +286,27 @@ def test_lrp_runs_at_its_pass_floor(composite, forwards, transposed):
     assert (ops.counts["convolution"], ops.counts["convolution_backward"]) == (forwards, transposed)
 
 
+def padded_net(padding: int | str) -> nn.Module:
+    """conv (stride 2) → BatchNorm → ReLU → conv 3 × 3 with ``padding`` (1 or ``"same"``) → ReLU → dense."""
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Conv2d(2, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                        nn.Conv2d(4, 4, 3, padding=padding), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-0.3, 0.3)
+        net[1].running_var.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+@pytest.mark.parametrize("composite", ["epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1_flat"])
+def test_lrp_transposed_passes_with_and_without_autograd_agree(composite):
+    """The rules' transposed passes call the convolution backward kernel directly (numeric padding, F.linear) and
+    fall back to autograd for string padding: ``padding="same"`` and ``padding=1`` (3 × 3, stride 1) give one map."""
+    x = images()
+    numeric = build_method("lrp", composite=composite, low=-3.0, high=3.0)(padded_net(1), x, 1)
+    string = build_method("lrp", composite=composite, low=-3.0, high=3.0)(padded_net("same"), x, 1)
+    torch.testing.assert_close(string, numeric, rtol=1e-5, atol=1e-7)
+
+
 class ShiftedNet(nn.Module):
     """conv → ReLU → shift by −0.3 (``inplace``: the ReLU output itself, else a new tensor) → conv → ReLU → dense."""
 

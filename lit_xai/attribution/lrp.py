@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
 from torch.overrides import TorchFunctionMode
 
 from lit_xai.attribution.activations import RELU_FUNCTIONS, check_activation, require_relus
@@ -73,14 +74,31 @@ def share(relevance: Tensor, z: Tensor, eps: float) -> Tensor:
 
 @dataclass
 class Affine:
-    """One conv/linear call: ``op(x, weight, bias)`` with its other arguments bound."""
+    """One conv/linear call: ``op(x, weight, bias)`` with its other arguments bound, and ``transpose(g, x, weight)``,
+    its transposed pass ``Jᵀ_W g`` at input ``x`` (``None``: through autograd, see :func:`transposed_pass`)."""
 
     op: Callable[[Tensor, Tensor, Tensor | None], Tensor]
     weight: Tensor
     bias: Tensor | None
+    transpose: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None
 
     def __call__(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return self.op(x, weight, bias)
+
+
+def transposed_pass(func: Any, rest: tuple, rest_kw: dict) -> Callable[[Tensor, Tensor, Tensor], Tensor] | None:
+    """``(g, x, W) ↦ Jᵀ_W g`` for ``F.linear`` (``g·W``) and ``F.conv2d`` with numeric padding: the kernel autograd's
+    own convolution backward calls, without building a graph and running a nested backward per layer. ``None`` for
+    string padding (``"same"``/``"valid"``), which then goes through autograd."""
+    if func is F.linear:
+        return lambda g, x, w: g.matmul(w)
+    bound = dict(zip(("stride", "padding", "dilation", "groups"), rest)) | rest_kw
+    if isinstance(bound.get("padding", 0), str):
+        return None
+    stride, padding, dilation = (_pair(bound.get(k, d)) for k, d in (("stride", 1), ("padding", 0), ("dilation", 1)))
+    groups = bound.get("groups", 1)
+    return lambda g, x, w: torch.ops.aten.convolution_backward(
+        g, x, w, None, stride, padding, dilation, False, [0, 0], groups, (True, False, False))[0]
 
 
 def pos(t: Tensor | None) -> Tensor | None:
@@ -147,6 +165,13 @@ def branch_relevance(layer: Affine, branches: Branches, grads: Callable[[list[Te
                      times_input: bool) -> Tensor:
     """``Σ_k in_k ⊙ Jᵀ_k g_k`` (or ``Σ_k Jᵀ_k g_k``) for branches ``(in_k, W_k, b_k)`` and ``g = grads(outputs)``:
     one modified forward and one transposed pass per branch."""
+    if layer.transpose is not None:
+        outputs = [layer(i, w, b) for i, w, b in branches]
+        total = 0
+        for (i, w, _), g in zip(branches, grads(outputs)):
+            v = layer.transpose(g, i, w)
+            total = total + (i * v if times_input else v)
+        return total
     with torch.enable_grad():
         inputs = [b[0].detach().requires_grad_(True) for b in branches]
         outputs = [layer(i, w, b) for i, (_, w, b) in zip(inputs, branches)]
@@ -358,7 +383,7 @@ class LRPMode(TorchFunctionMode):
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             rest, rest_kw = args[3:], {k: v for k, v in kwargs.items() if k not in ("weight", "bias")}
             layer = Affine(lambda i, w, b: func(i, w, b, *rest, **rest_kw), weight.detach(),
-                           None if bias is None else bias.detach())
+                           None if bias is None else bias.detach(), transposed_pass(func, rest, rest_kw))
             first, conv, dense = self.rules
             rule = first if self.affine_calls == 0 else conv if func is F.conv2d else dense
             self.affine_calls += 1
