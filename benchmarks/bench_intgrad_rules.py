@@ -94,7 +94,7 @@ def main() -> None:
     with torch.no_grad():
         target = model(images).argmax(1)
     print(f"trained; reference integral of {images.shape[0]} images ...", flush=True)
-    ref = intgrad_contributions(model, images, target, "bench", steps=args.reference_steps, internal_batch_size=256)
+    ref = intgrad_contributions(model, images, target, "bench", steps=args.reference_steps, max_batch=256)
     ref_path = select_pathway(ref.contributions, args.sparsity)
     print(f"{args.backbone}, {images.shape[0]} validation digits, reference: {args.reference_steps}-point midpoint; "
           f"κ = {args.sparsity}; {torch.get_num_threads()} thread(s), {args.repeats} interleaved rounds; "

@@ -71,7 +71,7 @@ def test_mct_contributions_match_captum(mlp: TinyMLP) -> None:
 def test_intgrad_contributions_match_a_hand_written_layer_integral(mlp: TinyMLP) -> None:
     x = torch.randn(2, 2, 4, 4)
     target = torch.tensor([1, 2])
-    contrib = intgrad_contributions(mlp, x, target, "test", steps=11, internal_batch_size=5, rule="closed")
+    contrib = intgrad_contributions(mlp, x, target, "test", steps=11, max_batch=5, rule="closed")
     alphas = torch.linspace(0, 1, 11)
     h1 = torch.relu(mlp.fc1(x.flatten(1))).detach()
     h2 = torch.relu(mlp.fc2(h1)).detach()
@@ -98,14 +98,14 @@ def test_intgrad_contributions_match_a_hand_written_layer_integral(mlp: TinyMLP)
 )
 def test_shared_prefix_intgrad_equals_the_full_forward_per_alpha(backbone: str, size: int) -> None:
     """Computing the layers before the scaled ReLU call once per image changes nothing (reused ReLU modules,
-    skip connections, max-pools); α values are split over passes (internal_batch_size < steps) and images too.
+    skip connections, max-pools); α values are split over passes (max_batch < steps) and images too.
     In float64, so that batch-size-dependent float32 rounding cannot flip a ReLU near zero."""
     torch.manual_seed(0)
     model = build_backbone(backbone, num_classes=4, in_chans=3).eval().double()
     x = torch.randn(2, 3, size, size, dtype=torch.float64)
     full = intgrad_contributions(model, x, None, "t", steps=3, share_prefix=False)
     for batch_size in (2, 256):
-        shared = intgrad_contributions(model, x, None, "t", steps=3, internal_batch_size=batch_size)
+        shared = intgrad_contributions(model, x, None, "t", steps=3, max_batch=batch_size)
         assert len(shared.contributions) == len(full.contributions)
         for got, expected in zip(shared.contributions, full.contributions, strict=True):
             torch.testing.assert_close(got, expected)
@@ -115,7 +115,7 @@ def test_conductance_matches_captum_layer_conductance(mlp: TinyMLP) -> None:
     """Captum takes the gradient at the start of each α interval, we at the end: ours = −Captum(from x to 0)."""
     x = torch.randn(3, 2, 4, 4)
     target = torch.tensor([2, 0, 1])
-    signed = input_path_conductance(mlp, x, target, "t", steps=6, internal_batch_size=11)
+    signed = input_path_conductance(mlp, x, target, "t", steps=6, max_batch=11)
     for layer, module in ((0, mlp.act1), (1, mlp.act2)):
         reversed_path = LayerConductance(mlp, module).attribute(
             torch.zeros_like(x), baselines=x, target=target, n_steps=5, method="riemann_trapezoid"
@@ -346,8 +346,8 @@ def test_conductance_equals_eq4_only_where_every_relu_layer_is_a_cut() -> None:
     torch.manual_seed(1)
     mlp = TinyMLP().double().eval()
     xm = torch.randn(3, 2, 4, 4, dtype=torch.float64)
-    conductance = conductance_contributions(mlp, xm, None, "t", steps=501, internal_batch_size=4000).contributions
-    eq4 = intgrad_contributions(mlp, xm, None, "t", steps=256, internal_batch_size=4000).contributions
+    conductance = conductance_contributions(mlp, xm, None, "t", steps=501, max_batch=4000).contributions
+    eq4 = intgrad_contributions(mlp, xm, None, "t", steps=256, max_batch=4000).contributions
     assert max(_relative_l1(c, e) for c, e in zip(conductance, eq4, strict=True)) > 0.1
 
 
@@ -401,7 +401,7 @@ def test_intgrad_reference_rule_reproduces_the_authors_code(mlp: TinyMLP) -> Non
 def test_intgrad_default_is_the_midpoint_integral(mlp: TinyMLP) -> None:
     x = torch.randn(2, 2, 4, 4)
     target = torch.tensor([0, 2])
-    contrib = intgrad_contributions(mlp, x, target, "t", internal_batch_size=3)
+    contrib = intgrad_contributions(mlp, x, target, "t", max_batch=3)
     h2 = torch.relu(mlp.fc2(torch.relu(mlp.fc1(x.flatten(1))))).detach()
     grads = []
     for alpha in (0.1, 0.3, 0.5, 0.7, 0.9):
@@ -426,8 +426,8 @@ def test_intgrad_replays_the_prefix_from_the_clean_pass(reused_net: nn.Module) -
     module called 3 times) the clean pass runs 3 and the scaled passes only the suffixes 2 + 1 + 0 — 6 in all, where
     computing each prefix again ran 12. The result equals forwarding every (α, image) row through the whole net."""
     x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
-    with _CountConvolutions() as counter:
-        shared = intgrad_contributions(reused_net, x, None, "t", steps=4)
+    with _CountConvolutions() as counter:  # an explicit chunk: no forward to size the default one
+        shared = intgrad_contributions(reused_net, x, None, "t", steps=4, max_batch=64)
     assert counter.count == 6
     full = intgrad_contributions(reused_net, x, None, "t", steps=4, share_prefix=False)
     for got, expected in zip(shared.contributions, full.contributions, strict=True):
@@ -459,7 +459,7 @@ def test_prefix_replay_is_refused_where_the_clean_pass_modified_a_prefix_tensor_
     trace = ForwardTrace("t")
     mct_contributions(model, x, None, "t", trace)
     assert [trace.replayable(i) for i in range(2)] == [False, True]
-    shared = intgrad_contributions(model, x, None, "t", steps=3, internal_batch_size=3)
+    shared = intgrad_contributions(model, x, None, "t", steps=3, max_batch=3)
     full = intgrad_contributions(model, x, None, "t", steps=3, share_prefix=False)
     for got, expected in zip(shared.contributions, full.contributions, strict=True):
         torch.testing.assert_close(got, expected)
@@ -503,3 +503,31 @@ def test_pathway_grad_rows_per_pass_follow_the_shared_budget(
         handle.remove()
     with pytest.raises(AttributionError, match="max_batch"):
         build_method("neuron_conductance", max_batch=0)
+
+
+def test_contribution_functions_chunk_by_the_shared_budget(
+    reused_net: nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``intgrad_contributions`` / ``conductance_contributions`` (what the pathways report calls) size their passes
+    by ``batching.rows_per_chunk`` when ``max_batch`` is None (they used a fixed 64 rows); any chunking gives the same
+    contributions (float64)."""
+    from lit_xai.attribution import batching
+
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    for contributions, steps in ((intgrad_contributions, 3), (conductance_contributions, 4)):
+        reference = contributions(reused_net, x, None, "t", steps=steps, max_batch=1000).contributions
+        for max_batch in (1, 5, None):
+            got = contributions(reused_net, x, None, "t", steps=steps, max_batch=max_batch).contributions
+            for layer, expected in zip(got, reference, strict=True):
+                torch.testing.assert_close(layer, expected)
+    rows = []
+    handle = reused_net.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    try:
+        conductance_contributions(reused_net, x, None, "t", steps=4)
+        assert rows == [1 + 3 * 3]  # the budget holds every row: one pass (the shared α = 0 row + 3 α × 3 images)
+        monkeypatch.setattr(batching, "CPU_BUDGET_BYTES", batching.activation_bytes_per_row(reused_net, x))
+        rows.clear()
+        conductance_contributions(reused_net, x, None, "t", steps=4)
+        assert rows == [1 + 3] * 3  # a one-row budget: one image per pass
+    finally:
+        handle.remove()

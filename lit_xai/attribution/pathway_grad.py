@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from lit_xai.attribution.activations import ReLUInterceptor, require_relus
 from lit_xai.attribution.base import AttributionError, AttributionMethod, target_scores
-from lit_xai.attribution.batching import check_max_batch, rows_per_chunk
+from lit_xai.attribution.batching import check_max_batch
 from lit_xai.attribution.gradients import InputXGradient, IntegratedGradients
 from lit_xai.attribution.postprocess import morphological_opening
 from lit_xai.attribution.registry import register
@@ -190,7 +190,7 @@ class PathwayGrad(AttributionMethod):
                 self.name,
                 self.contribution,
                 self.steps,
-                rows_per_chunk(model, inputs, self.max_batch),
+                self.max_batch,
                 self.share_prefix,
                 self.rule,
             )

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from lit_xai.attribution.activations import ReLUInterceptor, require_relus
 from lit_xai.attribution.base import AttributionError, target_scores
+from lit_xai.attribution.batching import check_max_batch, rows_per_chunk
 from lit_xai.pathways.layer_scaling import ForwardTrace, ReplayMismatch, SharedPrefixScaling
 from lit_xai.pathways.neurons import NeuronTensors, expand_per_sample, relu_activations
 
@@ -255,24 +256,25 @@ def intgrad_contributions(
     target: Tensor | None,
     method: str,
     steps: int = INTGRAD_STEPS,
-    internal_batch_size: int = 64,
+    max_batch: int | None = None,  # None: sized by memory (lit_xai.attribution.batching)
     share_prefix: bool = True,
     rule: str = INTGRAD_RULE,
 ) -> NeuronContributions:
     """NeuronIntGrad (seed 001 Eq. 4): per layer, ``|a · Σ_k w_k ∂y/∂a'|`` at ``a' = α_k·a``.
 
-    ``steps`` α values of the quadrature ``rule`` (:func:`intgrad_alphas`); at most ``internal_batch_size``
-    (α, image) rows per pass. ``share_prefix`` replays the layers before the scaled call from the clean pass (or,
-    where that is not possible, computes them once per image) instead of forwarding every (α, image) row through
-    them (same result; ``False`` is the fallback for models whose per-sample tensors :class:`SharedPrefixScaling`
-    cannot track).
+    ``steps`` α values of the quadrature ``rule`` (:func:`intgrad_alphas`); at most ``max_batch`` (α, image) rows
+    per pass (``None``: the shared activation-memory budget, :func:`~lit_xai.attribution.batching.rows_per_chunk`;
+    the result does not depend on it). ``share_prefix`` replays the layers before the scaled call from the clean
+    pass (or, where that is not possible, computes them once per image) instead of forwarding every (α, image) row
+    through them (same result; ``False`` is the fallback for models whose per-sample tensors
+    :class:`SharedPrefixScaling` cannot track).
     """
     alphas, weights = intgrad_alphas(rule, steps)
     alphas, weights = alphas.to(inputs.device), weights.to(inputs.device)
     trace = ForwardTrace(method) if share_prefix else None
     clean = mct_contributions(model, inputs, target, method, trace)
     gradient_sum = _layer_gradient_sum_shared if share_prefix else _layer_gradient_sum_full
-    rows_per_pass = max(1, internal_batch_size)
+    rows_per_pass = rows_per_chunk(model, inputs, check_max_batch(max_batch))
     contributions = [
         (
             activation
@@ -289,7 +291,7 @@ def input_path_conductance(
     target: Tensor | None,
     method: str,
     steps: int = CONDUCTANCE_STEPS,
-    internal_batch_size: int = 64,
+    max_batch: int | None = None,  # None: sized by memory (lit_xai.attribution.batching)
 ) -> NeuronContributions:
     """Signed conductance of every neuron along the input path ``α·x`` (Dhamdhere et al.):
     ``Σ_{k=1}^{S−1} (a(α_k x) − a(α_{k−1} x)) · ∂y/∂a(α_k x)`` with ``α_k = k/(S−1)`` (gradient at the end of each
@@ -298,15 +300,16 @@ def input_path_conductance(
 
     All layers move at once, so one forward+backward of the rows ``α_1 x … α_{S−1} x`` gives every layer; the
     gradient at α = 0 is not needed and ``a(0·x)`` is the same for every image, so it is one shared row (α-major;
-    a pass holds ``max(1, internal_batch_size // (S−1))`` images). For a layer that is a cut of the network
-    (every path to the output passes through it) the layer's sum tends to ``y(x) − y(0)`` (completeness), exactly
-    so when ``y`` is affine in that layer. This is not Eq. 4, which scales the layer's own activation with the rest
-    of the network held at ``x``. The returned activations and logits are those at α = 1 (the input itself).
+    a pass holds ``max(1, max_batch // (S−1))`` images; ``max_batch=None``: the shared activation-memory budget).
+    For a layer that is a cut of the network (every path to the output passes through it) the layer's sum tends to
+    ``y(x) − y(0)`` (completeness), exactly so when ``y`` is affine in that layer. This is not Eq. 4, which scales
+    the layer's own activation with the rest of the network held at ``x``. The returned activations and logits are
+    those at α = 1 (the input itself).
     """
     if steps < 2:
         raise ValueError(f"conductance needs at least 2 α steps, got {steps}")
     path_alphas = torch.linspace(0.0, 1.0, steps, device=inputs.device)[1:]
-    images_per_pass = max(1, internal_batch_size // (steps - 1))
+    images_per_pass = max(1, rows_per_chunk(model, inputs, check_max_batch(max_batch)) // (steps - 1))
     chunks: list[tuple[NeuronTensors, NeuronTensors, Tensor, Tensor]] = []
     for start in range(0, inputs.shape[0], images_per_pass):
         images = inputs[start : start + images_per_pass].detach()
@@ -344,7 +347,7 @@ def conductance_contributions(
     target: Tensor | None,
     method: str,
     steps: int = CONDUCTANCE_STEPS,
-    internal_batch_size: int = 64,
+    max_batch: int | None = None,  # None: sized by memory (lit_xai.attribution.batching)
 ) -> NeuronContributions:
     """``|conductance|`` along the input path (:func:`input_path_conductance`), zero for neurons dead at x.
 
@@ -352,7 +355,7 @@ def conductance_contributions(
     that, as for NeuronMCT / NeuronIntGrad (Remark 2), pathways contain only active neurons (Prop. 5).
     Cost: about ``steps − 1`` forward+backward passes for all layers together.
     """
-    signed = input_path_conductance(model, inputs, target, method, steps, internal_batch_size)
+    signed = input_path_conductance(model, inputs, target, method, steps, max_batch)
     contributions = [c.abs() * (a > 0) for c, a in zip(signed.contributions, signed.activations, strict=True)]
     return NeuronContributions(contributions, signed.activations, signed.logits, signed.target)
 
@@ -367,7 +370,7 @@ def neuron_contributions(
     method: str,
     contribution: str = "mct",
     steps: int | None = None,
-    internal_batch_size: int = 64,
+    max_batch: int | None = None,  # None: sized by memory (lit_xai.attribution.batching)
     share_prefix: bool = True,
     rule: str = INTGRAD_RULE,
 ) -> NeuronContributions:
@@ -377,8 +380,8 @@ def neuron_contributions(
         return mct_contributions(model, inputs, target, method)
     if contribution == "intgrad":
         steps = INTGRAD_STEPS if steps is None else steps
-        return intgrad_contributions(model, inputs, target, method, steps, internal_batch_size, share_prefix, rule)
+        return intgrad_contributions(model, inputs, target, method, steps, max_batch, share_prefix, rule)
     if contribution == "conductance":
         steps = CONDUCTANCE_STEPS if steps is None else steps
-        return conductance_contributions(model, inputs, target, method, steps, internal_batch_size)
+        return conductance_contributions(model, inputs, target, method, steps, max_batch)
     raise ValueError(f"contribution must be one of {CONTRIBUTION_KINDS}, got {contribution!r}")

@@ -63,7 +63,7 @@ def test_neuron_intgrad_equals_the_layer_integral_written_out(foreign_net: nn.Mo
     forward = _forward_by_hand(net)
     with torch.no_grad():
         target = net(x).argmax(1)
-    ours = intgrad_contributions(net, x, target, "t", internal_batch_size=7)  # α and images split over passes
+    ours = intgrad_contributions(net, x, target, "t", max_batch=7)  # α and images split over passes
     clean = mct_contributions(net, x, target, "t").activations
     for layer, activation in enumerate(clean):
         total = torch.zeros_like(activation)
