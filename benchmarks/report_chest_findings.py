@@ -24,7 +24,8 @@ Findings, each per image (or per image-label pair), paired between methods on th
 
 Every map and per-image score is cached under ``--cache`` (atomic, checked writes via ``lit_xai.storage``; keyed by the
 weights, the method and its arguments, the images and the attribution/metric source), so a rerun redoes nothing
-finished. Results: ``<cache>/results-seed<s>.json`` and the Markdown tables printed at the end.
+finished. Results: ``<cache>/results-seed<s>.json`` (one section per model, each with its run time) and the Markdown
+tables printed at the end.
 """
 
 from __future__ import annotations
@@ -110,6 +111,17 @@ def instance_hits(maps: Tensor, boxes: Tensor, valid: Tensor, size: tuple[int, i
     enrichment = weakest / scores.mean(1).clamp_min(1e-12)
     area = (scores >= marked_level * scores.amax(1, keepdim=True)).float().mean(1)
     return {"hits": hits.float(), "all_hit": (hit == valid).all(1).float(), "enrichment": enrichment, "area": area}
+
+
+def exact_k_overlaps(maps: Tensor, gt: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Per image |A ∩ G| and |A ∪ G| ``[B]`` with A exactly the |G| highest-scoring pixels of the map, ties broken by
+    pixel order (a stable sort): the ``gt_area`` rule without its ties (``localisation_iou`` keeps every pixel tied
+    at the threshold, so a map that is 0 on more than 1 − |G|/P of the image activates the whole image)."""
+    scores = pixel_scores(maps, size, "sum")
+    order = scores.argsort(dim=1, descending=True, stable=True)
+    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(scores.shape[1]).expand_as(order).contiguous())
+    active = ranks < gt.sum(1, keepdim=True)
+    return (active & gt).sum(1).double(), (active | gt).sum(1).double()
 
 
 def explained_pairs(labels: Tensor, probabilities: Tensor, limit: int) -> tuple[Tensor, Tensor]:
@@ -254,11 +266,19 @@ def multilabel_findings(args: argparse.Namespace, seed: int, cache: Path, model:
 
     # Table 1: localisation IoU over all pairs, masks and boxes
     iou: dict[str, dict] = {}
-    for truth, extra in (("masks", {"masks": gt_masks}), ("boxes", {"boxes": gt_boxes})):
-        metric = build_metric("localisation_iou", ground_truth=truth)
+    size = (x.shape[-2], x.shape[-1])
+    gt_area = {"masks": gt_masks.flatten(1).sum(1).double(),
+               "boxes": box_masks(gt_boxes, size).sum(1).double()}
+    for truth in ("masks", "boxes", "masks_exact_k"):
         inter, union = {}, {}
         for name, value in maps.items():
-            inter[name], union[name] = metric.overlaps(x, label, value, **extra)
+            if truth == "masks_exact_k":
+                inter[name], union[name] = exact_k_overlaps(value, gt_masks.flatten(1).bool(), size)
+            else:
+                metric = build_metric("localisation_iou", ground_truth=truth)
+                inter[name], union[name] = metric.overlaps(x, label, value, **{truth: gt_masks if truth == "masks"
+                                                                                else gt_boxes})
+        area = gt_area["boxes" if truth == "boxes" else "masks"]
         boot = bootstrap_ratio(inter, union, args.bootstrap, seed)
         per_pair = {name: inter[name] / union[name].clamp_min(1) for name in maps}
         iou[truth] = {
@@ -271,6 +291,8 @@ def multilabel_findings(args: argparse.Namespace, seed: int, cache: Path, model:
                 "diff_vs_random_se": float((boot[name] - boot["random"]).std()),
                 "per_pair": mean_se(per_pair[name]),
                 "per_pair_diff_vs_multilayer": mean_se(per_pair[name] - per_pair["MultiLayerIBA"]),
+                # |A| = |A ∪ G| − |G| + |A ∩ G|; ≥ 2 |G| only when ties at the threshold enlarge A
+                "tie_inflated": float(((union[name] - area + inter[name]) >= 2 * area).float().mean()),
             }
             for name in maps
         }
@@ -403,16 +425,16 @@ def markdown(seed: int, results: dict) -> str:
     lines += ["", f"Diagnostics: explained σ {fmt(f1['probability'])}; per-pair PCC IBA vs Inverse IBA "
               f"{fmt(f1['pcc_iba_inverse'])}; PCC of the map with the map for the least probable label: IBA "
               f"{fmt(f1['pcc_other_label_IBA'])}, Inverse IBA {fmt(f1['pcc_other_label_InverseIBA'])}"]
-    for truth in ("masks", "boxes"):
+    for truth in ml["iou"]:
         table = ml["iou"][truth]
         lines += ["", f"Table 1 (multilabel; {ml['pairs']} pairs on {ml['images']} images; ground truth: concept "
                   f"{truth})", "",
-                  "| method | data-set IoU ± boot. SE | − Multi-layer IBA ± SE | mean per-pair IoU ± SE |",
-                  "|---|---|---|---|"]
+                  "| method | data-set IoU ± boot. SE | − Multi-layer IBA ± SE | mean per-pair IoU ± SE | |A| ≥ 2|G| |",
+                  "|---|---|---|---|---|"]
         for name, row in table.items():
             lines.append(f"| {name} | {row['dataset_iou']:.3f} ± {row['dataset_iou_se']:.3f} | "
                          f"{row['diff_vs_multilayer']:+.3f} ± {row['diff_vs_multilayer_se']:.3f} | "
-                         f"{fmt(row['per_pair'])} |")
+                         f"{fmt(row['per_pair'])} | {row.get('tie_inflated', math.nan):.2f} |")
     lines += ["", f"Fig. 3b / PCC (regression; n = {rg['images']} test images with score ≥ 1)", "",
               "| method | Sensitivity-N | − DV | − random | PCC | PCC − random |", "|---|---|---|---|---|---|"]
     for name in rg["sensitivity_n"]:
@@ -425,6 +447,8 @@ def markdown(seed: int, results: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (seed_everything)")
+    parser.add_argument("--tasks", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
+                        help="which models' findings to (re)compute; results-seed<s>.json keeps the others'")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--num-train", type=int, default=2000)
     parser.add_argument("--ckpt-multilabel", default=None, help="use this checkpoint instead of training")
@@ -451,13 +475,18 @@ def main() -> None:
     cache = Path(args.cache)
     start = time.perf_counter()
     for seed in args.seeds:
-        results: dict[str, Any] = {"args": vars(args)}
-        for task, findings in (("multilabel", multilabel_findings), ("regression", regression_findings)):
+        path = cache / f"results-seed{seed}.json"
+        results: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+        for task in args.tasks:
+            t0 = time.perf_counter()
             model, datamodule, val = trained_model(task, seed, args.epochs, args.num_train, cache,
                                                    getattr(args, f"ckpt_{task}"))
-            results[task] = {"val": val, **findings(args, seed, cache, model, datamodule)}
-        atomic_write_json(cache / f"results-seed{seed}.json", results)
-        print(markdown(seed, results), flush=True)
+            findings = multilabel_findings if task == "multilabel" else regression_findings
+            results[task] = {"val": val, **findings(args, seed, cache, model, datamodule),
+                             "seconds": time.perf_counter() - t0, "args": vars(args)}
+            atomic_write_json(path, results)  # the other task's section of an earlier run is kept
+        if all(task in results for task in CONFIGS):
+            print(markdown(seed, results), flush=True)
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     print(f"\ntotal time {time.perf_counter() - start:.0f} s (load average at the end: {load})")
 

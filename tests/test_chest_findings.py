@@ -112,3 +112,14 @@ def test_pipeline_on_tiny_data_and_untrained_models(tmp_path: Path) -> None:
     files = sorted(p.name for p in (tmp_path / "maps").iterdir())
     report.regression_findings(args, 0, tmp_path, model, data)  # a rerun adds no file
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == files
+
+
+def test_exact_k_overlaps_break_ties_by_pixel_order() -> None:
+    # a 4×4 map that is 0 except pixels 5 and 10; the ground truth is pixels 5, 6, 9, 10 (|G| = 4)
+    maps = torch.zeros(1, 1, 4, 4)
+    maps.view(-1)[[5, 10]] = torch.tensor([2.0, 1.0])
+    gt = torch.zeros(1, 16, dtype=torch.bool)
+    gt[0, [5, 6, 9, 10]] = True
+    inter, union = report.exact_k_overlaps(maps, gt, (4, 4))
+    # A = the 4 top pixels: 5, 10, then the tied zeros in pixel order 0, 1 → |A ∩ G| = 2, |A ∪ G| = 6
+    assert inter.tolist() == [2.0] and union.tolist() == [6.0]
