@@ -115,16 +115,19 @@ def test_any_max_batch_gives_the_same_scores_and_bounds_the_rows(name: str) -> N
 @pytest.mark.parametrize("name", ["deletion", "sensitivity_n", "faithfulness_correlation", "road", "randomisation",
                                   "max_sensitivity", "random_logit"])
 def test_none_uses_the_methods_memory_budget_rule(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With ``max_batch=None`` a chunk holds ⌊budget / activation bytes of one row⌋ rows: with a budget of three rows
-    no metric forward (the metrics that re-run the method: no method call) sees more than three perturbed rows."""
+    """With ``max_batch=None`` a chunk holds the rows :func:`~lit_xai.attribution.batching.rows_per_chunk` gives for
+    the batch: with a budget of one row's activations (fewer rows than the batch's 5 images) no metric forward (the
+    metrics that re-run the method: no method call) sees more rows than the rule, and the largest chunk has them."""
     model = Recorder()
     inputs, _, _ = _case()
     per_row = activation_bytes_per_row(model, inputs)
-    monkeypatch.setattr(batching, "CPU_BUDGET_BYTES", 3 * per_row)
+    monkeypatch.setattr(batching, "CPU_BUDGET_BYTES", per_row)
+    expected = batching.rows_per_chunk(model, inputs)
+    assert expected < inputs.shape[0]  # told apart from the unchunked clean forward of the 5 images
     model.rows.clear()
     _results(METRICS[name](None), model)
     chunked = [rows for rows in model.rows if rows != 5]  # the 5-image clean forward is not chunked
-    assert chunked and max(chunked) == 3
+    assert chunked and max(chunked) == expected
 
 
 @pytest.mark.parametrize("name", list(METRICS))
