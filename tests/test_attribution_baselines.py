@@ -334,9 +334,11 @@ def test_lrp_skips_the_negative_branch_only_where_inputs_are_nonnegative(composi
     assert not torch.allclose(build_method("lrp", composite=composite)(ShiftedNet(inplace=True).eval(), x, 1),
                               out_of_place, rtol=1e-3, atol=1e-5)
 
+
 def test_lrp_reuses_modified_weights_until_the_parameters_change():
     """The modified weights are formed once per parameter state: a second call runs no weight clamp, and in-place
-    changes of a weight, a BatchNorm statistic or a loaded state dict give the map of a fresh method."""
+    changes of a weight, a BatchNorm statistic or a loaded state dict, also through ``.data`` (which bypasses the
+    version counter), give the map of a fresh method."""
     net, x = MixedReLUNet().eval(), images()
     method = build_method("lrp")
     first = method(net, x, 1)
@@ -349,7 +351,8 @@ def test_lrp_reuses_modified_weights_until_the_parameters_change():
         other.conv2.weight.mul_(-0.5)
         other.bn.running_var.mul_(3.0)
     changes = [lambda: net.conv2.weight.mul_(-1.5), lambda: net.bn.running_var.mul_(2.0),
-               lambda: net.bn.weight.neg_(), lambda: net.load_state_dict(other.state_dict())]
+               lambda: net.bn.weight.neg_(), lambda: net.load_state_dict(other.state_dict()),
+               lambda: net.conv2.weight.data.normal_(), lambda: net.bn.running_mean.data.add_(0.5)]  # .data: no version
     for change in changes:
         before = method(net, x, 1)
         with torch.no_grad():
