@@ -89,7 +89,7 @@ SETTINGS = {
     "resnet18": Setting("torchvision/resnet18", 3, 224, 4, 16, ("deletion", "morf"), **LARGE),
     "resnet50_gpu": Setting("torchvision/resnet50", 3, 224, 32, 50, ALL_METRICS, **LARGE),
 }
-GROUPS = ("methods", "metrics", "randomisation", "memory")
+GROUPS = ("methods", "seed", "metrics", "randomisation", "memory")  # seed: PruneGrad / NeuronMCT (32² nets only)
 TARGETS = {  # work: ratio target and its source
     "default / best setting": 1.1,  # issue 18: every default within 1.1× of the best hand-tuned setting
     "at floor": 1.1,  # issue 18's tolerance for work that is one pass, or whose floor is its best setting
@@ -251,11 +251,14 @@ def method_rows(bench: Bench) -> None:
         peer: Case(captum_call(s.batch), passes, untargeted=PEER, warm=captum_call(one)),
     })
 
-    if s.backbone in ("resnet8", "digits_cnn"):  # seed-000 methods on the built-in CIFAR nets
-        bench.group(floor, {
-            "prune_grad": Case(lambda: build_method("prune_grad")(model, x, t), target=TARGETS["prune_grad"]),
-            "neuron_mct": Case(lambda: build_method("neuron_mct")(model, x, t), target=TARGETS["neuron_mct"]),
-        })
+
+def seed_rows(bench: Bench) -> None:
+    """PruneGrad (seed 000) and NeuronMCT (seed 001) at their defaults against one forward + input backward."""
+    model, x, t = bench.model, bench.x, bench.t
+    bench.group(("floor", input_gradient_floor(model, x, t), "floor"), {
+        "prune_grad": Case(lambda: build_method("prune_grad")(model, x, t), target=TARGETS["prune_grad"]),
+        "neuron_mct": Case(lambda: build_method("neuron_mct")(model, x, t), target=TARGETS["neuron_mct"]),
+    })
 
 
 def metric_rows(bench: Bench) -> None:
@@ -426,7 +429,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--settings", nargs="+", default=None, choices=list(SETTINGS))
     parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=GROUPS,
-                        help="memory runs only on a CPU and only for the 224² settings")
+                        help="memory runs only on a CPU and only for the 224² settings; seed only at 32²")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
@@ -435,7 +438,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     settings = args.settings or (["resnet50_gpu"] if device.type == "cuda" else ["digits_cnn", "resnet8", "resnet18"])
-    runners = {"methods": method_rows, "metrics": metric_rows, "randomisation": randomisation_rows}
+    runners = {"methods": method_rows, "seed": seed_rows, "metrics": metric_rows, "randomisation": randomisation_rows}
     for name in settings:
         setting = SETTINGS[name]
         bench = Bench(setting, args.rounds, device) if set(args.groups) - {"memory"} else None
@@ -445,6 +448,8 @@ def main() -> None:
                 if device.type != "cpu" or setting.size < 224:
                     continue
                 rows = memory_rows(setting)
+            elif group == "seed" and setting.size > 32:  # the seed methods' rows: the built-in 32² nets
+                continue
             else:
                 start = len(bench.rows)  # type: ignore[union-attr]
                 runners[group](bench)  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ from torch import nn
 from lit_xai.attribution import AttributionError
 from lit_xai.attribution.batching import (
     ACCELERATOR_BUDGET_BYTES,
+    BATCH_FLOOR_BUDGETS,
     CPU_BUDGET_BYTES,
     activation_bytes_per_row,
     check_max_batch,
@@ -36,13 +37,26 @@ def test_rows_follow_the_budget_and_an_explicit_max_batch_wins() -> None:
     model, x = conv_net(), torch.randn(4, 3, 16, 16)
     per_row = activation_bytes_per_row(model, x)
     assert rows_per_chunk(model, x, budget_bytes=10 * per_row) == 10
-    assert rows_per_chunk(model, x, budget_bytes=per_row // 2) == 1  # never zero rows
+    assert rows_per_chunk(model, x[:1], budget_bytes=per_row // 2) == 1  # never zero rows
     assert rows_per_chunk(model, x, max_batch=7, budget_bytes=10 * per_row) == 7
     assert rows_per_chunk(model, x) == CPU_BUDGET_BYTES // per_row
     assert default_budget(torch.device("cpu")) == CPU_BUDGET_BYTES
     assert default_budget(torch.device("meta")) == ACCELERATOR_BUDGET_BYTES
     with pytest.raises(AttributionError, match="budget_bytes"):
         rows_per_chunk(model, x, budget_bytes=0)
+
+
+def test_a_chunk_holds_the_whole_batch_within_the_floor_budgets() -> None:
+    """Never fewer rows than the batch has images (one perturbation of the whole batch) while those stay within
+    ``BATCH_FLOOR_BUDGETS`` budgets; beyond that, as many rows as fit there (the memory bound); the pinned factor 4
+    is docs/performance.md's measured choice ("Chunk size")."""
+    assert BATCH_FLOOR_BUDGETS == 4
+    model, x = conv_net(), torch.randn(16, 3, 16, 16)
+    per_row = activation_bytes_per_row(model, x)
+    assert rows_per_chunk(model, x[:3], budget_bytes=2 * per_row) == 3  # the batch, above the budget's 2 rows
+    assert rows_per_chunk(model, x[:12], budget_bytes=2 * per_row) == 8  # capped at 4 budgets = 8 rows
+    assert rows_per_chunk(model, x, budget_bytes=5 * per_row) == 16  # 16 ≤ 20: the whole batch
+    assert rows_per_chunk(model, x, budget_bytes=30 * per_row) == 30  # the budget's rows when larger
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True, "16"])
@@ -53,16 +67,19 @@ def test_bad_max_batch_is_named(bad: object) -> None:
 
 
 @pytest.mark.parametrize(
-    ("backbone", "size", "in_chans", "fastest"),
-    [  # the fastest rows per forward measured on this CPU (1 thread, fwd + input backward; docs/performance.md)
-        ("digits_cnn", 32, 1, (64, 256)),
-        ("resnet8", 32, 3, (8, 32)),
-        ("torchvision/resnet18", 224, 3, (2, 8)),
+    ("backbone", "size", "in_chans", "batch", "fastest"),
+    [  # the fastest rows per forward measured on this CPU (1 thread, docs/performance.md "Chunk size"), at the batch
+        # sizes of the benchmark settings
+        ("digits_cnn", 32, 1, 64, (64, 256)),
+        ("resnet8", 32, 3, 32, (8, 32)),
+        ("resnet8", 32, 3, 8, (8, 32)),
+        ("torchvision/resnet18", 224, 3, 4, (4, 8)),
+        ("torchvision/resnet18", 224, 3, 32, (4, 9)),  # the floor's memory cap: 4 budgets hold 9 rows
     ],
 )
-def test_default_rows_fall_in_the_measured_fastest_range(backbone: str, size: int, in_chans: int,
+def test_default_rows_fall_in_the_measured_fastest_range(backbone: str, size: int, in_chans: int, batch: int,
                                                          fastest: tuple[int, int]) -> None:
     torch.manual_seed(0)
     model = build_backbone(backbone, num_classes=10, in_chans=in_chans).eval()
-    rows = rows_per_chunk(model, torch.zeros(1, in_chans, size, size))
+    rows = rows_per_chunk(model, torch.zeros(batch, in_chans, size, size))
     assert fastest[0] <= rows <= fastest[1], rows

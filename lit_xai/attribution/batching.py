@@ -11,9 +11,13 @@ tens of MiB, about what stays cache- and allocator-friendly. So the default chun
     rows = max(1, ⌊budget / activation bytes of one row⌋)
 
 with the bytes of one row counted once per (model, input shape) by a gradient-free forward of a single row that
-sums the sizes of every new tensor (not views) the model's operators produce. The budget also bounds peak memory:
-a chunk's backward keeps about its forward activations alive, so the peak is a small multiple of ``budget`` whatever
-the image size (IG at 224² with a fixed 256-row chunk grew the process by 4.3 GiB).
+sums the sizes of every new tensor (not views) the model's operators produce — but never fewer rows than the batch
+has images (one perturbation of the whole batch, the chunk Captum's and Quantus' loops use) as long as those stay
+within :data:`BATCH_FLOOR_BUDGETS` budgets: at 224² the budget alone gives ResNet-18 2 rows, and 2 rows cost 1.14×
+the fastest chunk forward + backward and 1.41× gradient-free (``bench_chunks.py``, 2026-11-30), 4 rows 1.03× / 0.90×.
+The budget also bounds peak memory: a chunk's forward activations stay below ``BATCH_FLOOR_BUDGETS × budget`` and
+its backward keeps about those alive, so the peak is a small multiple of ``budget`` whatever the image and batch
+size (IG at 224² with a fixed 256-row chunk grew the process by 4.3 GiB).
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ CPU_BUDGET_BYTES = 80 * 2**20
 #: Forward-activation bytes per chunk on an accelerator, where larger chunks fill the device: 2 GiB (the backward
 #: roughly doubles the peak). Not yet measured on a GPU; override with ``budget_bytes`` or ``max_batch``.
 ACCELERATOR_BUDGET_BYTES = 2 * 2**30
+#: A chunk holds at least the batch's image count of rows while those rows' activations stay within this many budgets
+#: (320 MiB on a CPU: ResNet-18 224² up to 9 images per chunk, ResNet-8 32² up to 75, the digits CNN up to 788).
+BATCH_FLOOR_BUDGETS = 4
 
 _PER_ROW_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, int]] = weakref.WeakKeyDictionary()
 
@@ -79,13 +86,15 @@ def check_max_batch(max_batch: int | None) -> int | None:
 def rows_per_chunk(
     model: nn.Module, inputs: Tensor, max_batch: int | None = None, budget_bytes: int | None = None
 ) -> int:
-    """``max_batch`` if given, else ``⌊budget / activation bytes per row⌋`` (at least 1)."""
+    """``max_batch`` if given, else ``max(⌊budget / r⌋, min(B, ⌊BATCH_FLOOR_BUDGETS · budget / r⌋), 1)`` with ``r``
+    the activation bytes of one row and ``B`` the images in ``inputs``."""
     if max_batch is not None:
         return max_batch
     budget = default_budget(inputs.device) if budget_bytes is None else budget_bytes
     if budget < 1:
         raise AttributionError(f"budget_bytes must be positive, got {budget}")
-    return max(1, budget // activation_bytes_per_row(model, inputs))
+    per_row = activation_bytes_per_row(model, inputs)
+    return max(1, budget // per_row, min(inputs.shape[0], BATCH_FLOOR_BUDGETS * budget // per_row))
 
 
 def row_chunks(total: int, rows: int) -> Iterator[tuple[int, int]]:
