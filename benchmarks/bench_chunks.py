@@ -16,6 +16,7 @@ batch), each in a fresh process.
     .venv/bin/python benchmarks/bench_chunks.py --models resnet8 --rounds 5
     .venv/bin/python benchmarks/bench_chunks.py --models --metrics deletion_digits_cnn sensitivity_n_resnet8
     .venv/bin/python benchmarks/bench_chunks.py --models --metrics --memory   # every metric row, then memory
+    .venv/bin/python benchmarks/bench_chunks.py --models --neuron-intgrad digits_cnn resnet8   # α rows per pass
 """
 
 from __future__ import annotations
@@ -157,12 +158,43 @@ def bench_memory(batches: tuple[int, ...] = (4, 32)) -> None:
             print(f"batch {batch:3d}, {label:>26}: {float(out.strip().splitlines()[-1]):7.1f} MiB", flush=True)
 
 
+#: NeuronIntGrad rows: (setup of SETUPS, batch, candidate max_batch values); the reference is the former fixed 64
+NEURON_INTGRAD_SETUPS = {
+    "digits_cnn": ("digits_cnn", 64, (32, 64, 128, 256)),
+    "resnet8": ("resnet8", 32, (18, 64, 128)),
+}
+
+
+def bench_neuron_intgrad(name: str, rounds: int) -> None:
+    """NeuronIntGrad (S = 5 midpoint α, prefix replayed) at its default ``max_batch=None`` and at fixed chunks, as
+    paired ratios to the former fixed 64 (α, image) rows per pass."""
+    from lit_xai.attribution import build_method
+
+    setup, batch, chunks = NEURON_INTGRAD_SETUPS[name]
+    backbone, in_chans, size, _, _ = SETUPS[setup]
+    torch.manual_seed(0)
+    model = build_backbone(backbone, num_classes=10, in_chans=in_chans).eval()
+    x, target = torch.randn(batch, in_chans, size, size), torch.randint(0, 10, (batch,))
+    default = rows_per_chunk(model, x)
+    cases = {f"max_batch={c}": (lambda c=c: build_method("neuron_intgrad", max_batch=c)(model, x, target))
+             for c in chunks}
+    cases[f"default ({default} rows)"] = lambda: build_method("neuron_intgrad")(model, x, target)
+    times = interleaved_times(cases, rounds=rounds)
+    print(f"\n== neuron_intgrad {backbone} {size}², batch {batch}, {torch.get_num_threads()} thread(s), "
+          f"{rounds} rounds; load {open('/proc/loadavg').read().split()[0]}", flush=True)
+    for label in cases:
+        print(f"{label:>22}: {statistics.median(times[label]):7.2f} s   / max_batch=64 "
+              f"{paired_ratio(times[label], times['max_batch=64'])}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="*", default=list(SETUPS), choices=list(SETUPS))
     parser.add_argument("--metrics", nargs="*", default=[], choices=list(METRIC_SETUPS),
                         help="metric rows (no names: all of them)")
     parser.add_argument("--memory", action="store_true", help="Deletion peak memory at ResNet-18 224², batches 4, 32")
+    parser.add_argument("--neuron-intgrad", nargs="*", default=[], choices=list(NEURON_INTGRAD_SETUPS),
+                        help="NeuronIntGrad's default chunk against fixed ones (the former 64 rows the reference)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -172,6 +204,8 @@ def main() -> None:
     metric_rows = args.metrics or (list(METRIC_SETUPS) if "--metrics" in sys.argv else [])
     for name in metric_rows:
         bench_metric(name, args.rounds)
+    for name in args.neuron_intgrad:
+        bench_neuron_intgrad(name, args.rounds)
     if args.memory:
         bench_memory()
 
