@@ -51,7 +51,6 @@ from lit_xai.metrics import build_metric
 from lit_xai.metrics.base import pixel_scores
 from lit_xai.metrics.localisation import box_masks
 from lit_xai.metrics.sensitivity_n import pearson
-from lit_xai.metrics.task_gt import percentiles
 from lit_xai.models.classifier import ClassifierModule
 from lit_xai.storage import atomic_torch_save, atomic_write_json, load_or_discard, weights_fingerprint
 
@@ -87,12 +86,13 @@ def bootstrap_ratio(numerators: dict[str, Tensor], denominators: dict[str, Tenso
 
 # -- Fig. 1 measures ---------------------------------------------------------------------------------------------
 def instance_hits(maps: Tensor, boxes: Tensor, valid: Tensor, size: tuple[int, int], coverage: float = 0.25,
-                  marked_level: float = 0.5) -> dict[str, Tensor]:
+                  marked_level: float = 0.5, seed: int = 0) -> dict[str, Tensor]:
     """Per image ``[B]``, for the valid instance boxes ``[B, I, 4]`` (mask ``valid`` ``[B, I]``) of one lesion:
 
-    - ``hits``: the share of instances hit. The map's top region has as many pixels as the union of the instance
-      boxes (the ``gt_area`` rule of Table 1; ties at the threshold kept); an instance is hit when at least
-      ``coverage`` of its box lies in the top region (a random map covers each box by about the boxes' area share);
+    - ``hits``: the share of instances hit. The map's top region has exactly as many pixels as the union of the
+      instance boxes (Table 1's ``gt_area`` rule; ties broken at random, :func:`top_k`); an instance is hit when at
+      least ``coverage`` of its box lies in the top region (a random map covers each box by about the boxes' area
+      share);
     - ``all_hit``: 1 when every instance is hit;
     - ``enrichment``: the weakest instance's mean map value over the image's mean map value (≈ 1 for a random
       map; > 1 only when every instance is marked above the image average; threshold-free);
@@ -101,8 +101,7 @@ def instance_hits(maps: Tensor, boxes: Tensor, valid: Tensor, size: tuple[int, i
     Maps are summed over channels and upsampled bilinearly to ``size``; they must be ≥ 0 (|·| of signed maps)."""
     scores = pixel_scores(maps, size, "sum")  # [B, P]
     inside = box_masks(boxes.flatten(0, 1), size).view(*boxes.shape[:2], -1) & valid[..., None]  # [B, I, P]
-    union = inside.any(1)
-    top = scores >= percentiles(scores, 1.0 - union.float().mean(1))[:, None]
+    top = top_k(scores, inside.any(1).sum(1), seed)
     covered = (inside & top[:, None]).sum(-1) / inside.sum(-1).clamp_min(1)
     hit = (covered >= coverage) & valid
     hits = hit.sum(1) / valid.sum(1).clamp_min(1)
@@ -113,14 +112,21 @@ def instance_hits(maps: Tensor, boxes: Tensor, valid: Tensor, size: tuple[int, i
     return {"hits": hits.float(), "all_hit": (hit == valid).all(1).float(), "enrichment": enrichment, "area": area}
 
 
-def exact_k_overlaps(maps: Tensor, gt: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
-    """Per image |A ∩ G| and |A ∪ G| ``[B]`` with A exactly the |G| highest-scoring pixels of the map, ties broken by
-    pixel order (a stable sort): the ``gt_area`` rule without its ties (``localisation_iou`` keeps every pixel tied
-    at the threshold, so a map that is 0 on more than 1 − |G|/P of the image activates the whole image)."""
-    scores = pixel_scores(maps, size, "sum")
-    order = scores.argsort(dim=1, descending=True, stable=True)
+def top_k(scores: Tensor, k: Tensor, seed: int) -> Tensor:
+    """Boolean ``[B, P]``: exactly ``k[b]`` highest-scoring pixels per row, ties broken at random (seeded), so pixels
+    a map does not rank (e.g. Multi-layer IBA's zeros) get chance-level credit, not all or none of it."""
+    generator = torch.Generator().manual_seed(seed)
+    shuffle = torch.rand(scores.shape, generator=generator).argsort(dim=1)
+    order = shuffle.gather(1, scores.gather(1, shuffle).argsort(dim=1, descending=True, stable=True))
     ranks = torch.empty_like(order).scatter_(1, order, torch.arange(scores.shape[1]).expand_as(order).contiguous())
-    active = ranks < gt.sum(1, keepdim=True)
+    return ranks < k[:, None]
+
+
+def exact_k_overlaps(maps: Tensor, gt: Tensor, size: tuple[int, int], seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Per image |A ∩ G| and |A ∪ G| ``[B]`` with A exactly the |G| highest-scoring pixels of the map (:func:`top_k`,
+    ties at random): the ``gt_area`` rule without its ties (``localisation_iou`` keeps every pixel tied at the
+    threshold, so a map that is 0 on more than 1 − |G|/P of the image activates the whole image)."""
+    active = top_k(pixel_scores(maps, size, "sum"), gt.sum(1), seed)
     return (active & gt).sum(1).double(), (active | gt).sum(1).double()
 
 
@@ -273,7 +279,7 @@ def multilabel_findings(args: argparse.Namespace, seed: int, cache: Path, model:
         inter, union = {}, {}
         for name, value in maps.items():
             if truth == "masks_exact_k":
-                inter[name], union[name] = exact_k_overlaps(value, gt_masks.flatten(1).bool(), size)
+                inter[name], union[name] = exact_k_overlaps(value, gt_masks.flatten(1).bool(), size, seed)
             else:
                 metric = build_metric("localisation_iou", ground_truth=truth)
                 inter[name], union[name] = metric.overlaps(x, label, value, **{truth: gt_masks if truth == "masks"
@@ -314,7 +320,7 @@ def multilabel_findings(args: argparse.Namespace, seed: int, cache: Path, model:
     fig1: dict[str, Any] = {"n": int(several.sum()), "lesions": {CONCEPTS[c]: int((label[several] == c).sum())
                                                                   for c in MULTI_INSTANCE}}
     measures = {name: instance_hits(maps[name][several], batch["instance_boxes"][image][several], valid[several],
-                                    tuple(x.shape[-2:]), args.hit_coverage, args.marked_level)
+                                    tuple(x.shape[-2:]), args.hit_coverage, args.marked_level, seed)
                 for name in ("IBA", "InverseIBA", "MultiLayerIBA", "GradCAM", "Gradient", "random")}
     fig1["instances"] = mean_se(valid[several].sum(1).float())
     for key in FIG1_MEASURES:
@@ -429,7 +435,8 @@ def markdown(seed: int, results: dict) -> str:
         table = ml["iou"][truth]
         lines += ["", f"Table 1 (multilabel; {ml['pairs']} pairs on {ml['images']} images; ground truth: concept "
                   f"{truth})", "",
-                  "| method | data-set IoU ± boot. SE | − Multi-layer IBA ± SE | mean per-pair IoU ± SE | |A| ≥ 2|G| |",
+                  "| method | data-set IoU ± boot. SE | − Multi-layer IBA ± SE | mean per-pair IoU ± SE "
+                  "| tie-inflated A |",
                   "|---|---|---|---|---|"]
         for name, row in table.items():
             lines.append(f"| {name} | {row['dataset_iou']:.3f} ± {row['dataset_iou_se']:.3f} | "

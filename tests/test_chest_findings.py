@@ -114,12 +114,18 @@ def test_pipeline_on_tiny_data_and_untrained_models(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == files
 
 
-def test_exact_k_overlaps_break_ties_by_pixel_order() -> None:
-    # a 4×4 map that is 0 except pixels 5 and 10; the ground truth is pixels 5, 6, 9, 10 (|G| = 4)
-    maps = torch.zeros(1, 1, 4, 4)
-    maps.view(-1)[[5, 10]] = torch.tensor([2.0, 1.0])
+def test_exact_k_overlaps_take_exactly_the_ground_truth_area() -> None:
     gt = torch.zeros(1, 16, dtype=torch.bool)
-    gt[0, [5, 6, 9, 10]] = True
+    gt[0, [5, 6, 9, 10]] = True  # |G| = 4
+    # distinct values: the top 4 pixels are 5, 10 (in G) and 0, 15 (outside) → |A ∩ G| = 2, |A ∪ G| = 6
+    maps = torch.zeros(1, 1, 4, 4)
+    maps.view(-1)[[5, 10, 0, 15]] = torch.tensor([4.0, 3.0, 2.0, 1.0])
+    maps.view(-1)[[1, 2, 3, 4, 6, 7, 8, 9, 11, 12, 13, 14]] = -torch.arange(1.0, 13.0) / 100
     inter, union = report.exact_k_overlaps(maps, gt, (4, 4))
-    # A = the 4 top pixels: 5, 10, then the tied zeros in pixel order 0, 1 → |A ∩ G| = 2, |A ∪ G| = 6
     assert inter.tolist() == [2.0] and union.tolist() == [6.0]
+    # an all-zero map: every pixel tied; A still has exactly |G| pixels (|A| = |A ∪ G| + |A ∩ G| − |G|), drawn at
+    # random: over many seeds the mean intersection approaches |G|² / P = 1
+    flat = torch.zeros(1, 1, 4, 4)
+    draws = [report.exact_k_overlaps(flat, gt, (4, 4), seed) for seed in range(400)]
+    assert all(float(u + i) - 4 == 4 for i, u in draws)
+    assert abs(sum(float(i) for i, _ in draws) / len(draws) - 1.0) < 0.15
