@@ -105,3 +105,11 @@ def test_short_rows_are_sorted_whole_with_kth_smallest_nan_rule(backend: str) ->
     if backend == "numpy":
         parts[1][1, 5] = float("nan")
         _assert_exact(parts, [1, count // 3, count // 2 + 1, count - 1, count], plain=True)
+
+
+def test_parts_in_the_graph_are_read_without_their_gradient(backend: str) -> None:
+    """Scores that require grad (e.g. continuous gates) are selected by value; nothing is attached to the result."""
+    parts = [p.requires_grad_(True) for p in _scores(4)]
+    count = sum(p[0].numel() for p in parts)
+    _assert_exact(parts, [int(0.3 * count), int(0.8 * count)])
+    assert not kth_smallest_of_parts(parts, int(0.8 * count)).requires_grad

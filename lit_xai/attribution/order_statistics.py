@@ -73,9 +73,9 @@ def _count(flats: Sequence[Tensor], compare: Callable[..., Tensor], bound: Tenso
     total = torch.zeros(flats[0].shape[0], dtype=torch.long, device=flats[0].device)
     if all(_numpy(f) for f in flats):
         numpy_compare = {torch.le: np.less_equal, torch.lt: np.less}[compare]
-        buffer, limits = np.empty(size, dtype=bool), bound.numpy()[:, None]
+        buffer, limits = np.empty(size, dtype=bool), bound.detach().numpy()[:, None]
         for flat in flats:
-            values = flat.contiguous().numpy()
+            values = flat.detach().contiguous().numpy()
             mask = numpy_compare(values, limits, out=buffer[: flat.numel()].reshape(flat.shape))
             total += torch.from_numpy(np.count_nonzero(mask, axis=1))
         return total
@@ -105,7 +105,7 @@ def kth_smallest_of_parts(
     :data:`SAMPLED_BAND_MIN`) are sorted whole instead. On CPU the steps run through NumPy (:data:`NUMPY_DTYPES`).
     """
     rows = parts[0].shape[0]
-    flats = [p.reshape(rows, -1) for p in parts]
+    flats = [p.detach().reshape(rows, -1) for p in parts]  # a value: no gradient flows through a threshold
     count = sum(f.shape[1] for f in flats)
     if not 1 <= k <= count:
         raise ValueError(f"k must lie in [1, {count}], got {k}")
@@ -165,11 +165,11 @@ def _band(
     lo, hi = torch.where(wanted, lo, math.nan), torch.where(wanted, hi, math.nan)
     parts, band_size = [], torch.zeros_like(lo, dtype=torch.long)
     for flat in flats:
-        flat = flat.contiguous()
+        flat = flat.detach().contiguous()
         if _numpy(flat):
             values = flat.numpy()
-            inside = np.greater(values, lo.numpy()[:, None])
-            np.logical_and(inside, np.less(values, hi.numpy()[:, None]), out=inside)
+            inside = np.greater(values, lo.detach().numpy()[:, None])
+            np.logical_and(inside, np.less(values, hi.detach().numpy()[:, None]), out=inside)
             index = torch.from_numpy(np.flatnonzero(inside))
         else:
             index = (torch.gt(flat, lo[:, None]) & torch.lt(flat, hi[:, None])).view(-1).nonzero()[:, 0]
