@@ -26,8 +26,8 @@ def kth_smallest(values: Tensor, k: int) -> Tensor:
 #: sample to pay.
 SAMPLED_SELECTION_MIN = 1 << 12
 #: With NumPy (CPU), rows shorter than this are sorted whole too: on the digits CNN (28 672 neurons per image, b64)
-#: NumPy's sort of the concatenation took 3.4 ms where the sampled selection took 13 ms (κ = 0.9); on ResNet-8
-#: (294 912) the sampled selection won (≈ 35 vs 50 ms).
+#: concatenating and sorting took 3.4 ms where the sampled selection took 13 ms (κ = 0.9); on ResNet-8 (294 912, b32)
+#: the two were even (51 vs 48–55 ms CPU), and the sampled passes grow as N, the sort as N log N.
 SAMPLED_BAND_MIN = 1 << 16
 #: Sample size (at most; ``count // 64`` for shorter rows, at least 256) and bracket half-width in standard deviations
 #: of the sample rank, of :func:`kth_smallest_of_parts` (measured flat within ±10% for 2048–8192 and 2–4 σ on
@@ -36,8 +36,8 @@ SELECTION_SAMPLE = 4096
 SELECTION_SPREAD = 3.0
 #: CPU tensors of these dtypes run the selection steps through NumPy, zero-copy. On 1 thread (torch 2.14, NumPy 2.4)
 #: NumPy's SIMD sort, comparisons into bool and ``flatnonzero`` were much faster than torch's CPU kernels: sorting a
-#: ResNet-8 sample [32, 4096] 0.3 vs 7.7 ms; the band of ResNet-8's 9.4 M scores at b32 (two comparisons and the
-#: positions) 15 vs 44 ms. Elsewhere (accelerators, other dtypes) the same steps run in torch.
+#: [32, 4096] sample 0.3 vs 7.7 ms; a band over 32 × 294 912 float32 values (ResNet-8's scores at b32; two comparisons
+#: and the positions) 15 vs 44 ms. Elsewhere (accelerators, other dtypes) the same steps run in torch.
 NUMPY_DTYPES = (torch.float32, torch.float64)
 
 
