@@ -75,21 +75,34 @@ REVEAL_CANCEL_UNSUPPORTED: dict[Any, str] = {
 }
 
 
-def rescale_relu(z: Tensor, eps: float) -> Tensor:
-    """ReLU of a ``[x; x̄]`` batch whose backward for the input half is the Rescale multiplier ``Δa/Δz``.
+class RescaleReLU(torch.autograd.Function):
+    """ReLU of a ``[x; x̄]`` batch whose backward for the input half is the Rescale multiplier ``Δa/Δz`` (§3.5.2).
 
-    The value is exactly ``max(z, 0)``; the reference half carries no gradient.
+    The value is exactly ``max(z, 0)``; the reference half carries no gradient. Where ``|Δz| < eps`` the multiplier
+    is the gradient ``1[z > 0]`` at ``x`` (Captum's rule). One node: the multiplier is formed in the forward and
+    applied by one product in the backward.
     """
-    zx, zr = z.chunk(2)
-    with torch.no_grad():
-        ax, ar = zx.clamp_min(0), zr.clamp_min(0)
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, eps: float) -> Tensor:
+        a = z.clamp_min(0)
+        (zx, zr), (ax, ar) = z.chunk(2), a.chunk(2)
         dz = zx - zr
-        multiplier = torch.where(dz.abs() < eps, (zx > 0).to(z.dtype), (ax - ar) / dz)
-    return torch.cat([ax + multiplier * (zx - zx.detach()), ar])
+        multiplier = (ax - ar).div_(dz)
+        multiplier = torch.where(dz.abs_() < eps, (zx > 0).to(z.dtype), multiplier)
+        ctx.save_for_backward(multiplier)
+        return a
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        (multiplier,) = ctx.saved_tensors
+        out = torch.zeros_like(grad)
+        torch.mul(grad[: multiplier.shape[0]], multiplier, out=out[: multiplier.shape[0]])
+        return out, None
 
 
 class RescaleMode(TorchFunctionMode):
-    """Context manager: every ReLU call on a ``[x; x̄]`` batch becomes :func:`rescale_relu` (counted in ``calls``).
+    """Context manager: every ReLU call on a ``[x; x̄]`` batch becomes :class:`RescaleReLU` (counted in ``calls``).
 
     In-place calls return a new tensor: the model must use the ReLU's return value (as torchvision/timm do).
     Other elementwise activations (GELU, SiLU, …) raise: their multipliers would silently be plain gradients.
@@ -110,7 +123,7 @@ class RescaleMode(TorchFunctionMode):
         if z.shape[0] % 2:
             raise AttributionError("deeplift: a ReLU saw an odd batch; the model must keep the [x; x̄] batch intact")
         self.calls += 1
-        return rescale_relu(z, self.eps)
+        return RescaleReLU.apply(z, self.eps)
 
 
 def sign_split(delta: Tensor) -> tuple[Tensor, Tensor]:
