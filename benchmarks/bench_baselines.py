@@ -6,10 +6,11 @@ Figure of merit: method time / its pass floor, the number of passes it needs × 
 DeepLIFT needs one forward+backward of the ``[x; x̄]`` batch (2 × fb_input; RevealCancel of ``[x; x̄; x̄+Δ⁺; x̄+Δ⁻]``,
 4 × fb_input, its "ours/peer" column is against Rescale), DeepSHAP 2·N with N references,
 GradientSHAP ``n_samples`` (+ one forward for the target), RISE/LIME/KernelSHAP one forward per mask/coalition,
-PrunePGD_50* ``steps`` (its first step's forward gives the mask), Guided IG ``steps``, LRP 1 here (its z⁺ rules add
-one forward per conv: floor fb_input + f, see bench_pass_floors.py; the method object is reused, as in an evaluation
-loop, so its modified weights are formed once). Peers: zennit ``EpsilonPlusFlat`` for LRP, Captum
-``DeepLift``/``DeepLiftShap``/``GradientShap``/``Lime``/``KernelShap``
+PrunePGD_50* ``steps`` (its first step's forward gives the mask), Guided IG ``steps``, LRP and Excitation Backprop 1
+here (their z⁺-type rules add one forward per conv: floor fb_input + f, see bench_pass_floors.py; the method objects
+are reused, as in an evaluation loop, so their modified weights are formed once). Peers: zennit ``EpsilonPlusFlat``
+for LRP, TorchRay ``(contrastive_)excitation_backprop`` for Excitation Backprop, Captum ``DeepLift``/``DeepLiftShap``/
+``GradientShap``/``Lime``/``KernelShap``
 and the RISE authors' loop (masks precomputed, ``gpu_batch`` forwards per image, written out below as in
 eclique/RISE ``explanations.py``).
 
@@ -61,6 +62,8 @@ def candidates(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace
     masks = rise.masks(grids, shifts, tuple(x.shape[-2:]))[:, None]
     n, s, mb = args.samples, args.coalitions, args.max_batch
     lrp = build_method("lrp")  # reused across calls: its modified weights are formed once
+    excitation = build_method("excitation_backprop")  # reused too (W⁺ kept)
+    contrastive = build_method("excitation_backprop", contrastive=True)
 
     def captum_per_image(explainer, **kwargs):
         return lambda x, t: torch.cat([explainer.attribute(x[b : b + 1], target=int(t[b]), **kwargs)
@@ -90,9 +93,29 @@ def candidates(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace
         "prune_pgd_dead ours": ("fb_input", 20, lambda x, t: build_method("prune_pgd_dead")(model, x, t)),
         "guided_ig ours": ("fb_input", args.gig_steps, lambda x, t: build_method("guided_ig", steps=args.gig_steps)(
             model, x, t)),
+        # Excitation Backprop: one forward + one modified backward to the input (contrastive: two more backwards
+        # from the classifier to its input only, ~free); peer TorchRay on the same batch (tensor target), input layer
+        "excitation_backprop ours": ("fb_input", 1, lambda x, t: excitation(model, x, t)),
+        "excitation_backprop torchray": ("fb_input", 1, lambda x, t: torchray_excitation(model, x, t, False)),
+        "contrastive_excitation ours": ("fb_input", 1, lambda x, t: contrastive(model, x, t)),
+        "contrastive_excitation torchray": ("fb_input", 1, lambda x, t: torchray_excitation(model, x, t, True)),
         "lrp ours": ("fb_input", 1, lambda x, t: lrp(model, x, t)),
         "lrp zennit": ("fb_input", 1, lambda x, t: zennit_lrp(model, x, t)),
     }
+
+
+def torchray_excitation(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, contrastive: bool) -> torch.Tensor:
+    """TorchRay's (contrastive) Excitation Backprop at the input; the contrast at the last linear layer's input, as
+    ours (``contrast_layer``/``classifier_layer`` name the module before it and the classifier)."""
+    from torchray.attribution.excitation_backprop import contrastive_excitation_backprop, excitation_backprop
+
+    if not contrastive:
+        return excitation_backprop(model, x, t, saliency_layer="")
+    names = [name for name, _ in model.named_modules() if name]
+    classifier = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)][-1]
+    before = names[names.index(classifier) - 1]
+    return contrastive_excitation_backprop(model, x, t, saliency_layer="", contrast_layer=before,
+                                           classifier_layer=classifier)
 
 
 def zennit_lrp(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

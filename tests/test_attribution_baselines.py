@@ -404,6 +404,27 @@ def test_excitation_backprop_matches_the_equations_on_an_mlp():
     torch.testing.assert_close(contrastive, expected_contrastive, rtol=1e-5, atol=1e-7)
 
 
+def test_excitation_backprop_reuses_positive_weights_until_the_parameters_change():
+    """W⁺ (and the classifier's (−W)⁺) are kept on the method object: a second call clamps no weight, and in-place
+    changes (under ``no_grad`` and through ``.data``) give the map of a fresh method; pickling drops the cache."""
+    net, x = MixedReLUNet().eval(), images().abs()
+    for contrastive in (False, True):
+        method = build_method("excitation_backprop", contrastive=contrastive)
+        first = method(net, x, 1)
+        with CountOps() as ops:
+            again = method(net, x, 1)
+        assert ops.counts["clamp"] + ops.counts["clamp_"] == (1 if contrastive else 0)  # the map's own clamp(min=0)
+        assert torch.equal(first, again)
+        for change in (lambda: net.conv2.weight.mul_(-1.5), lambda: net.fc.weight.data.normal_()):
+            before = method(net, x, 1)
+            with torch.no_grad():
+                change()
+            after = method(net, x, 1)
+            assert torch.equal(after, build_method("excitation_backprop", contrastive=contrastive)(net, x, 1))
+            assert not torch.allclose(after, before)
+        assert torch.equal(pickle.loads(pickle.dumps(method))(net, x, 1), method(net, x, 1))
+
+
 def test_excitation_backprop_at_a_layer_and_through_convolutions():
     """At a hidden layer the map has the layer's resolution; on a conv net with positive inputs and no residual
     additions the winning probabilities still sum to one."""

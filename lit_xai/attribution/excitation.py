@@ -25,12 +25,15 @@ from torch.overrides import TorchFunctionMode
 from lit_xai.attribution.activations import RELU_FUNCTIONS, check_activation, require_relus
 from lit_xai.attribution.base import AttributionError, AttributionMethod, target_scores
 from lit_xai.attribution.layers import capture_outputs, resolve_layer
-from lit_xai.attribution.lrp import AVG_POOLS, Relevance
+from lit_xai.attribution.lrp import AVG_POOLS, Relevance, WeightCache, transposed_pass
 from lit_xai.attribution.registry import register
 
 #: the division guard of TorchRay's excitation backward (``output_ebp + 1e-20``)
 EB_GUARD = 1e-20
 AFFINE = frozenset({F.conv1d, F.conv2d, F.conv3d, F.linear})
+#: calls whose transposed pass runs the kernel autograd would call, without a graph and a nested backward
+#: (:func:`~lit_xai.attribution.lrp.transposed_pass`); conv1d/conv3d and string padding keep autograd
+DIRECT_TRANSPOSE = frozenset({F.conv2d, F.linear})
 
 
 class ExcitationMode(TorchFunctionMode):
@@ -40,9 +43,10 @@ class ExcitationMode(TorchFunctionMode):
     call (the classifier) backpropagates with ``−W``.
     """
 
-    def __init__(self, method: str) -> None:
+    def __init__(self, method: str, cache: WeightCache | None = None) -> None:
         super().__init__()
         self.method = method
+        self.cache = WeightCache() if cache is None else cache
         self.affine_inputs: list[Tensor] = []
         self.relu_calls = 0
         self.negate_last = False
@@ -58,11 +62,16 @@ class ExcitationMode(TorchFunctionMode):
             self.affine_inputs.append(x)
             value = func(x, weight, bias, *rest, **rest_kw).detach()
 
+            transpose = transposed_pass(func, rest, rest_kw) if func in DIRECT_TRANSPOSE else None
+
             def backward(p: Tensor) -> Tensor:
-                w = weight.detach()
-                if self.negate_last and index == len(self.affine_inputs) - 1:
-                    w = -w
-                return excite(lambda i: func(i, w.clamp(min=0), None, *rest, **rest_kw), x, p)
+                negate = self.negate_last and index == len(self.affine_inputs) - 1
+                w = self.cache.get(("excitation", negate), (weight,),
+                                   lambda: (-weight.detach() if negate else weight.detach()).clamp(min=0))
+                if transpose is None:
+                    return excite(lambda i: func(i, w, None, *rest, **rest_kw), x, p)
+                xd = x.detach()
+                return xd * transpose(p / (func(xd, w, None, *rest, **rest_kw) + EB_GUARD), xd, w)
 
             return Relevance.apply(x, value, backward)
         if func in AVG_POOLS:
@@ -96,11 +105,19 @@ class ExcitationBackprop(AttributionMethod):
     def __init__(self, layer: str | None = None, contrastive: bool = False) -> None:
         self.layer = layer
         self.contrastive = contrastive
+        self._cache = WeightCache()  # W⁺ (and (−W)⁺ of the classifier) kept while the parameters are unchanged
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if k != "_cache"}  # weak references do not pickle
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        vars(self).update(state, _cache=WeightCache())
 
     def attribute(self, model: nn.Module, inputs: Tensor, target: Tensor | None) -> Tensor:
         x = inputs.detach().requires_grad_(True)
         modules = [] if self.layer is None else [resolve_layer(model, self.layer)]
-        with capture_outputs(modules) as captures, ExcitationMode(self.name) as mode:
+        self._cache.prune()
+        with capture_outputs(modules) as captures, ExcitationMode(self.name, self._cache) as mode:
             logits = model(x)
         require_relus(mode.relu_calls, self.name)
         if not mode.affine_inputs:
