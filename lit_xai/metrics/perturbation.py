@@ -150,7 +150,7 @@ class PerturbationCurve(PerImageMetric):
         channel_reduction: how maps are reduced over channels before ranking (``sum``, ``abs_sum``, ``max_abs``).
         min_probability: skip images whose clean target probability is below this (InputIBA code: 0.6).
         max_batch: perturbed images per forward pass; ``None`` (default): the methods' memory-budget rule
-            (:func:`lit_xai.attribution.batching.rows_per_chunk`: 80 MiB of forward activations per chunk on a CPU,
+            (:func:`lit_xai.attribution.batching.rows_per_chunk`: 40 MiB of forward activations per chunk on a CPU,
             2 GiB on an accelerator; docs/performance.md "Chunk size"). The scores do not depend on it.
     """
 
