@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+from fast_methods import FAST_KWARGS
 from global_state import restore_changed, snapshot_switches
 from torch import nn
 
@@ -22,24 +23,16 @@ from lit_xai.attribution.noise import (
 )
 
 #: cheap settings (the defaults of the expensive methods run for minutes); every other method runs its defaults
-FAST = {
-    "integrated_gradients": {"steps": 3},
-    "input_intgrad": {"steps": 3},
-    "smoothgrad": {"samples": 3},
-    "smoothgrad_sq": {"samples": 3},
-    "gradient_shap": {"n_samples": 3, "stdevs": 0.2},
-    "extremal_perturbation": {"iterations": 2},
+FAST = {  # the support sweeps' fast settings, plus the methods only this file runs
+    **FAST_KWARGS,
+    "gradient_shap": {**FAST_KWARGS["gradient_shap"], "stdevs": 0.2},
     "dga": {"steps": 2},
     "prune_pgd": {"steps": 2},
     "prune_pgd_dead": {"steps": 2},
     "prune_grad_mid": {"layer": "features.3"},
-    "rise": {"num_masks": 40},
-    "lime": {"n_samples": 40},
-    "kernel_shap": {"n_samples": 40},
     "neuron_intgrad": {"steps": 3},
     "neuron_intgrad_star": {"steps": 3},
     "neuron_conductance": {"steps": 3},
-    "occlusion": {"patch": 8, "stride": 8},
     "iba": {"steps": 3, "noise_draws": 2},
     "inverse_iba": {"steps": 3, "noise_draws": 2},
     "regression_iba": {"steps": 3, "noise_draws": 2},
