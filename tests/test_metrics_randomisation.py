@@ -8,6 +8,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy.stats import rankdata, spearmanr
 from skimage.metrics import structural_similarity
 from torch import nn
@@ -126,6 +127,28 @@ def test_average_ranks_equal_scipy_with_ties() -> None:
     np.testing.assert_allclose(spearman(a, b).numpy(), expected, rtol=0, atol=1e-6)
 
 
+def test_tie_free_ranks_and_the_sorted_order_spearman_equal_scipy() -> None:
+    """Rows without ties take the positions as ranks; the Spearman of prepared references is computed in sorted order
+    (no scatter): both equal scipy, and a constant row still scores 0 (scipy: NaN)."""
+    generator = torch.Generator().manual_seed(1)
+    a, b = torch.randn(4, 300, generator=generator), torch.randn(4, 300, generator=generator)
+    b[1] = a[1] + 0.1 * b[1]
+    np.testing.assert_array_equal(average_ranks(b).numpy(), np.stack([rankdata(row) - 1 for row in b.numpy()]))
+    expected = [spearmanr(a[i], b[i])[0] for i in range(4)]
+    np.testing.assert_allclose(spearman(a, b).numpy(), expected, rtol=0, atol=1e-6)
+    b[2] = 3.0
+    assert spearman(a, b)[2] == 0
+
+
+def test_ssim_box_filter_equals_average_pooling() -> None:
+    """The integral-image box mean equals ``avg_pool2d`` (2-D windows and the 1-D ``flat`` layout)."""
+    generator = torch.Generator().manual_seed(2)
+    maps = torch.randn(3, 2, 17, 23, generator=generator, dtype=torch.float64)
+    for window in [(5, 5), (3, 7), (1, 5)]:
+        torch.testing.assert_close(similarity._box(maps, window), F.avg_pool2d(maps, window, stride=1),
+                                   rtol=0, atol=1e-12)
+
+
 def _source_init(protocol: str, module: nn.Module) -> None:
     """Each protocol as its source writes it (re-implemented here, independently of the metric)."""
     if protocol in ("normal", "normal_all"):  # seed 000 text (0.01) / PathwayGrad code (0.1): every parameter
@@ -179,8 +202,8 @@ def test_original_map_is_ranked_once_per_batch(monkeypatch) -> None:
     """Two ranks per batch for the original map (raw, absolute), two per recorded step for the new map (the old
     code ranked both maps at every step: 4 per step)."""
     calls = []
-    original = similarity.average_ranks
-    monkeypatch.setattr(similarity, "average_ranks", lambda values: calls.append(1) or original(values))
+    original = similarity._sorted_average_ranks  # every ranking goes through it (the new maps' without a scatter)
+    monkeypatch.setattr(similarity, "_sorted_average_ranks", lambda values: calls.append(1) or original(values))
     model = _cnn()
     inputs, target = torch.randn(2, 1, 10, 10), torch.tensor([0, 1])
     gradient = build_method("gradient")
