@@ -134,34 +134,40 @@ def test_routing_retries_with_a_tenth_of_gamma_until_the_prediction_is_kept() ->
         torch.testing.assert_close(a[resolved], b[resolved])
 
 
-def test_routing_matches_torch_sgd_with_momentum() -> None:
-    """The hand-written momentum update is torch.optim.SGD's (dampening 0): one image, 15 steps, init 1, checked
-    against a per-image loop with the optimiser and the authors' best-step rule."""
+@pytest.mark.parametrize(("rows", "steps", "l1_weight"), [(3, 15, 0.05), (8, 60, 3.0)])
+def test_routing_matches_torch_sgd_with_momentum(rows: int, steps: int, l1_weight: float) -> None:
+    """The hand-written momentum update is torch.optim.SGD's (dampening 0): init 1, checked per image against a loop
+    with the optimiser and the authors' best-step rule. With γ = 3 the rows' best steps differ (some rows lose their
+    prediction earlier than others), so the per-sample selection of the best gates is exercised."""
     torch.manual_seed(0)
     model = TinyMLP().eval()
-    x = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(rows, 2, 4, 4, generator=torch.Generator().manual_seed(2))
     clean = mct_contributions(model, x, None, "t")
-    gates = routing_gates(model, x, clean.activations, "ones", steps=15, l1_weight=0.05)
-    for b in range(3):
+    gates = routing_gates(model, x, clean.activations, "ones", steps=steps, l1_weight=l1_weight)
+    best_steps = set()
+    for b in range(rows):
         lam = [torch.ones_like(a[b : b + 1]).requires_grad_(True) for a in clean.activations]
         optimiser = torch.optim.SGD(lam, lr=0.01, momentum=0.9)
         with torch.no_grad():
             teacher = model(x[b : b + 1]).softmax(1)
-        best, best_loss = None, float("inf")
-        for _ in range(15):
+        best, best_loss, best_step = None, float("inf"), None
+        for step in range(steps):
             h1 = torch.relu(model.fc1(x[b : b + 1].flatten(1))) * lam[0]
             logits = model.fc3(torch.relu(model.fc2(h1)) * lam[1])
-            loss = -(teacher * torch.log_softmax(logits, 1)).sum() + 0.05 * sum(v.abs().sum() for v in lam)
+            loss = -(teacher * torch.log_softmax(logits, 1)).sum() + l1_weight * sum(v.abs().sum() for v in lam)
             if logits.argmax(1) == clean.target[b] and loss.item() < best_loss:
-                best, best_loss = [v.detach().clone() for v in lam], loss.item()
+                best, best_loss, best_step = [v.detach().clone() for v in lam], loss.item(), step
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             with torch.no_grad():
                 for v in lam:
                     v.clamp_(0, 100)
+        best_steps.add(best_step)
         for got, expected in zip(gates, best, strict=True):
             torch.testing.assert_close(got[b : b + 1], expected)
+    if rows == 8:
+        assert len(best_steps) > 1, best_steps
 
 
 def test_statistics_and_figures(model: torch.nn.Module, images: torch.Tensor, tmp_path) -> None:

@@ -69,7 +69,8 @@ def _optimise_round(
             improved = (logits.argmax(1) == predicted) & (loss < best_loss)
             best_loss = torch.where(improved, loss, best_loss)
             for b, g, v, grad in zip(best, gates, velocity, grads, strict=True):
-                b[improved] = g[improved]
+                # a per-sample select, not b[improved] = g[improved]: no nonzero (a device sync on GPU) per step
+                torch.where(expand_per_sample(improved, b), g, b, out=b)
                 g.requires_grad_(False)
                 v.mul_(momentum).add_(grad)
                 g.add_(v, alpha=-lr).clamp_(0.0, max_gate)
