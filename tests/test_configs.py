@@ -96,7 +96,8 @@ def test_full_presets_state_their_gpu_time(path):
 
 QUICK_TO_FULL = {"digits_eval.yaml": "digits_eval_full.yaml", "synthetic_eval.yaml": "synthetic_eval_full.yaml",
                  "report_digits.yaml": "report_digits_full.yaml",
-                 "report_synthetic.yaml": "report_synthetic_full.yaml"}
+                 "report_synthetic.yaml": "report_synthetic_full.yaml", "roar_digits.yaml": "roar_digits_full.yaml",
+                 "pathways_digits.yaml": "pathways_digits_full.yaml", "axioms_digits.yaml": "axioms_digits_full.yaml"}
 
 
 @pytest.mark.parametrize(("quick", "full"), QUICK_TO_FULL.items())

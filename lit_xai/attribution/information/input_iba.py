@@ -167,7 +167,7 @@ def fit_input_prior(
         g = torch.randn((count, *inputs.shape[1:]), generator=rng, device=device, dtype=dtype)
         lam = torch.sigmoid(logits)
         masked = lam[None] * inputs[None] + (1 - lam)[None] * (noise_mean[None] + noise_std[None] * g[:, None])
-        return layer_output(model, module, masked.flatten(0, 1)).view(count, -1, *features.shape[2:])
+        return layer_output(model, module, masked.flatten(0, 1)).reshape(count, -1, *features.shape[2:])
 
     critic_updates = 0
     for _ in range(settings.epochs):
