@@ -141,3 +141,49 @@ def test_fullgrad_min_max_adds_the_reference_eps():
     maps = build_method("fullgrad")(model, x, 0)
     expected = (1e-6 * torch.tensor([0.0, 1.0, 2.0, 3.0]) / (3e-6 + 1e-6)).view(1, 1, 2, 2)
     torch.testing.assert_close(maps, expected, rtol=1e-5, atol=0)
+
+
+class _InPlaceNet(nn.Module):
+    """A bias conv and BatchNorms followed by in-place ops: one ReLU module reused, ``+=`` and functional ``relu_``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.conv2, self.bn2 = nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(h))
+        out += h
+        out = self.relu(out)
+        return self.fc(F.relu_(self.conv1.weight.new_zeros(()) + out).mean((2, 3)))
+
+
+@pytest.mark.parametrize("build", [lambda: build_backbone("resnet8", num_classes=10), lambda: _InPlaceNet(),
+                                   lambda: build_backbone("timm/resnet18", num_classes=10)],
+                         ids=["resnet8", "in_place_net", "timm_resnet18"])
+def test_output_gradients_are_taken_before_the_following_in_place_ops(build):
+    """The tensor hooks catch ∂y/∂z of each layer's own output (before ``ReLU(inplace)``/``+=``): equal to the
+    gradients with respect to *cloned* captured outputs, the unambiguous reference."""
+    from lit_xai.attribution.layers import capture_outputs
+
+    torch.manual_seed(0)
+    model = with_random_batchnorm(build()).double().eval()
+    channels = 2 if isinstance(model, _InPlaceNet) else 3
+    x, target = torch.randn(2, channels, 16, 16, dtype=torch.float64), torch.tensor([1, 2])
+    with preserved_model_state(model):
+        terms = bias_gradient_terms(model, x, target)
+        layers = [m for _, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.BatchNorm2d | nn.Linear)
+                  and effective_bias(m) is not None]
+        xx = x.clone().requires_grad_(True)
+        with capture_outputs(layers) as captures:
+            logits = model(xx)
+        outputs = [out for capture in captures for out in capture.outputs]
+        expected = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), [xx, *outputs])
+    assert len(terms.output_grads) == len(outputs)
+    torch.testing.assert_close(terms.input_grad, expected[0], rtol=0, atol=1e-12)
+    for got, want in zip(terms.output_grads, expected[1:], strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    assert all(not m._forward_hooks for m in model.modules())

@@ -15,6 +15,7 @@ counted or completeness fails for bias-free convolutions followed by BatchNorm (
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +25,6 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from lit_xai.attribution.base import AttributionError, AttributionMethod, target_scores
-from lit_xai.attribution.layers import capture_outputs
 from lit_xai.attribution.registry import register
 
 BIAS_LAYER_TYPES: tuple[type[nn.Module], ...] = (_ConvNd, _BatchNorm, nn.Linear)
@@ -47,10 +47,16 @@ class BiasGradients:
     """
 
     input_grad: Tensor
-    bias_terms: list[Tensor]
+    output_grads: list[Tensor]  # ∂y_t/∂z per bias-layer call, in forward call order
+    biases: list[Tensor]  # the matching (effective) biases b, [C] or [F]
     layer_names: list[str]
     logits: Tensor
     target: Tensor
+
+    @property
+    def bias_terms(self) -> list[Tensor]:
+        """``b ⊙ ∂y_t/∂z`` per bias-layer call (formed on access: FullGrad needs only their magnitudes)."""
+        return [grad * _broadcast(bias, grad) for grad, bias in zip(self.output_grads, self.biases, strict=True)]
 
     def completeness_residual(self, inputs: Tensor) -> Tensor:
         """``y_t − (x·∂y_t/∂x + Σ bias terms)`` per sample: ≈ 0 for piecewise-linear networks."""
@@ -94,6 +100,38 @@ def _check_bias_layout(name: str, module: nn.Module, out: Tensor) -> None:
         )
 
 
+class _OutputGradients:
+    """Forward hook of one bias layer: checks each output's layout and keeps ``∂y_t/∂z`` of every call.
+
+    The gradient is caught by a tensor hook registered on the output during the forward, so no activation is cloned.
+    A hook registered before an in-place operation on the tensor (``ReLU(inplace=True)``, ``out += shortcut``)
+    receives the gradient with respect to the value *before* that operation (PyTorch's documented rule for tensor
+    hooks and in-place modification): ``∂y_t/∂z`` of the layer's own output, as the decomposition needs.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.outputs: list[tuple[torch.Size, torch.dtype, torch.device]] = []
+        self.grads: list[Tensor | None] = []
+
+    def __call__(self, module: nn.Module, args: tuple, output: object) -> None:
+        if not isinstance(output, Tensor):
+            raise AttributionError(f"layer {type(module).__name__} returns {type(output).__name__}, not a tensor")
+        _check_bias_layout(self.name, module, output)
+        self.outputs.append((output.shape, output.dtype, output.device))
+        self.grads.append(None)
+        if output.requires_grad:
+            output.register_hook(functools.partial(self._keep, len(self.grads) - 1))
+
+    def _keep(self, index: int, grad: Tensor) -> None:
+        self.grads[index] = grad
+
+    def gradients(self) -> list[Tensor]:
+        """One gradient per call (zeros where no gradient reached the output)."""
+        return [torch.zeros(shape, dtype=dtype, device=device) if grad is None else grad
+                for grad, (shape, dtype, device) in zip(self.grads, self.outputs, strict=True)]
+
+
 def bias_gradient_terms(model: nn.Module, inputs: Tensor, target: Tensor | None) -> BiasGradients:
     """One forward and one backward: ∂y_t/∂x and every bias-gradient term ``b ⊙ ∂y_t/∂z`` (see :class:`BiasGradients`).
 
@@ -104,26 +142,28 @@ def bias_gradient_terms(model: nn.Module, inputs: Tensor, target: Tensor | None)
     named = [(name, m) for name, m in model.named_modules() if isinstance(m, BIAS_LAYER_TYPES)]
     named = [(name, m, b) for name, m in named if (b := effective_bias(m)) is not None]
     x = inputs.detach().requires_grad_(True)
-    with capture_outputs([m for _, m, _ in named]) as captures:
+    recorders = [_OutputGradients(name) for name, _, _ in named]
+    handles = []
+    try:
+        for (_, module, _), recorder in zip(named, recorders, strict=True):
+            handles.append(module.register_forward_hook(recorder))
         logits = model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
     scores, target = target_scores(logits, target)
-    outputs, biases, names = [], [], []
-    for (name, module, bias), capture in zip(named, captures):
-        for out in capture.outputs:
-            _check_bias_layout(name, module, out)
-            outputs.append(out)
-            biases.append(bias)
-            names.append(name)
-    grads = torch.autograd.grad(scores.sum(), [x, *outputs], allow_unused=True)
-    terms = []
-    for out, bias, grad in zip(outputs, biases, grads[1:]):
-        grad = torch.zeros_like(out) if grad is None else grad
-        terms.append(grad * _broadcast(bias, out))
-    return BiasGradients(grads[0], terms, names, logits.detach(), target)
+    (input_grad,) = torch.autograd.grad(scores.sum(), x)
+    output_grads, biases, names = [], [], []
+    for (name, _, bias), recorder in zip(named, recorders, strict=True):
+        grads = recorder.gradients()
+        output_grads += grads
+        biases += [bias] * len(grads)
+        names += [name] * len(grads)
+    return BiasGradients(input_grad, output_grads, biases, names, logits.detach(), target)
 
 
-def _channel_summed_scaled(term: Tensor, eps: float) -> Tensor:
-    """``Σ_c minmax(|term|)_c`` per sample, ``[B, 1, h, w]`` — ψ before upsampling.
+def _channel_summed_scaled(magnitude: Tensor, eps: float) -> Tensor:
+    """``Σ_c minmax(|term|)_c`` per sample from ``magnitude = |term|``, ``[B, 1, h, w]`` — ψ before upsampling.
 
     The reference ψ (``FullGrad._postProcess`` of idiap/fullgrad-saliency) is abs → per-sample
     ``(|t| − min) / (max − min + eps)`` over (C, h, w) → bilinear upsampling → channel sum. Min-max is one affine map
@@ -131,7 +171,6 @@ def _channel_summed_scaled(term: Tensor, eps: float) -> Tensor:
     ``(Σ_c |t|_c − C·min) / (max − min + eps)``, and upsampling the single channel afterwards gives the same map with
     C× less upsampling work (``tests/test_attribution_fullgrad.py`` keeps the reference order and compares).
     """
-    magnitude = term.abs()
     flat = magnitude.flatten(1)  # amin + amax: 6x faster than torch.aminmax's unvectorised CPU kernel (torch 2.14)
     low, high = flat.amin(dim=1), flat.amax(dim=1)
     scale = (high - low + eps)[:, None, None, None]
@@ -164,9 +203,13 @@ class FullGrad(AttributionMethod):
         size = (inputs.shape[-2], inputs.shape[-1])
         # ψ summed per spatial size before upsampling (linear): one bilinear resize per resolution, not per term
         by_size: dict[tuple[int, int], Tensor] = {}
-        for term in [terms.input_grad * inputs, *(t for t in terms.bias_terms if t.dim() == 4)]:
-            key = (term.shape[-2], term.shape[-1])
-            scaled = _channel_summed_scaled(term, self.eps)
+        # |b ⊙ g| = |g| ⊙ |b|: one new tensor per term (abs), scaled in place
+        magnitudes = [(terms.input_grad * inputs).abs_()]
+        magnitudes += [grad.abs().mul_(_broadcast(bias.abs(), grad))
+                       for grad, bias in zip(terms.output_grads, terms.biases, strict=True) if grad.dim() == 4]
+        for magnitude in magnitudes:
+            key = (magnitude.shape[-2], magnitude.shape[-1])
+            scaled = _channel_summed_scaled(magnitude, self.eps)
             by_size[key] = scaled if key not in by_size else by_size[key] + scaled
         saliency = by_size.pop(size, None)
         for summed in by_size.values():
