@@ -104,6 +104,9 @@ TARGETS = {  # work: ratio target and its source
     "peak memory / chunk": 2.0,
 }
 BEGIN, END = "<!-- bench_all:begin -->", "<!-- bench_all:end -->"
+#: a timed sample lasts at least this long (cheap calls repeated within their round; harness.interleaved_times): the
+#: digits CNN's 20 ms one-pass rows, timed once per round, spread 0.87–1.20 over 40 rounds at load 0.9 (2026-11-30)
+MIN_SAMPLE_SECONDS = 0.25
 
 
 @dataclass
@@ -148,7 +151,8 @@ class Bench:
         ref_name, ref_run, unit = reference
         sync = {name: synchronized(case.run, self.device) for name, case in cases.items()}
         warm = {name: synchronized(case.warm, self.device) for name, case in cases.items() if case.warm}
-        times = interleaved_times({ref_name: synchronized(ref_run, self.device), **sync}, self.rounds, warmups=warm)
+        times = interleaved_times({ref_name: synchronized(ref_run, self.device), **sync}, self.rounds, warmups=warm,
+                                  min_seconds=MIN_SAMPLE_SECONDS)
         cuda = self.device.type == "cuda"  # throughput next to the ratio, the reference's own as the roofline
         roofline = self.s.batch / float(np.median(times[ref_name]))
         for name, case in cases.items():

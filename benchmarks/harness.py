@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -46,12 +47,15 @@ def timed(fn: Callable[[], object]) -> float:
 
 def interleaved_times(
     cases: dict[str, Callable[[], object]], rounds: int, warmup: int = 1,
-    warmups: dict[str, Callable[[], object]] | None = None,
+    warmups: dict[str, Callable[[], object]] | None = None, min_seconds: float = 0.0,
 ) -> dict[str, list[float]]:
-    """Per-round times of every case: all cases warmed up, then ``rounds`` rounds in rotated order.
+    """Per-round times of every case (seconds per call): all cases warmed up, then ``rounds`` rounds in rotated order.
 
     ``warmups[name]`` (optional) replaces case ``name``'s own call in the warm-up: a cheaper call of the same operators
-    at the same shapes. Every case is warmed up ``warmup`` times either way.
+    at the same shapes. Every case is warmed up ``warmup`` times either way. ``min_seconds`` > 0: a case whose call
+    takes less (one timed probe call after the warm-up; none for a case with a cheaper warm-up, which is expensive)
+    is called ``⌈min_seconds / call⌉`` times back to back per round and the mean is its time: a 20 ms pass timed
+    once per round spreads ±10–20 % on a shared machine.
     """
     if rounds < 1:
         raise ValueError(f"rounds must be ≥ 1, got {rounds}")
@@ -62,11 +66,16 @@ def interleaved_times(
     for name in names:
         for _ in range(warmup):
             (warmups or {}).get(name, cases[name])()
+    repeats = {name: 1 for name in names}
+    if min_seconds > 0:
+        for name in set(names) - set(warmups or {}):  # a case with a cheaper warm-up is expensive: timed once
+            repeats[name] = max(1, math.ceil(min_seconds / max(timed(cases[name]), 1e-9)))
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         for i in range(len(names)):
             name = names[(r + i) % len(names)]
-            times[name].append(timed(cases[name]))
+            call, count = cases[name], repeats[name]
+            times[name].append(timed(lambda call=call, count=count: [call() for _ in range(count)]) / count)
     return times
 
 

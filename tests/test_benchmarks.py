@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,21 @@ def test_a_cheaper_warm_up_replaces_the_case_in_the_warm_up_only() -> None:
         harness.interleaved_times(cases, rounds=1, warmups={"typo": lambda: None})
     with pytest.raises(ValueError, match="rounds"):
         harness.interleaved_times(cases, rounds=0)
+
+
+def test_cheap_cases_are_repeated_to_min_seconds_and_timed_per_call() -> None:
+    """With ``min_seconds`` a call shorter than it is repeated back to back within its round (one probe call sizes the
+    count); the reported time is per call."""
+    log: list[str] = []
+
+    def slow() -> None:
+        log.append("slow")
+        time.sleep(0.02)
+
+    times = harness.interleaved_times({"fast": _recorder(log, "fast"), "slow": slow}, rounds=2, min_seconds=0.01)
+    assert log.count("slow") == 1 + 1 + 2  # warm-up, probe, one call per round (0.02 s ≥ min_seconds)
+    assert log.count("fast") > 1 + 1 + 2 * 10  # thousands: a no-op call is far below 10 ms
+    assert all(t >= 0.02 for t in times["slow"]) and all(t < 0.001 for t in times["fast"])
 
 
 def test_paired_ratio_is_the_median_and_quartiles_of_per_round_ratios() -> None:
