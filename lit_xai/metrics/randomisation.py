@@ -51,6 +51,7 @@ from lit_xai.attribution.postprocess import reduce_channels
 from lit_xai.metrics.base import Explainer, check_finite
 from lit_xai.metrics.image_scores import PerImageMetric
 from lit_xai.metrics.similarity import (
+    MAX_ABS_EPS,
     check_data_range,
     normalize_max_abs,
     spearman_against,
@@ -256,8 +257,11 @@ class ParameterRandomisation(PerImageMetric):
                 "ssim": ssim_reference(self._ssim_layout(a), self.ssim_window)}
 
     def _similarities(self, reference: dict[str, Any], new_maps: Tensor, method: Explainer) -> dict[str, Tensor]:
-        check_finite(new_maps, method)  # e.g. a method that divides by a vanishing score of the randomised model
-        b = normalize_max_abs(reduce_channels(new_maps.float(), self.channel_reduction)[:, 0])[:, None]
+        reduced = reduce_channels(new_maps.float(), self.channel_reduction)
+        scale = reduced.flatten(1).abs().amax(1)  # NaN or inf wherever a map holds one (amax propagates NaN)
+        if not bool(torch.isfinite(scale).all()):  # e.g. a method dividing by a vanishing score of the randomised net
+            check_finite(new_maps, method)  # raises, naming the method and the images
+        b = reduced / scale.clamp_min(MAX_ABS_EPS).view(-1, 1, 1, 1)  # normalize_max_abs without a second max
         if b.shape != reference["shape"]:
             raise ValueError(f"ParameterRandomisation: on the randomised model the method returned maps of shape "
                              f"{tuple(new_maps.shape)}, not comparable with the maps passed to update")
@@ -285,9 +289,9 @@ class ParameterRandomisation(PerImageMetric):
 
             def compare() -> None:
                 with torch.enable_grad():
-                    new_maps = torch.cat([method(work, inputs[begin:stop],
-                                                 None if explained is None else explained[begin:stop])
-                                          for begin, stop in chunks])
+                    parts = [method(work, inputs[begin:stop], None if explained is None else explained[begin:stop])
+                             for begin, stop in chunks]
+                new_maps = parts[0] if len(parts) == 1 else torch.cat(parts)
                 rows.append(self._similarities(reference, new_maps, method))
 
             if self.include_original:

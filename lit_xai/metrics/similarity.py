@@ -22,23 +22,32 @@ def average_ranks(values: Tensor) -> Tensor:
 def _sorted_average_ranks(values: Tensor) -> tuple[Tensor, Tensor]:
     """``(order, ranks)``: the sorting permutation and the average rank (float64) at each *sorted* position.
 
-    One sort; a tie group spans sorted positions ``[first, last]`` and every member gets ``(first + last) / 2``:
-    ``first`` is a running maximum of group starts, ``last`` a reversed running minimum of group ends. The order
-    within a tie group does not matter, so the sort need not be stable. Without ties the ranks are the positions.
+    One sort; without ties the ranks are the positions. Only the rows with ties get the tie-group scan (a few rows
+    of a batch of maps, e.g. a map's exact zeros): a tie group spans sorted positions ``[first, last]`` and every
+    member gets ``(first + last) / 2``, ``first`` a running maximum of group starts, ``last`` a reversed running
+    minimum of group ends. The order within a tie group does not matter, so the sort need not be stable.
     """
     order = _argsort(values)
     ordered = values.gather(-1, order)
-    n = values.shape[-1]
-    boundary = ordered[..., 1:] != ordered[..., :-1]  # a new tie group starts at i + 1
-    if bool(boundary.all()):  # no ties (continuous maps): skip the tie-group scans
-        return order, torch.arange(n, device=values.device, dtype=torch.float64).expand_as(ordered)
-    position = torch.arange(n, device=values.device).expand_as(ordered)
-    edge = boundary.new_ones(*boundary.shape[:-1], 1)
-    starts = torch.cat([edge, boundary], -1)
-    ends = torch.cat([boundary, edge], -1)
+    n, rows = values.shape[-1], ordered[..., 0].numel()
+    boundary = (ordered[..., 1:] != ordered[..., :-1]).reshape(rows, n - 1)  # a new tie group starts at i + 1
+    positions = torch.arange(n, device=values.device, dtype=torch.float64)
+    tied = ~boundary.all(-1)
+    if not bool(tied.any()):  # continuous maps: no scan at all
+        return order, positions.expand_as(ordered)
+    ranks = positions.repeat(rows, 1)
+    ranks[tied] = _tie_group_ranks(boundary[tied], n)
+    return order, ranks.reshape(ordered.shape)
+
+
+def _tie_group_ranks(boundary: Tensor, n: int) -> Tensor:
+    """Average ranks (float64) at the sorted positions of rows ``[R, n]`` from their tie-group boundaries."""
+    position = torch.arange(n, device=boundary.device).expand(boundary.shape[0], n)
+    edge = boundary.new_ones(boundary.shape[0], 1)
+    starts, ends = torch.cat([edge, boundary], -1), torch.cat([boundary, edge], -1)
     first = torch.where(starts, position, 0).cummax(-1).values
     last = torch.where(ends, position, n - 1).flip(-1).cummin(-1).values.flip(-1)
-    return order, (first + last).to(torch.float64) / 2
+    return (first + last).to(torch.float64) / 2
 
 
 def _argsort(values: Tensor) -> Tensor:
@@ -94,11 +103,13 @@ def check_data_range(data_range: float | str) -> float | str:
 
 @dataclass
 class SSIMReference:
-    """One side of many SSIM comparisons, pooled once: the map (float64), its local means and mean squares."""
+    """One side of many SSIM comparisons, pooled once: the map (float64), its local means, their squares and the
+    local sample variances."""
 
     maps: Tensor
     mean: Tensor
-    square: Tensor
+    mean_square: Tensor  # μ_a²
+    variance: Tensor  # σ_a² with the sample correction n / (n − 1)
     window: tuple[int, int]
 
 
@@ -124,7 +135,9 @@ def ssim_reference(a: Tensor, window: int = 5) -> SSIMReference:
     if a.dim() != 4 or a.shape[-2] < kernel[0] or a.shape[-1] < window:
         raise ValueError(f"SSIM window {window} needs [B, C, H, W] maps at least that large, got {tuple(a.shape)}")
     a = a.double()
-    return SSIMReference(a, _box(a, kernel), _box(a * a, kernel), kernel)
+    mean, n = _box(a, kernel), kernel[0] * kernel[1]
+    mean_square = mean.square()
+    return SSIMReference(a, mean, mean_square, (_box(a * a, kernel) - mean_square).mul_(n / (n - 1)), kernel)
 
 
 def ssim_against(
@@ -142,12 +155,13 @@ def ssim_against(
     n = reference.window[0] * reference.window[1]
     mu_b, square_b, product = _box(torch.cat([b, b * b, a * b], 1), reference.window).chunk(3, 1)
     mu_a, correction = reference.mean, n / (n - 1)
-    var_a = (reference.square - mu_a.square()) * correction
-    var_b = (square_b - mu_b.square()) * correction
-    cov = (product - mu_a * mu_b) * correction
+    mu_ab = mu_a * mu_b
     c1, c2 = (k1 * value_range) ** 2, (k2 * value_range) ** 2
-    numerator = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
-    denominator = (mu_a.square() + mu_b.square() + c1) * (var_a + var_b + c2)
+    # (2 μ_a μ_b + c1)(2 σ_ab + c2) / ((μ_a² + μ_b² + c1)(σ_a² + σ_b² + c2)), σ with the sample correction
+    numerator = (2 * mu_ab + c1).mul_((product - mu_ab).mul_(2 * correction).add_(c2))
+    mu_b_square = mu_b.square()
+    denominator = (reference.mean_square + mu_b_square + c1).mul_(
+        (square_b - mu_b_square).mul_(correction).add_(reference.variance).add_(c2))
     index = torch.where(denominator > 0, numerator / denominator.where(denominator > 0, 1.0), 1.0)
     return index.flatten(1).mean(1).float()
 
@@ -164,6 +178,10 @@ def ssim(a: Tensor, b: Tensor, window: int = 5, data_range: float | str = 2.0) -
     return ssim_against(ssim_reference(a, window), b, data_range)
 
 
-def normalize_max_abs(maps: Tensor, eps: float = 1e-12) -> Tensor:
+#: the floor of :func:`normalize_max_abs`'s divisor: a zero map stays zero
+MAX_ABS_EPS = 1e-12
+
+
+def normalize_max_abs(maps: Tensor, eps: float = MAX_ABS_EPS) -> Tensor:
     """Divide each map by its maximum absolute value (range [−1, 1]); a zero map stays zero."""
     return maps / maps.flatten(1).abs().amax(1).clamp_min(eps).view(-1, *([1] * (maps.dim() - 1)))
