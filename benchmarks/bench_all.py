@@ -394,9 +394,12 @@ def memory_rows(setting: Setting) -> list[Row]:
 
 # ---------------------------------------------------------------------------------------------------------- output
 def commit() -> str:
+    """The checked-out commit (+ a note when tracked files differ, this script's own output files aside): taken when
+    the run starts, i.e. the code the process imported."""
     out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout.strip()
+    status = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                            capture_output=True, text=True).stdout.splitlines()
+    dirty = [line for line in status if line[3:] not in ("docs/performance.md", "docs/performance.json")]
     return out.stdout.strip() + (" + uncommitted changes" if dirty else "")
 
 
@@ -446,6 +449,7 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="update docs/performance.md and docs/performance.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    code = commit()  # the code this process imported, whatever is committed while it runs
     device = torch.device(args.device)
     settings = args.settings or (["resnet50_gpu"] if device.type == "cuda" else ["digits_cnn", "resnet8", "resnet18"])
     runners = {"methods": method_rows, "seed": seed_rows, "metrics": metric_rows, "randomisation": randomisation_rows}
@@ -466,7 +470,7 @@ def main() -> None:
                 rows = bench.rows[start:]  # type: ignore[union-attr]
             rounds = "" if group == "memory" else f" --rounds {args.rounds}"  # memory: one run per row
             header = (f"`bench_all.py --settings {name} --groups {group}{rounds} --threads "
-                      f"{args.threads} --device {args.device}` at {commit()}, torch {torch.__version__}; started "
+                      f"{args.threads} --device {args.device}` at {code}, torch {torch.__version__}; started "
                       f"{before}, ended {machine_state()}")
             part = {"setting": name, "group": group, "header": header, "rows": [r.as_dict() for r in rows]}
             print(header + "\n" + markdown_table(rows) + "\n", flush=True)
