@@ -21,15 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import (  # noqa: E402
-    Row,
-    forward_floor,
-    input_gradient_floor,
-    interleaved_times,
-    machine_state,
-    markdown_table,
-    paired_ratio,
-)
+import harness  # noqa: E402
 
 from lit_xai.models.backbones import build_backbone  # noqa: E402
 
@@ -40,19 +32,19 @@ SETTINGS = {  # name: (backbone, input channels, image size, batch)
 }
 
 
-def rows_for(name: str, rounds: int) -> list[Row]:
+def rows_for(name: str, rounds: int) -> list[harness.Row]:
     backbone, channels, size, batch = SETTINGS[name]
     torch.manual_seed(0)
     model = build_backbone(backbone, num_classes=10, in_chans=channels).eval()
     last = copy.deepcopy(model).to(memory_format=torch.channels_last)
     x, t = torch.randn(batch, channels, size, size), torch.randint(0, 10, (batch,))
-    cases = {"forward": forward_floor(model, x), "forward, channels_last": forward_floor(last, x),
-             "forward + input gradient": input_gradient_floor(model, x, t),
-             "forward + input gradient, channels_last": input_gradient_floor(last, x, t)}
-    times = interleaved_times(cases, rounds)
+    cases = {"forward": harness.forward_floor(model, x), "forward, channels_last": harness.forward_floor(last, x),
+             "forward + input gradient": harness.input_gradient_floor(model, x, t),
+             "forward + input gradient, channels_last": harness.input_gradient_floor(last, x, t)}
+    times = harness.interleaved_times(cases, rounds)
     label = f"{backbone} {size}² b{batch}"
-    return [Row(label, work, f"/ {work.split(',')[0]} (contiguous)",
-                paired_ratio(times[work], times[work.split(",")[0]]), untargeted="reference setting")
+    return [harness.Row(label, work, f"/ {work.split(',')[0]} (contiguous)",
+                harness.paired_ratio(times[work], times[work.split(",")[0]]), untargeted="reference setting")
             for work in ("forward, channels_last", "forward + input gradient, channels_last")]
 
 
@@ -63,10 +55,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"started {machine_state()}")
+    print(f"started {harness.machine_state()}")
     rows = [row for name in args.settings for row in rows_for(name, args.rounds)]
-    print(markdown_table(rows))
-    print(f"ended {machine_state()}")
+    print(harness.markdown_table(rows))
+    print(f"ended {harness.machine_state()}")
 
 
 if __name__ == "__main__":

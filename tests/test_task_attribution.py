@@ -10,20 +10,15 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from fast_methods import FAST_KWARGS
+from fast_methods import SWEEP_KWARGS, check_serves
 from torch import nn
 
-from lit_xai.attribution import AttributionError, available_methods, build_method
+from lit_xai.attribution import available_methods, build_method
 from lit_xai.callbacks import AttributionEvaluation
 from lit_xai.callbacks.attribution_eval import CallbackConfigError
 from lit_xai.callbacks.targets import check_target, choose_targets, explained_model, targeted_ground_truth
 from lit_xai.data import SyntheticChestDataModule
 from lit_xai.models import ClassifierModule
-
-#: the support sweep's reduced settings, plus InputIBA's (its GAN is fitted on every call here)
-FAST = {**FAST_KWARGS, "input_iba": {"gan_epochs": 1, "gan_target_samples": 8, "feature_steps": 2}}
-#: the methods that refuse the digits CNN with an AttributionError naming themselves (ResNet-only defaults)
-REFUSE = {"prune_grad_mid"}
 
 
 def _module(task: str) -> ClassifierModule:
@@ -41,18 +36,8 @@ def explained(request: pytest.FixtureRequest) -> nn.Module:
 @pytest.mark.parametrize("name", available_methods())
 def test_every_method_serves_multilabel_and_region_outputs(explained: nn.Module, name: str) -> None:
     x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
-    state = {k: v.clone() for k, v in explained.state_dict().items()}
-    method = build_method(name, **FAST.get(name, {}))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*no feature statistics.*")  # the IBA family's prior warning
-        if name in REFUSE:
-            with pytest.raises(AttributionError, match=name):
-                method(explained, x, torch.tensor([0, 3]))
-        else:
-            maps = method(explained, x, torch.tensor([0, 3]))
-            assert maps.shape[0] == 2 and bool(torch.isfinite(maps).all())
-    assert all(torch.equal(v, state[k]) for k, v in explained.state_dict().items())
-    assert not explained.training and all(p.grad is None for p in explained.parameters())
+    check_serves(explained, name, x, torch.tensor([0, 3]))
+    assert not explained.training
     assert all(not m._forward_hooks and not m._backward_hooks for m in explained.modules())
 
 
@@ -182,7 +167,7 @@ def test_input_iba_takes_the_bce_task_loss() -> None:
     x = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(1)).abs()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*no feature statistics.*")
-        maps = build_method("input_iba", layer="features", task_loss="bce", **FAST["input_iba"])(model, x,
+        maps = build_method("input_iba", layer="features", task_loss="bce", **SWEEP_KWARGS["input_iba"])(model, x,
                                                                                                  torch.tensor([1, 1]))
     assert maps.shape == (2, 1, 16, 16) and bool(torch.isfinite(maps).all())
     with pytest.raises(ValueError, match="task_loss"):
