@@ -25,6 +25,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from lit_xai.attribution.base import AttributionError, AttributionMethod, target_scores
+from lit_xai.attribution.layers import forward_hooks
 from lit_xai.attribution.registry import register
 
 BIAS_LAYER_TYPES: tuple[type[nn.Module], ...] = (_ConvNd, _BatchNorm, nn.Linear)
@@ -143,14 +144,8 @@ def bias_gradient_terms(model: nn.Module, inputs: Tensor, target: Tensor | None)
     named = [(name, m, b) for name, m in named if (b := effective_bias(m)) is not None]
     x = inputs.detach().requires_grad_(True)
     recorders = [_OutputGradients(name) for name, _, _ in named]
-    handles = []
-    try:
-        for (_, module, _), recorder in zip(named, recorders, strict=True):
-            handles.append(module.register_forward_hook(recorder))
+    with forward_hooks((module, recorder) for (_, module, _), recorder in zip(named, recorders, strict=True)):
         logits = model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
     scores, target = target_scores(logits, target)
     (input_grad,) = torch.autograd.grad(scores.sum(), x)
     output_grads, biases, names = [], [], []

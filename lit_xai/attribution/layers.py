@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from torch import Tensor, nn
 
@@ -64,17 +64,24 @@ class OutputCapture:
 
 
 @contextlib.contextmanager
-def capture_outputs(modules: Sequence[nn.Module]) -> Iterator[list[OutputCapture]]:
-    """Within the block, record every output of each module in ``modules`` (hooks removed on exit)."""
-    captures = [OutputCapture() for _ in modules]
+def forward_hooks(pairs: Iterable[tuple[nn.Module, Callable]]) -> Iterator[None]:
+    """Within the block, each ``(module, hook)`` pair's forward hook is registered; all are removed on exit."""
     handles = []
     try:
-        for module, capture in zip(modules, captures):
-            handles.append(module.register_forward_hook(capture))
-        yield captures
+        for module, hook in pairs:
+            handles.append(module.register_forward_hook(hook))
+        yield
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextlib.contextmanager
+def capture_outputs(modules: Sequence[nn.Module]) -> Iterator[list[OutputCapture]]:
+    """Within the block, record every output of each module in ``modules`` (hooks removed on exit)."""
+    captures = [OutputCapture() for _ in modules]
+    with forward_hooks(zip(modules, captures)):
+        yield captures
 
 
 class _SpatialRecorder:
@@ -95,15 +102,8 @@ class _SpatialRecorder:
 def record_spatial_outputs(model: nn.Module) -> Iterator[_SpatialRecorder]:
     """Record the 4-D outputs of every submodule (in completion order) during the block."""
     recorder = _SpatialRecorder()
-    handles = []
-    try:
-        for name, module in model.named_modules():
-            if name:
-                handles.append(module.register_forward_hook(recorder.hook(name)))
+    with forward_hooks((module, recorder.hook(name)) for name, module in model.named_modules() if name):
         yield recorder
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def last_spatial_layer(recorder: _SpatialRecorder, method: str = "gradcam") -> tuple[str, Tensor]:

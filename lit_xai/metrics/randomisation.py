@@ -51,7 +51,6 @@ from lit_xai.attribution.postprocess import reduce_channels
 from lit_xai.metrics.base import Explainer, check_finite
 from lit_xai.metrics.image_scores import PerImageMetric
 from lit_xai.metrics.similarity import (
-    MAX_ABS_EPS,
     check_data_range,
     normalize_max_abs,
     spearman_against,
@@ -261,7 +260,7 @@ class ParameterRandomisation(PerImageMetric):
         scale = reduced.flatten(1).abs().amax(1)  # NaN or inf wherever a map holds one (amax propagates NaN)
         if not bool(torch.isfinite(scale).all()):  # e.g. a method dividing by a vanishing score of the randomised net
             check_finite(new_maps, method)  # raises, naming the method and the images
-        b = reduced / scale.clamp_min(MAX_ABS_EPS).view(-1, 1, 1, 1)  # normalize_max_abs without a second max
+        b = normalize_max_abs(reduced, scale=scale)
         if b.shape != reference["shape"]:
             raise ValueError(f"ParameterRandomisation: on the randomised model the method returned maps of shape "
                              f"{tuple(new_maps.shape)}, not comparable with the maps passed to update")

@@ -182,6 +182,8 @@ def ssim(a: Tensor, b: Tensor, window: int = 5, data_range: float | str = 2.0) -
 MAX_ABS_EPS = 1e-12
 
 
-def normalize_max_abs(maps: Tensor, eps: float = MAX_ABS_EPS) -> Tensor:
-    """Divide each map by its maximum absolute value (range [−1, 1]); a zero map stays zero."""
-    return maps / maps.flatten(1).abs().amax(1).clamp_min(eps).view(-1, *([1] * (maps.dim() - 1)))
+def normalize_max_abs(maps: Tensor, eps: float = MAX_ABS_EPS, scale: Tensor | None = None) -> Tensor:
+    """Divide each map by its maximum absolute value (range [−1, 1]); a zero map stays zero. ``scale``: those maxima
+    ``[B]`` where the caller has them already."""
+    scale = maps.flatten(1).abs().amax(1) if scale is None else scale
+    return maps / scale.clamp_min(eps).view(-1, *([1] * (maps.dim() - 1)))

@@ -95,8 +95,7 @@ def mct_contributions(
         activations = trace.activations
     scores, target = target_scores(logits, target)
     score = scores.sum()
-    grads = torch.autograd.grad(score, activations, allow_unused=True, retain_graph=retain_graph)
-    grads = _owned([torch.zeros_like(a) if g is None else g for g, a in zip(grads, activations, strict=True)])
+    grads = _owned(_gradients(score, activations, retain_graph))
     graph = ScoringGraph(x, score, activations) if retain_graph else None
     activations = [a.detach() for a in activations]
     # |a·g| written into the gradient buffers: no allocation per layer
